@@ -1,0 +1,310 @@
+//! The kernel/user contract of portguard, defined once.
+//!
+//! Everything that crosses the boundary between the XDP program (`portguard-ebpf`) and
+//! userspace (`portguard`) lives here: map names, key and value layouts, flag bits, limits.
+//!
+//! Byte order, decided once:
+//! - addresses (map keys, LPM keys) are in network byte order, exactly as on the wire; IPv4
+//!   sources are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) so one table holds both;
+//! - ports are host byte order everywhere (the port table is indexed by the port number);
+//! - every counter and timestamp is a host-order integer.
+//!
+//! Timestamps are `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at jiffy resolution. Userspace
+//! converts them with `clock_gettime(CLOCK_MONOTONIC)`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+use core::mem::size_of;
+
+/// The port portguard guards when told nothing else: the Bagle backdoor.
+pub const DEFAULT_PORT: u16 = 2745;
+
+/// Map names, as the XDP program declares them and userspace finds (and pins) them.
+pub mod map_names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const PORTS: &str = "PORTS";
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    pub const TOTALS: &str = "TOTALS";
+    pub const SOURCES: &str = "SOURCES";
+    pub const ADMISSION: &str = "ADMISSION";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    /// Every map, in the order userspace pins and reports them.
+    pub const ALL: [&str; 8] =
+        [CONFIG, PORTS, ALLOW_V4, ALLOW_V6, TOTALS, SOURCES, ADMISSION, FRAGMENTS];
+}
+
+/// The XDP program's name in the object file.
+pub const PROGRAM_NAME: &str = "portguard";
+
+/// Entries in PORTS: one per possible port, indexed by the port number (host order).
+pub const PORT_TABLE_ENTRIES: u32 = 65_536;
+/// PORTS value for a guarded port; 0 means not guarded.
+pub const PORT_GUARDED: u8 = 1;
+
+/// Default capacity of SOURCES (sources tracked individually); `--sources N` changes it.
+pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
+/// Capacity of FRAGMENTS: datagrams whose first fragment matched, remembered so that the rest
+/// of each gets the same verdict.
+pub const FRAGMENT_CAPACITY: u32 = 4_096;
+/// Capacity of each allowlist trie.
+pub const ALLOWLIST_CAPACITY: u32 = 1_024;
+
+/// IPv6 extension headers followed before the frame is declared unparseable.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// VLAN tags (802.1Q or 802.1ad) peeled before the frame is declared unparseable.
+pub const MAX_VLAN_TAGS: usize = 2;
+
+/// Admission of new sources into SOURCES is budgeted per CPU and time slice, so that a
+/// spoofed-source flood pays the cost of an LRU insert (≈400 ns here) only a bounded number of
+/// times. A slice is 2^26 ns ≈ 67 ms (a shift, not a division, in the hot path).
+pub const ADMISSION_SLICE_SHIFT: u32 = 26;
+/// Default new sources admitted per CPU per slice: ≈7,600 per second per CPU, far above any
+/// real scan, far below a flood.
+pub const DEFAULT_ADMIT_PER_SLICE: u32 = 512;
+
+/// `Config::action`. Zero is count, so a program whose config was never written passes
+/// everything.
+pub const ACTION_COUNT: u8 = 0;
+pub const ACTION_DROP: u8 = 1;
+
+/// `Config::protocols` and `SourceStats::protocols` bits.
+pub const PROTO_TCP: u8 = 1 << 0;
+pub const PROTO_UDP: u8 = 1 << 1;
+
+/// `Config::direction` and `SourceStats::directions` bits: which port of a packet is compared
+/// with the guarded set. DST: someone probes a guarded port. SRC: a host answers from one.
+pub const DIR_DST: u8 = 1 << 0;
+pub const DIR_SRC: u8 = 1 << 1;
+
+/// `Config::allow` bits: set by userspace when the matching trie is non-empty, so that the
+/// program skips the LPM lookup entirely when there is no allowlist.
+pub const ALLOW_HAS_V4: u8 = 1 << 0;
+pub const ALLOW_HAS_V6: u8 = 1 << 1;
+
+/// `SourceStats::flags` bits.
+/// The source matched the allowlist (its packets were passed, not dropped).
+pub const SOURCE_ALLOWED: u8 = 1 << 0;
+
+/// CONFIG\[0\]: the runtime configuration, written by userspace, read once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `ACTION_*`.
+    pub action: u8,
+    /// `PROTO_*` bits: which L4 protocols are guarded.
+    pub protocols: u8,
+    /// `DIR_*` bits: which port is compared.
+    pub direction: u8,
+    /// `ALLOW_HAS_*` bits.
+    pub allow: u8,
+    /// New sources admitted into SOURCES per CPU per admission slice.
+    pub admit_per_slice: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+/// TOTALS\[0\], one per CPU: what the program did. Userspace sums the CPUs.
+///
+/// `seen` counts every frame; `matched` counts frames whose port matched (unfragmented or first
+/// fragments); `fragments_followed` counts later fragments of a matched datagram, which get its
+/// verdict; `dropped` counts every XDP_DROP (matched or followed). `allowed` are matched frames
+/// passed because their source is on the allowlist. `untracked` are matched frames whose source
+/// could not get a SOURCES entry (admission budget spent or map full); they are still dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub seen: u64,
+    pub matched: u64,
+    pub matched_bytes: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub allowed: u64,
+    pub malformed: u64,
+    pub fragments_followed: u64,
+    pub untracked: u64,
+    pub untracked_bytes: u64,
+    pub admitted: u64,
+}
+const _: () = assert!(size_of::<Totals>() == 88);
+
+impl Totals {
+    /// Adds another CPU's counters to these.
+    pub fn add(&mut self, o: &Totals) {
+        self.seen += o.seen;
+        self.matched += o.matched;
+        self.matched_bytes += o.matched_bytes;
+        self.dropped += o.dropped;
+        self.dropped_bytes += o.dropped_bytes;
+        self.allowed += o.allowed;
+        self.malformed += o.malformed;
+        self.fragments_followed += o.fragments_followed;
+        self.untracked += o.untracked;
+        self.untracked_bytes += o.untracked_bytes;
+        self.admitted += o.admitted;
+    }
+}
+
+/// ADMISSION\[0\], one per CPU: the admission budget's state (see `ADMISSION_SLICE_SHIFT`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// `now >> ADMISSION_SLICE_SHIFT` of the slice being counted.
+    pub slice: u64,
+    /// New sources admitted on this CPU in that slice.
+    pub used: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Admission>() == 16);
+
+/// SOURCES key: the source address, network order, IPv4 as `::ffff:a.b.c.d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<SourceKey>() == 16);
+
+impl SourceKey {
+    /// The key for an IPv4 source (network-order octets).
+    #[inline(always)]
+    pub const fn v4(a: [u8; 4]) -> Self {
+        Self { addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]] }
+    }
+
+    /// The IPv4 address, when this key holds one.
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let a = &self.addr;
+        if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+            Some([a[12], a[13], a[14], a[15]])
+        } else {
+            None
+        }
+    }
+}
+
+/// SOURCES value, one per CPU (an LRU per-CPU hash): what one source sent to guarded ports.
+/// Userspace merges the CPUs: sum the counters, min `first_seen_ns`, max `last_seen_ns`,
+/// `last_port` of the CPU with the latest `last_seen_ns`, OR the bit sets. A CPU that never saw
+/// the source has an all-zero slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// TCP segments with SYN set and ACK clear: connection attempts.
+    pub tcp_syns: u32,
+    /// The guarded port of the latest packet (host order).
+    pub last_port: u16,
+    /// `DIR_*` bits seen: DST "probing", SRC "answering from".
+    pub directions: u8,
+    /// `PROTO_*` bits seen in the upper nibble would be tidier; kept separate for clarity.
+    pub protocols: u8,
+}
+const _: () = assert!(size_of::<SourceStats>() == 40);
+
+impl SourceStats {
+    /// Folds another CPU's slot into this one (see the type's doc).
+    pub fn merge(&mut self, o: &SourceStats) {
+        if o.packets == 0 {
+            return;
+        }
+        if self.packets == 0 || o.first_seen_ns < self.first_seen_ns {
+            self.first_seen_ns = o.first_seen_ns;
+        }
+        if o.last_seen_ns >= self.last_seen_ns {
+            self.last_seen_ns = o.last_seen_ns;
+            self.last_port = o.last_port;
+        }
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.tcp_syns += o.tcp_syns;
+        self.directions |= o.directions;
+        self.protocols |= o.protocols;
+    }
+}
+
+/// FRAGMENTS key: one fragmented datagram whose first fragment matched. Fields mirror the
+/// kernel's reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), `proto` = 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Identification, host order (IPv4's 16 bits widened).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragmentKey>() == 40);
+
+/// FRAGMENTS value: the verdict its first fragment got (an XDP action: XDP_DROP or XDP_PASS).
+pub type FragmentVerdict = u32;
+
+/// Allowlist trie data for IPv4 (network order); the LPM key is `{ prefix_len: u32, data }`.
+pub type AllowV4 = [u8; 4];
+/// Allowlist trie data for IPv6 (network order).
+pub type AllowV6 = [u8; 16];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain only integers and have no padding that is
+    // not an explicit field.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Totals {}
+    unsafe impl aya::Pod for Admission {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for FragmentKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_keys_round_trip() {
+        let k = SourceKey::v4([198, 18, 0, 1]);
+        assert_eq!(k.as_v4(), Some([198, 18, 0, 1]));
+        let mut v6 = k;
+        v6.addr[0] = 0x20;
+        assert_eq!(v6.as_v4(), None);
+    }
+
+    #[test]
+    fn merge_takes_earliest_first_and_latest_last() {
+        let mut a = SourceStats {
+            packets: 2,
+            bytes: 120,
+            first_seen_ns: 100,
+            last_seen_ns: 500,
+            tcp_syns: 2,
+            last_port: 2745,
+            directions: DIR_DST,
+            protocols: PROTO_TCP,
+        };
+        let b = SourceStats {
+            packets: 1,
+            bytes: 60,
+            first_seen_ns: 50,
+            last_seen_ns: 900,
+            tcp_syns: 0,
+            last_port: 2746,
+            directions: DIR_SRC,
+            protocols: PROTO_UDP,
+        };
+        a.merge(&b);
+        assert_eq!(a.packets, 3);
+        assert_eq!(a.bytes, 180);
+        assert_eq!(a.first_seen_ns, 50);
+        assert_eq!(a.last_seen_ns, 900);
+        assert_eq!(a.last_port, 2746);
+        assert_eq!(a.directions, DIR_DST | DIR_SRC);
+        assert_eq!(a.protocols, PROTO_TCP | PROTO_UDP);
+        // An empty CPU slot changes nothing.
+        let before = a;
+        a.merge(&SourceStats::default());
+        assert_eq!(a, before);
+    }
+}

@@ -1,0 +1,140 @@
+//! portguard's XDP program: drops (or counts) TCP/UDP packets to guarded ports, at line rate,
+//! and counts who sends them.
+//!
+//! Per packet: parse (parse.rs) → judge against CONFIG, PORTS and the allowlist → record the
+//! source (sources.rs) → one exit that counts in TOTALS. Maps are in maps.rs, their layouts in
+//! portguard-common. Nothing here can return XDP_ABORTED: every failure passes the packet.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod parse;
+mod sources;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use portguard_common::{
+    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DIR_DST, DIR_SRC, FragmentKey, Totals,
+};
+
+use crate::{
+    maps::{ALLOW_V4, ALLOW_V6, CONFIG, FRAGMENTS, PORTS, TOTALS},
+    parse::{Frame, Ip, Ports},
+    sources::Hit,
+};
+
+#[xdp]
+pub fn portguard(ctx: XdpContext) -> u32 {
+    let Some(totals) = TOTALS.get_ptr_mut(0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: per-CPU value; XDP runs with preemption off, so nothing else writes it now.
+    let totals = unsafe { &mut *totals };
+    totals.seen += 1;
+    let Some(cfg) = CONFIG.get(0) else {
+        return XDP_PASS;
+    };
+    let verdict = match parse::frame(&ctx) {
+        Frame::Other => XDP_PASS,
+        Frame::Malformed => {
+            totals.malformed += 1;
+            XDP_PASS
+        }
+        Frame::Ports(p) => judge(&ctx, cfg, &p, totals),
+        Frame::Fragment(ip, id, proto) => follow(&ip.fragment_key(id, proto), totals),
+    };
+    if verdict == XDP_DROP {
+        totals.dropped += 1;
+        totals.dropped_bytes += frame_len(&ctx);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+#[inline(always)]
+fn guarded(port: u16) -> bool {
+    matches!(PORTS.get(port as u32), Some(v) if *v != 0)
+}
+
+/// The verdict for a frame with readable ports.
+#[inline(always)]
+fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 {
+    if cfg.protocols & p.proto == 0 {
+        return XDP_PASS;
+    }
+    let mut direction = 0;
+    let mut port = 0;
+    if cfg.direction & DIR_DST != 0 && guarded(p.dport) {
+        direction = DIR_DST;
+        port = p.dport;
+    }
+    if cfg.direction & DIR_SRC != 0 && guarded(p.sport) {
+        if direction == 0 {
+            port = p.sport;
+        }
+        direction |= DIR_SRC;
+    }
+    if direction == 0 {
+        return XDP_PASS;
+    }
+    let bytes = frame_len(ctx);
+    totals.matched += 1;
+    totals.matched_bytes += bytes;
+    let verdict = if cfg.allow != 0 && allowlisted(cfg.allow, &p.ip) {
+        totals.allowed += 1;
+        XDP_PASS
+    } else if cfg.action == ACTION_DROP {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
+    if let Some(id) = p.first_fragment {
+        let key = p.ip.fragment_key(id, p.ip_proto);
+        // Best effort: if it cannot be remembered, the tail passes and the stack's reassembly
+        // times out waiting for the head we dropped.
+        let _ = FRAGMENTS.insert(&key, &verdict, 0);
+    }
+    let hit = Hit { bytes, port, direction, proto: p.proto, syn: p.syn };
+    sources::record(&p.ip.source_key(), &hit, cfg.admit_per_slice, totals);
+    verdict
+}
+
+/// A non-first fragment gets the verdict its first fragment got, if that one matched.
+#[inline(always)]
+fn follow(key: &FragmentKey, totals: &mut Totals) -> u32 {
+    // SAFETY: a plain u32 read; a concurrent update writes the same values.
+    match unsafe { FRAGMENTS.get(key) } {
+        Some(v) => {
+            totals.fragments_followed += 1;
+            *v
+        }
+        None => XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn allowlisted(allow: u8, ip: &Ip) -> bool {
+    if ip.v6 {
+        allow & ALLOW_HAS_V6 != 0 && ALLOW_V6.get(Key::new(128, ip.v6_src())).is_some()
+    } else {
+        allow & ALLOW_HAS_V4 != 0 && ALLOW_V4.get(Key::new(32, ip.v4_src())).is_some()
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,304 @@
+//! Frame parsing: a cursor over the packet, advanced by one small bounds-checked step per
+//! header. Each step either yields the next protocol or ends the walk with a `Frame` saying what
+//! the frame is. Every read is checked against `data_end` first; a frame that ends early, or
+//! whose header fields contradict each other, is `Malformed`, never an error path that could
+//! make the program abort.
+//!
+//! The contract with main.rs: `frame()` reads, it never writes, and it never looks at ports in
+//! a non-first fragment (RFC 1858, RFC 8200 §4.5): those frames come back as `Fragment`, to be
+//! judged by the verdict their first fragment got.
+
+use aya_ebpf::programs::XdpContext;
+use portguard_common::{
+    FragmentKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, SourceKey,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag, still seen on some carrier gear.
+const ETH_P_QINQ_OLD: u16 = 0x9100;
+const ETH_P_PPP_SES: u16 = 0x8864;
+const PPP_IP: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MH: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Header offsets beyond this are treated as unparseable. It bounds the cursor for the
+/// verifier; no real header chain comes near it (a jumbo frame is 9 KB).
+const MAX_OFFSET: usize = 0x3fff;
+
+/// An IP header that the parser has checked is wholly inside the frame (20 bytes for IPv4,
+/// 40 for IPv6). Addresses are read from it only when a frame matched, so the common path
+/// copies nothing.
+#[derive(Clone, Copy)]
+pub struct Ip {
+    hdr: *const u8,
+    pub v6: bool,
+}
+
+impl Ip {
+    /// Source address bytes (4 or 16), network order.
+    #[inline(always)]
+    pub fn v4_src(&self) -> [u8; 4] {
+        // SAFETY: 20 bytes were checked at `hdr` (see the type's doc).
+        unsafe { *(self.hdr.add(12) as *const [u8; 4]) }
+    }
+
+    #[inline(always)]
+    pub fn v6_src(&self) -> [u8; 16] {
+        // SAFETY: 40 bytes were checked at `hdr` for IPv6.
+        unsafe { *(self.hdr.add(8) as *const [u8; 16]) }
+    }
+
+    #[inline(always)]
+    pub fn source_key(&self) -> SourceKey {
+        if self.v6 { SourceKey { addr: self.v6_src() } } else { SourceKey::v4(self.v4_src()) }
+    }
+
+    /// The reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), as the kernel's.
+    #[inline(always)]
+    pub fn fragment_key(&self, id: u32, proto: u8) -> FragmentKey {
+        // SAFETY: as above; the destination follows the source in both headers.
+        unsafe {
+            if self.v6 {
+                FragmentKey {
+                    src: self.v6_src(),
+                    dst: *(self.hdr.add(24) as *const [u8; 16]),
+                    id,
+                    proto: 0,
+                    _pad: [0; 3],
+                }
+            } else {
+                FragmentKey {
+                    src: SourceKey::v4(self.v4_src()).addr,
+                    dst: SourceKey::v4(*(self.hdr.add(16) as *const [u8; 4])).addr,
+                    id,
+                    proto,
+                    _pad: [0; 3],
+                }
+            }
+        }
+    }
+}
+
+/// A TCP or UDP header read from an unfragmented frame or a first fragment.
+pub struct Ports {
+    pub ip: Ip,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// SYN without ACK: a connection attempt.
+    pub syn: bool,
+    /// Set on a first fragment: the datagram's identification, under which the rest of it is
+    /// remembered.
+    pub first_fragment: Option<u32>,
+    /// The IP protocol number (for the IPv4 reassembly key).
+    pub ip_proto: u8,
+}
+
+pub enum Frame {
+    /// Not IP, or IP without ports (ICMP, ESP, "no next header", ...): not ours to judge.
+    Other,
+    /// Truncated or self-contradictory headers, or a chain too deep to follow.
+    Malformed,
+    /// TCP or UDP with readable ports.
+    Ports(Ports),
+    /// A non-first fragment: (header, identification, IP protocol).
+    Fragment(Ip, u32, u8),
+}
+
+struct Cursor {
+    data: usize,
+    end: usize,
+}
+
+impl Cursor {
+    /// `N` bytes at `off`, or None when the frame ends before them.
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        if off > MAX_OFFSET || self.data + off + N > self.end {
+            return None;
+        }
+        // SAFETY: the range was checked against data_end just above; [u8; N] has alignment 1.
+        Some(unsafe { &*((self.data + off) as *const [u8; N]) })
+    }
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Reads the frame as far as needed to decide.
+#[inline(always)]
+pub fn frame(ctx: &XdpContext) -> Frame {
+    let c = Cursor { data: ctx.data(), end: ctx.data_end() };
+    let Some((proto, off)) = link_layer(&c) else {
+        return Frame::Malformed;
+    };
+    match proto {
+        ETH_P_IP => ipv4(&c, off),
+        ETH_P_IPV6 => ipv6(&c, off),
+        _ => Frame::Other,
+    }
+}
+
+/// Ethernet, up to MAX_VLAN_TAGS VLAN tags, then PPPoE session: returns the network protocol
+/// (an EtherType, PPP's mapped onto it) and the offset of its header. `None`: malformed.
+#[inline(always)]
+fn link_layer(c: &Cursor) -> Option<(u16, usize)> {
+    let mut proto = be16(*c.bytes::<2>(ETH_HLEN - 2)?);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(proto) {
+            break;
+        }
+        // A tag is 2 bytes of TCI then the inner EtherType.
+        let tag = c.bytes::<4>(off)?;
+        proto = be16([tag[2], tag[3]]);
+        off += 4;
+    }
+    if is_vlan(proto) {
+        // Deeper than we follow: the stack has no device for it either.
+        return None;
+    }
+    if proto == ETH_P_PPP_SES {
+        // PPPoE session header: ver/type 0x11, code 0, session id, length; then PPP protocol.
+        let h = c.bytes::<8>(off)?;
+        if h[0] != 0x11 || h[1] != 0 {
+            return None;
+        }
+        off += 8;
+        proto = match be16([h[6], h[7]]) {
+            PPP_IP => ETH_P_IP,
+            PPP_IPV6 => ETH_P_IPV6,
+            // LCP, IPCP and friends: not IP.
+            _ => 0,
+        };
+    }
+    Some((proto, off))
+}
+
+#[inline(always)]
+fn is_vlan(proto: u16) -> bool {
+    proto == ETH_P_8021Q || proto == ETH_P_8021AD || proto == ETH_P_QINQ_OLD
+}
+
+#[inline(always)]
+fn ipv4(c: &Cursor, off: usize) -> Frame {
+    let Some(h) = c.bytes::<20>(off) else {
+        return Frame::Malformed;
+    };
+    if h[0] >> 4 != 4 {
+        return Frame::Malformed;
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if ihl < 20 || (be16([h[2], h[3]]) as usize) < ihl {
+        return Frame::Malformed;
+    }
+    let proto = h[9];
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Frame::Other;
+    }
+    let frag = be16([h[6], h[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    let frag_offset = frag & 0x1fff;
+    let ip = Ip { hdr: h.as_ptr(), v6: false };
+    let id = be16([h[4], h[5]]) as u32;
+    if frag_offset != 0 {
+        return Frame::Fragment(ip, id, proto);
+    }
+    let first_fragment = if more_fragments { Some(id) } else { None };
+    transport(c, off + ihl, proto, ip, first_fragment)
+}
+
+#[inline(always)]
+fn ipv6(c: &Cursor, off: usize) -> Frame {
+    let Some(h) = c.bytes::<40>(off) else {
+        return Frame::Malformed;
+    };
+    if h[0] >> 4 != 6 {
+        return Frame::Malformed;
+    }
+    let ip = Ip { hdr: h.as_ptr(), v6: true };
+    let mut next = h[6];
+    let mut p = off + 40;
+    let mut first_fragment = None;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => break,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
+            | IPPROTO_SHIM6 => {
+                let Some(e) = c.bytes::<2>(p) else {
+                    return Frame::Malformed;
+                };
+                next = e[0];
+                p += (e[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let Some(e) = c.bytes::<2>(p) else {
+                    return Frame::Malformed;
+                };
+                next = e[0];
+                p += (e[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(e) = c.bytes::<8>(p) else {
+                    return Frame::Malformed;
+                };
+                let fo = be16([e[2], e[3]]);
+                let id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+                if fo >> 3 != 0 {
+                    return Frame::Fragment(ip, id, 0);
+                }
+                if fo & 1 != 0 {
+                    first_fragment = Some(id);
+                }
+                // else an atomic fragment (RFC 6946): a whole datagram.
+                next = e[0];
+                p += 8;
+            }
+            // ICMPv6, ESP, no next header (59), anything else: no ports to read.
+            _ => return Frame::Other,
+        }
+    }
+    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+        // Still inside the extension chain after MAX_IPV6_EXT_HEADERS headers.
+        return Frame::Malformed;
+    }
+    transport(c, p, next, ip, first_fragment)
+}
+
+/// TCP or UDP at `off`. A header cut short is malformed (RFC 7112: the first fragment carries
+/// the whole header chain).
+#[inline(always)]
+fn transport(c: &Cursor, off: usize, proto: u8, ip: Ip, first_fragment: Option<u32>) -> Frame {
+    let (bit, sport, dport, syn) = if proto == IPPROTO_TCP {
+        let Some(t) = c.bytes::<20>(off) else {
+            return Frame::Malformed;
+        };
+        (PROTO_TCP, be16([t[0], t[1]]), be16([t[2], t[3]]), t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    } else {
+        let Some(u) = c.bytes::<8>(off) else {
+            return Frame::Malformed;
+        };
+        (PROTO_UDP, be16([u[0], u[1]]), be16([u[2], u[3]]), false)
+    };
+    Frame::Ports(Ports { ip, proto: bit, sport, dport, syn, first_fragment, ip_proto: proto })
+}

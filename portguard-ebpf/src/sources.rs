@@ -1,0 +1,81 @@
+//! Per-source accounting: find the source's slot in SOURCES, or admit it within the budget, or
+//! count it as untracked. The verdict never depends on what happens here.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
+use portguard_common::{ADMISSION_SLICE_SHIFT, SourceKey, SourceStats, Totals};
+
+use crate::maps::{ADMISSION, SOURCES};
+
+/// One matched packet, as the per-source table records it.
+pub struct Hit {
+    pub bytes: u64,
+    pub port: u16,
+    pub direction: u8,
+    pub proto: u8,
+    pub syn: bool,
+}
+
+#[inline(always)]
+pub fn record(key: &SourceKey, hit: &Hit, budget: u32, totals: &mut Totals) {
+    // SAFETY: a helper without arguments or side effects.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(s) = SOURCES.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value: only this CPU writes it, and preemption is off in XDP.
+        update(unsafe { &mut *s }, hit, now);
+        return;
+    }
+    if !admit(now, budget) {
+        totals.untracked += 1;
+        totals.untracked_bytes += hit.bytes;
+        return;
+    }
+    let mut s = SourceStats { first_seen_ns: now, ..SourceStats::default() };
+    update(&mut s, hit, now);
+    match SOURCES.insert(key, &s, BPF_NOEXIST as u64) {
+        Ok(()) => totals.admitted += 1,
+        // Another CPU inserted it first: ours is a per-CPU slot in the same entry.
+        Err(_) => match SOURCES.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(s) => update(unsafe { &mut *s }, hit, now),
+            None => {
+                totals.untracked += 1;
+                totals.untracked_bytes += hit.bytes;
+            }
+        },
+    }
+}
+
+#[inline(always)]
+fn update(s: &mut SourceStats, hit: &Hit, now: u64) {
+    if s.packets == 0 {
+        // First packet on this CPU for a source another CPU admitted.
+        s.first_seen_ns = now;
+    }
+    s.packets += 1;
+    s.bytes += hit.bytes;
+    s.last_seen_ns = now;
+    s.last_port = hit.port;
+    s.directions |= hit.direction;
+    s.protocols |= hit.proto;
+    s.tcp_syns += hit.syn as u32;
+}
+
+/// Takes one unit of this CPU's admission budget for the current slice, if any is left.
+#[inline(always)]
+fn admit(now: u64, budget: u32) -> bool {
+    let Some(a) = ADMISSION.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU, as above.
+    let a = unsafe { &mut *a };
+    let slice = now >> ADMISSION_SLICE_SHIFT;
+    if a.slice != slice {
+        a.slice = slice;
+        a.used = 0;
+    }
+    if a.used >= budget {
+        return false;
+    }
+    a.used += 1;
+    true
+}

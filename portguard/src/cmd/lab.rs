@@ -1,0 +1,144 @@
+//! `portguard lab`: portguard guarding a gateway in two throwaway network namespaces, with a
+//! bounded mix of probes to 2745 and ordinary traffic, so a new user sees it work without
+//! touching a real interface.
+
+use std::{
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use portguard::{
+    guard::{AttachMode, Guard},
+    lab::{self, GW_IF, Lab, Listeners, OUTSIDE_HOSTS},
+    privileges,
+    settings::{Mode, Settings},
+};
+use portguard_common::DEFAULT_PORT;
+
+/// Run portguard in a built-in lab (two network namespaces joined by a veth pair).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// How long the traffic runs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub seconds: u64,
+    /// What to do with matched packets.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub mode: Mode,
+}
+
+/// The port of the ordinary service beside the guarded one.
+const SERVICE_PORT: u16 = 8080;
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    privileges::require_attach()?;
+    let lab = Lab::create(&format!("pglab{}", std::process::id()))?;
+    let guarded = Listeners::start(&lab.gw, DEFAULT_PORT)?;
+    let service = Listeners::start(&lab.gw, SERVICE_PORT)?;
+    let settings = Settings { mode: args.mode, ..Settings::default() };
+    let s = settings.clone();
+    let mut guard = lab::in_netns(&lab.gw, move || -> Result<Guard> {
+        let mut g = Guard::load_default(&s)?;
+        g.attach(GW_IF, AttachMode::Auto)?;
+        Ok(g)
+    })??;
+    guard.iface = Some(format!("{GW_IF} (namespace {})", lab.gw));
+    println!(
+        "lab: gateway {} / {} guarded on {GW_IF}: {}; {} outside hosts probe {DEFAULT_PORT} and use \
+         port {SERVICE_PORT} for {} s",
+        lab::gw_v4(),
+        lab::gw_v6(),
+        settings.summary(),
+        OUTSIDE_HOSTS * 2,
+        args.seconds
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (out, stop, sent) = (lab.out.clone(), stop.clone(), sent.clone());
+        thread::spawn(move || traffic(&out, &stop, &sent))
+    };
+    let watch_args = super::run::Args {
+        ifaces: vec![GW_IF.into()],
+        mode: args.mode,
+        ports: vec![DEFAULT_PORT],
+        direction: settings.direction,
+        protocols: settings.protocols.clone(),
+        allow: Vec::new(),
+        xdp_mode: AttachMode::Auto,
+        sources: portguard_common::DEFAULT_SOURCE_CAPACITY,
+        admit_per_slice: settings.admit_per_slice,
+        interval: 1.0,
+        top: 10,
+        duration: Some(args.seconds as f64),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut guards = [guard];
+    rt.block_on(super::run::watch(&mut guards, &watch_args))?;
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?.context("traffic")?;
+
+    let t = guards[0].totals()?;
+    println!();
+    println!(
+        "port {DEFAULT_PORT}: {} probes sent, {} TCP connections and {} UDP datagrams got through \
+         ({} dropped by portguard)",
+        sent.load(Ordering::Relaxed),
+        guarded.tcp(),
+        guarded.udp(),
+        t.dropped
+    );
+    println!(
+        "port {SERVICE_PORT}: {} TCP connections and {} UDP datagrams delivered (ordinary traffic passes)",
+        service.tcp(),
+        service.udp()
+    );
+    drop(guards);
+    drop(lab);
+    println!("lab removed: namespaces deleted, nothing left attached");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each round, every outside host tries TCP and UDP to the guarded port and to the service,
+/// over IPv4 and IPv6. Bounded by `stop` (set after --seconds) and by a round cap.
+fn traffic(out: &str, stop: &AtomicBool, sent: &AtomicU64) -> Result<()> {
+    for _round in 0..600 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        for v6 in [false, true] {
+            let gw = if v6 { lab::gw_v6() } else { lab::gw_v4() };
+            for n in 0..OUTSIDE_HOSTS {
+                let src = lab::outside(v6, n);
+                // Host n probes n+1 times per round, so the table has an order to show.
+                for _ in 0..=n {
+                    lab::tcp_connect(
+                        out,
+                        src,
+                        SocketAddr::new(gw, DEFAULT_PORT),
+                        Duration::from_millis(20),
+                    )?;
+                    lab::udp_send(out, src, SocketAddr::new(gw, DEFAULT_PORT), 1, 64)?;
+                    sent.fetch_add(2, Ordering::Relaxed);
+                }
+                lab::tcp_connect(
+                    out,
+                    src,
+                    SocketAddr::new(gw, SERVICE_PORT),
+                    Duration::from_millis(500),
+                )?;
+                lab::udp_send(out, src, SocketAddr::new(gw, SERVICE_PORT), 1, 64)?;
+            }
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! portguard's userspace: loads the XDP program, configures it through its maps, attaches it,
+//! and reads back what it counted.
+//!
+//! - `guard`: load, configure and attach the program (one `Guard` per interface).
+//! - `settings`: what an admin asks for (mode, ports, direction, ...) and its validation.
+//! - `counters`: reading TOTALS and SOURCES, merged across CPUs.
+//! - `report`: rendering counters for people and for machines.
+//! - `privileges`: the capability check that runs before anything is loaded.
+//! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
+//! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
+
+pub mod clock;
+pub mod counters;
+pub mod guard;
+pub mod lab;
+pub mod privileges;
+pub mod report;
+pub mod settings;
