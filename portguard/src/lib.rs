@@ -11,6 +11,7 @@
 
 pub mod clock;
 pub mod counters;
+pub mod frames;
 pub mod guard;
 pub mod lab;
 pub mod privileges;
