@@ -100,7 +100,7 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
         let key = p.ip.fragment_key(id, p.ip_proto);
         // Best effort: if it cannot be remembered, the tail passes and the stack's reassembly
         // times out waiting for the head we dropped.
-        let _ = FRAGMENTS.insert(&key, &verdict, 0);
+        let _ = FRAGMENTS.insert(key, verdict, 0);
     }
     let hit = Hit { bytes, port, direction, proto: p.proto, syn: p.syn };
     sources::record(&p.ip.source_key(), &hit, cfg.admit_per_slice, totals);

@@ -31,7 +31,7 @@ pub fn record(key: &SourceKey, hit: &Hit, budget: u32, totals: &mut Totals) {
     }
     let mut s = SourceStats { first_seen_ns: now, ..SourceStats::default() };
     update(&mut s, hit, now);
-    match SOURCES.insert(key, &s, BPF_NOEXIST as u64) {
+    match SOURCES.insert(key, s, BPF_NOEXIST as u64) {
         Ok(()) => totals.admitted += 1,
         // Another CPU inserted it first: ours is a per-CPU slot in the same entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {

@@ -61,7 +61,7 @@ fn drop_mode_drops_2745_and_delivers_everything_else() {
     let lab = lab();
     let guarded = Listeners::start(&lab.gw, 2745).unwrap();
     let service = Listeners::start(&lab.gw, 8080).unwrap();
-    let mut g = attach(&lab, Settings::default(), AttachMode::Native);
+    let g = attach(&lab, Settings::default(), AttachMode::Native);
     assert_eq!(g.attached, Some(Attached::Native));
 
     let (connected, _) = traffic(&lab, 2745, Duration::from_millis(300));

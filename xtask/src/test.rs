@@ -1,15 +1,20 @@
 //! `cargo xtask test`: the whole suite, as CI runs it.
 
-use anyhow::Result;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+};
 
-use crate::util::{cargo, sh};
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{cargo, describe, root};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Skip clippy.
     #[arg(long)]
     no_lint: bool,
-    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    /// Extra arguments for the test binaries (e.g. a test name filter).
     #[arg(last = true)]
     rest: Vec<String>,
 }
@@ -22,5 +27,32 @@ pub fn run(args: Args) -> Result<()> {
     let mut cmd = cargo();
     // The tests load XDP programs and make network namespaces: they need root (CI is root).
     cmd.args(["test", "--workspace", "--exclude", "portguard-ebpf", "--"]).args(&args.rest);
-    sh(&mut cmd)
+    eprintln!("+ {}", describe(&cmd));
+    let mut child =
+        cmd.current_dir(root()).stdout(Stdio::piped()).spawn().context("spawning cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("no stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 15 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut w = part.split_whitespace().rev();
+                let (Some(kind), Some(n)) = (w.next(), w.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match kind {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    // One closing line for the whole workspace: cargo prints one per test binary.
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
