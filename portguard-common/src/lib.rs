@@ -58,9 +58,27 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// spoofed-source flood pays the cost of an LRU insert (≈400 ns here) only a bounded number of
 /// times. A slice is 2^26 ns ≈ 67 ms (a shift, not a division, in the hot path).
 pub const ADMISSION_SLICE_SHIFT: u32 = 26;
-/// Default new sources admitted per CPU per slice: ≈7,600 per second per CPU, far above any
-/// real scan, far below a flood.
-pub const DEFAULT_ADMIT_PER_SLICE: u32 = 512;
+/// During a flood, admissions are paced so that the whole table turns over no faster than once
+/// in this many seconds: any source that sends more often than that keeps its entry (the LRU
+/// evicts the least recently active first), and a steady prober sending once a second is never
+/// pushed out by one-packet sources.
+pub const TURNOVER_SECONDS: u64 = 8;
+
+/// The per-CPU, per-slice admission budget for a table of `capacity` entries on `cpus` CPUs:
+/// capacity / TURNOVER_SECONDS admissions per second in all, shared out among the CPUs, at
+/// least 1. For 65,536 entries on 2 CPUs: 274 per CPU per 67 ms slice (≈8,200 per second).
+pub const fn admit_per_slice(capacity: u32, cpus: u32) -> u32 {
+    let slice_ns = 1u64 << ADMISSION_SLICE_SHIFT;
+    let cpus = if cpus == 0 { 1 } else { cpus as u64 };
+    let per_slice = capacity as u64 * slice_ns / (TURNOVER_SECONDS * 1_000_000_000) / cpus;
+    if per_slice == 0 {
+        1
+    } else if per_slice > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        per_slice as u32
+    }
+}
 
 /// `Config::action`. Zero is count, so a program whose config was never written passes
 /// everything.
@@ -262,6 +280,18 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_paces_a_full_turnover() {
+        assert_eq!(admit_per_slice(65_536, 2), 274);
+        assert_eq!(admit_per_slice(65_536, 1), 549);
+        assert_eq!(admit_per_slice(16, 64), 1);
+        assert_eq!(admit_per_slice(65_536, 0), 549);
+        // Whatever the CPU count, all CPUs together refill the table in ~TURNOVER_SECONDS.
+        let per_sec =
+            admit_per_slice(65_536, 8) as u64 * 8 * 1_000_000_000 / (1 << ADMISSION_SLICE_SHIFT);
+        assert!((7_500..=8_300).contains(&per_sec), "{per_sec}");
+    }
 
     #[test]
     fn v4_keys_round_trip() {

@@ -58,6 +58,8 @@ pub struct Source {
 pub struct Guard {
     ebpf: Ebpf,
     settings: Settings,
+    /// SOURCES capacity, which the admission budget is derived from.
+    capacity: u32,
     /// Set once attached.
     pub iface: Option<String>,
     pub attached: Option<Attached>,
@@ -90,6 +92,7 @@ impl Guard {
         let mut guard = Guard {
             ebpf,
             settings: Settings { ports: Vec::new(), allow: Vec::new(), ..settings.clone() },
+            capacity: sources,
             iface: None,
             attached: None,
         };
@@ -153,7 +156,9 @@ impl Guard {
             }
         }
         let mut config: Array<&mut MapData, Config> = map(&mut self.ebpf, map_names::CONFIG)?;
-        config.set(0, new.config(), 0).context("writing CONFIG")?;
+        let cpus =
+            aya::util::online_cpus().map_err(|(_, e)| e).context("counting CPUs")?.len() as u32;
+        config.set(0, new.config(self.capacity, cpus), 0).context("writing CONFIG")?;
         self.settings = new.clone();
         Ok(())
     }

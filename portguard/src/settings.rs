@@ -8,8 +8,8 @@ use std::{
 };
 
 use portguard_common::{
-    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DEFAULT_ADMIT_PER_SLICE,
-    DEFAULT_PORT, DIR_DST, DIR_SRC, PROTO_TCP, PROTO_UDP,
+    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DEFAULT_PORT, DIR_DST, DIR_SRC,
+    PROTO_TCP, PROTO_UDP,
 };
 
 /// What happens to a matched packet.
@@ -115,7 +115,9 @@ pub struct Settings {
     pub protocols: Vec<Protocol>,
     pub direction: Direction,
     pub allow: Vec<Cidr>,
-    pub admit_per_slice: u32,
+    /// Override of the admission budget (new sources per CPU per slice); by default it is
+    /// derived from the table's capacity and the CPU count (`admit_per_slice`).
+    pub admit_per_slice: Option<u32>,
 }
 
 impl Default for Settings {
@@ -126,14 +128,15 @@ impl Default for Settings {
             protocols: vec![Protocol::Tcp, Protocol::Udp],
             direction: Direction::Dst,
             allow: Vec::new(),
-            admit_per_slice: DEFAULT_ADMIT_PER_SLICE,
+            admit_per_slice: None,
         }
     }
 }
 
 impl Settings {
-    /// The CONFIG entry these settings become.
-    pub fn config(&self) -> Config {
+    /// The CONFIG entry these settings become, for a source table of `capacity` entries on
+    /// `cpus` CPUs.
+    pub fn config(&self, capacity: u32, cpus: u32) -> Config {
         let mut allow = 0;
         for c in &self.allow {
             allow |= if c.addr.is_ipv4() { ALLOW_HAS_V4 } else { ALLOW_HAS_V6 };
@@ -146,7 +149,9 @@ impl Settings {
             protocols: self.protocols.iter().fold(0, |b, p| b | p.bit()),
             direction: self.direction.bits(),
             allow,
-            admit_per_slice: self.admit_per_slice,
+            admit_per_slice: self
+                .admit_per_slice
+                .unwrap_or_else(|| portguard_common::admit_per_slice(capacity, cpus)),
         }
     }
 
@@ -199,7 +204,8 @@ mod tests {
     #[test]
     fn default_config_drops_tcp_and_udp_to_2745() {
         let s = Settings::default();
-        let c = s.config();
+        let c = s.config(65_536, 2);
+        assert_eq!(c.admit_per_slice, 274);
         assert_eq!(c.action, ACTION_DROP);
         assert_eq!(c.protocols, PROTO_TCP | PROTO_UDP);
         assert_eq!(c.direction, DIR_DST);

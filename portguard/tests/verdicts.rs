@@ -453,7 +453,7 @@ fn per_source_counters_name_the_sender() {
 #[test]
 fn new_sources_are_admitted_within_budget_and_the_rest_is_counted() {
     // A budget of 8 new sources per CPU per slice; 300 distinct sources arrive in a burst.
-    let mut g = load(Settings { admit_per_slice: 8, ..Settings::default() });
+    let mut g = load(Settings { admit_per_slice: Some(8), ..Settings::default() });
     let steady = Frame::udp4([198, 19, 255, 1], DST4, 1, 2745).build();
     run(&mut g, &steady);
     for i in 0..300u32 {
@@ -516,4 +516,43 @@ fn no_frame_aborts() {
             r.return_value
         );
     }
+}
+
+/// The LRU keeps sources that keep sending: a flood of one-packet sources turning a full table
+/// over many times never evicts two steady probers, whose counts stay exact. The prober period
+/// (every 512 frames) against the table (4,096 entries) is the default pacing's ratio: 1 s
+/// against an 8 s turnover.
+#[test]
+fn steady_probers_survive_a_table_turning_over() {
+    let settings = Settings { admit_per_slice: Some(u32::MAX), ..Settings::default() };
+    let mut g = Guard::load(&settings, 4096).unwrap();
+    let a = Frame::udp4([198, 19, 0, 1], DST4, 1, 2745).build();
+    let b = Frame::tcp6(v6([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1]), DST6, 1, 2745).syn().build();
+    let (mut sent_a, mut sent_b) = (0, 0);
+    let frames = 40_000u32;
+    for i in 0..frames {
+        let src = [198, 18, (i >> 8) as u8, i as u8];
+        let r = g.program().unwrap().test_run(TestRunOptions {
+            data_in: Some(&Frame::udp4(src, DST4, 1, 2745).build()),
+            ..Default::default()
+        });
+        assert_eq!(r.unwrap().return_value, XDP_DROP);
+        if i % 512 == 0 {
+            run(&mut g, &a);
+            sent_a += 1;
+        }
+        if i % 512 == 256 {
+            run(&mut g, &b);
+            sent_b += 1;
+        }
+    }
+    let sources = g.sources().unwrap();
+    assert!(sources.len() <= 4096 + 64, "the table stays at its bound: {}", sources.len());
+    let find =
+        |addr: &str| sources.iter().find(|s| s.addr.to_string() == addr).map(|s| s.stats.packets);
+    assert_eq!(find("198.19.0.1"), Some(sent_a));
+    assert_eq!(find("2001:db8:ffff::1"), Some(sent_b));
+    let t = g.totals().unwrap();
+    assert_eq!(t.dropped, frames as u64 + sent_a + sent_b);
+    assert!(t.admitted >= frames as u64, "every flood source was admitted: {t:?}");
 }

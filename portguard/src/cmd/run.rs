@@ -14,7 +14,7 @@ use portguard::{
     report::{self, View},
     settings::{Cidr, Direction, Mode, Protocol, Settings},
 };
-use portguard_common::{DEFAULT_ADMIT_PER_SLICE, DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY, Totals};
+use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY, Totals};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Attach to one or more interfaces and print live counters until interrupted.
@@ -48,9 +48,10 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SOURCE_CAPACITY,
           value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub sources: u32,
-    /// New sources admitted into the table per CPU per 67 ms slice (flood protection).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_ADMIT_PER_SLICE, hide = true)]
-    pub admit_per_slice: u32,
+    /// New sources admitted into the table per CPU per 67 ms slice (default: paced so that a
+    /// flood turns the table over no faster than once in 8 s).
+    #[arg(long, value_name = "N", hide = true)]
+    pub admit_per_slice: Option<u32>,
     /// Seconds between counter updates.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub interval: f64,
