@@ -251,3 +251,46 @@ fn host_scan_answers() {
     assert_eq!(report.clean, report.sockets.is_empty());
     assert!(report.netns.is_none());
 }
+
+#[test]
+fn sockets_without_a_process_are_listed_not_dropped() {
+    let lab = lab(5);
+    let peer = SocketAddr::new(lab::outside(false, 1), PORT);
+    let server = lab::in_netns(&lab.out, move || TcpListener::bind(peer)).unwrap().unwrap();
+    let client =
+        lab::in_netns(&lab.gw, move || TcpStream::connect_timeout(&peer, Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+    let local = client.local_addr().unwrap();
+    let (accepted, _) = server.accept().unwrap();
+    // The gateway closes first, so its end waits in TIME-WAIT, owned by no process.
+    drop(client);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(accepted);
+
+    let mut waiting = Vec::new();
+    for _ in 0..100 {
+        let report = check::scan(&[PORT], Some(&lab.gw)).unwrap();
+        waiting = report
+            .sockets
+            .into_iter()
+            .filter(|s| s.state == "time-wait" && s.local() == local && s.remote() == peer)
+            .collect();
+        if !waiting.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(waiting.len(), 1, "no TIME-WAIT socket for {local} -> {peer}");
+    let s = &waiting[0];
+    assert!(!s.owner_visible && s.processes.is_empty(), "{s:#?}");
+    assert!(s.owner_note.is_some(), "{s:#?}");
+
+    let out = portguard(&["check", "--netns", &lab.gw]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let row = stdout.lines().find(|l| l.contains("time-wait")).expect("a time-wait row");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[4], "-", "{stdout}");
+    assert!(row.contains("(none: closed, held by the kernel)"), "{stdout}");
+}

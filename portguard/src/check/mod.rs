@@ -191,7 +191,7 @@ pub fn scan(ports: &[u16], netns: Option<&str>) -> Result<Report> {
         matching.iter().map(|s| u64::from(s.inode)).filter(|&i| i != 0).collect();
     let owners = procs::owners(Path::new("/proc"), &inodes);
     let unknown = if owners.denied > 0 {
-        "unknown: not allowed to read every process's descriptors (run as root)"
+        "unknown: not allowed to read other processes' descriptors; run as root"
     } else {
         "unknown: not visible from this host's /proc"
     };
