@@ -7,17 +7,22 @@ use std::{io::Write as _, process::ExitCode};
 use portguard::check::{self, Report, Socket};
 use portguard_common::DEFAULT_PORT;
 
-/// List the TCP and UDP sockets (IPv4 and IPv6, listening, bound or connected) whose local or
-/// remote port is guarded, with the processes that own them. Exits 0 when there are none, 1
-/// when there are some, 2 on error.
+/// Is anything here using the guarded port? Lists its sockets and their processes.
+///
+/// Lists TCP sockets in any state (listening, connecting, connected, closing) and bound UDP
+/// sockets, IPv4 and IPv6, whose local or remote port is guarded, with the processes that own
+/// them. Exits 0 when there are none, 1 when there are some, 2 on error.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
     /// Port to look for (repeat for several).
     #[arg(long = "port", short = 'p', value_name = "N", default_values_t = [DEFAULT_PORT],
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
-    /// Print one JSON document instead of a table (fields are documented in
-    /// portguard::check::Report).
+    /// Print one JSON document instead of the table.
+    ///
+    /// Stable field names: ports, netns, clean, sockets[] with protocol, family, state,
+    /// local_address, local_port, remote_address, remote_port, inode, uid, user,
+    /// processes[] {pid, name, cmdline}, owner_visible, owner_note.
     #[arg(long)]
     pub json: bool,
     /// Inspect network namespace /run/netns/NAME instead of this one (processes are still
