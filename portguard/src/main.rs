@@ -28,46 +28,52 @@ fn main() -> ExitCode {
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // `check` promises exit 2 and one line on stderr for any error, usage errors included.
-        Err(e) if e.use_stderr() && invoked_check() => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("portguard: error: {}", first.strip_prefix("error: ").unwrap_or(first));
-            return ExitCode::from(cmd::check::ERROR);
-        }
-        Err(e) => e.exit(),
+        Err(e) => return usage_error(e),
     };
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Lab(a) => cmd::lab::run(a),
+        // check has its own exit codes: 0 clean, 1 found, 2 error.
         Command::Check(a) => return cmd::check::run(a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("portguard: error: {}", error_line(&e));
+            // One line: the outermost context and the root cause.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            let msg = if chain.len() > 1 && !chain[0].contains(&chain[chain.len() - 1]) {
+                format!("{}: {}", chain[0], chain[chain.len() - 1])
+            } else {
+                chain[0].clone()
+            };
+            eprintln!("portguard: error: {msg}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// One line: the outermost context and the root cause.
-fn error_line(e: &anyhow::Error) -> String {
-    let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-    match (chain.first(), chain.last()) {
-        (Some(first), Some(last)) if chain.len() > 1 && !first.contains(last.as_str()) => {
-            format!("{first}: {last}")
-        }
-        (Some(first), _) => first.clone(),
-        _ => e.to_string(),
+/// clap's errors span several lines (message, usage, hint); scripts and journald want one.
+/// Help and version requests print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
     }
-}
-
-/// Whether the subcommand on the command line is `check` (the first argument that is not an
-/// option).
-fn invoked_check() -> bool {
-    std::env::args_os()
-        .skip(1)
-        .find(|a| !a.to_string_lossy().starts_with('-'))
-        .is_some_and(|a| a == "check")
+    let text = e.render().to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = msg.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    eprintln!("portguard: error: {msg} (see 'portguard --help')");
+    ExitCode::from(2)
 }

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> ExitCode {
     let report = match check::scan(&args.ports, args.netns.as_deref()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("portguard: error: {}", crate::error_line(&e));
+            eprintln!("portguard: error: {}", one_line(&e));
             return ExitCode::from(ERROR);
         }
     };
@@ -62,6 +62,18 @@ pub fn run(args: Args) -> ExitCode {
         return ExitCode::from(ERROR);
     }
     if report.clean { ExitCode::SUCCESS } else { ExitCode::from(FOUND) }
+}
+
+/// The outermost context and the root cause, like the other commands' errors.
+fn one_line(e: &anyhow::Error) -> String {
+    let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+    match (chain.first(), chain.last()) {
+        (Some(first), Some(last)) if chain.len() > 1 && !first.contains(last.as_str()) => {
+            format!("{first}: {last}")
+        }
+        (Some(first), _) => first.clone(),
+        _ => e.to_string(),
+    }
 }
 
 /// The table and the verdict line, as people read them.
