@@ -4,7 +4,7 @@
 
 use std::{io::Write as _, process::ExitCode};
 
-use portguard::check::{self, Report, Socket};
+use portguard::check::{self, Family, Report, Socket};
 use portguard_common::DEFAULT_PORT;
 
 /// Is anything here using the guarded port? Lists its sockets and their processes.
@@ -55,11 +55,11 @@ pub fn run(args: Args) -> ExitCode {
     };
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        // A closed pipe (`| head`) is not worth a second message; the code still tells.
+        // A reader that stopped early (`| head -1`) still gets the answer through the code.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("portguard: error: writing output: {e}");
+            return ExitCode::from(ERROR);
         }
-        return ExitCode::from(ERROR);
     }
     if report.clean { ExitCode::SUCCESS } else { ExitCode::from(FOUND) }
 }
@@ -112,7 +112,7 @@ pub fn render(report: &Report) -> String {
 
 /// One row per owning process; a socket no process could be found for still gets its row.
 fn rows_for(s: &Socket) -> Vec<[String; 8]> {
-    let proto = format!("{}{}", s.protocol, if s.family.as_str() == "ipv6" { "6" } else { "" });
+    let proto = format!("{}{}", s.protocol, if s.family == Family::Ipv6 { "6" } else { "" });
     let local = s.local().to_string();
     let remote = if s.remote_port == 0 && s.remote_address.is_unspecified() {
         "*".to_string()
