@@ -294,3 +294,26 @@ fn sockets_without_a_process_are_listed_not_dropped() {
     assert_eq!(fields[4], "-", "{stdout}");
     assert!(row.contains("(none: closed, held by the kernel)"), "{stdout}");
 }
+
+#[test]
+fn reports_a_connection_attempt_in_syn_sent() {
+    let lab = lab(6);
+    // An address on the lab's link that nobody answers for: the SYN never leaves the veth, and
+    // the socket stays in SYN-SENT while the kernel retries.
+    let nobody = SocketAddr::new(std::net::Ipv4Addr::new(198, 18, 0, 200).into(), PORT);
+    let socket = lab::in_netns(&lab.gw, move || -> std::io::Result<socket2::Socket> {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        match s.connect(&nobody.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+            Err(e) => Err(e),
+            Ok(()) => Err(std::io::Error::other("connected to nobody")),
+        }
+    })
+    .unwrap()
+    .unwrap();
+    let report = check::scan(&[PORT], Some(&lab.gw)).unwrap();
+    let found = find(&report, Protocol::Tcp, Family::Ipv4, "syn-sent", nobody);
+    assert_owned_by(&found, std::process::id(), "tcp4 syn-sent");
+    assert_eq!(found[0].local(), socket.local_addr().unwrap().as_socket().unwrap());
+}
