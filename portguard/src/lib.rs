@@ -7,8 +7,10 @@
 //! - `report`: rendering counters for people and for machines.
 //! - `privileges`: the capability check that runs before anything is loaded.
 //! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
+//! - `check`: which sockets use a guarded port, and which processes own them.
 //! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
 
+pub mod check;
 pub mod clock;
 pub mod counters;
 pub mod frames;

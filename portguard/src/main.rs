@@ -19,6 +19,7 @@ struct Cli {
 enum Command {
     Run(cmd::run::Args),
     Lab(cmd::lab::Args),
+    Check(cmd::check::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Lab(a) => cmd::lab::run(a),
+        // check has its own exit codes: 0 clean, 1 found, 2 error.
+        Command::Check(a) => return cmd::check::run(a),
     };
     match result {
         Ok(code) => code,
