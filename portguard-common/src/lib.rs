@@ -28,9 +28,10 @@ pub mod map_names {
     pub const SOURCES: &str = "SOURCES";
     pub const ADMISSION: &str = "ADMISSION";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const META: &str = "META";
     /// Every map, in the order userspace pins and reports them.
-    pub const ALL: [&str; 8] =
-        [CONFIG, PORTS, ALLOW_V4, ALLOW_V6, TOTALS, SOURCES, ADMISSION, FRAGMENTS];
+    pub const ALL: [&str; 9] =
+        [META, CONFIG, PORTS, ALLOW_V4, ALLOW_V6, TOTALS, SOURCES, ADMISSION, FRAGMENTS];
 }
 
 /// The XDP program's name in the object file.
@@ -242,6 +243,37 @@ impl SourceStats {
     }
 }
 
+/// The version of the map layouts in this file. A new portguard adopting pinned maps of another
+/// layout would misread them: it refuses, and says how to start afresh. Bump it whenever a
+/// type below changes size or meaning.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// META\[0\]: facts about the attachment that userspace records for other portguard processes
+/// (`status`, adoption after a restart). The XDP program never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// `LAYOUT_VERSION` of the portguard that created the maps.
+    pub layout: u32,
+    /// The interface index attached to.
+    pub ifindex: u32,
+    /// When the interface was first guarded, seconds since the Unix epoch.
+    pub since_unix: u64,
+    /// SOURCES capacity.
+    pub capacity: u32,
+    /// `XDP_MODE_*`.
+    pub xdp_mode: u8,
+    pub _pad: [u8; 3],
+    /// The process that owns the attachment (0: none; it was left in place on exit).
+    pub owner_pid: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<Meta>() == 32);
+
+/// `Meta::xdp_mode`.
+pub const XDP_MODE_NATIVE: u8 = 1;
+pub const XDP_MODE_GENERIC: u8 = 2;
+
 /// FRAGMENTS key: one fragmented datagram whose first fragment matched. Fields mirror the
 /// kernel's reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), `proto` = 0.
 #[repr(C)]
@@ -270,6 +302,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, contain only integers and have no padding that is
     // not an explicit field.
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for Admission {}
     unsafe impl aya::Pod for SourceKey {}

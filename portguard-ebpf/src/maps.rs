@@ -7,9 +7,14 @@ use aya_ebpf::{
 };
 use portguard_common::{
     ALLOWLIST_CAPACITY, Admission, AllowV4, AllowV6, Config, DEFAULT_SOURCE_CAPACITY,
-    FRAGMENT_CAPACITY, FragmentKey, FragmentVerdict, PORT_TABLE_ENTRIES, SourceKey, SourceStats,
-    Totals,
+    FRAGMENT_CAPACITY, FragmentKey, FragmentVerdict, Meta, PORT_TABLE_ENTRIES, SourceKey,
+    SourceStats, Totals,
 };
+
+/// Written and read by userspace only (see `Meta`); declared here so that it is created and
+/// pinned with the rest.
+#[map]
+pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 
 /// The runtime configuration (one entry), written by userspace at any time.
 #[map]

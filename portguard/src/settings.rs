@@ -134,6 +134,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Nothing guarded: what a map set holds before anything is written.
+    pub fn empty() -> Settings {
+        Settings { ports: Vec::new(), allow: Vec::new(), ..Settings::default() }
+    }
+
     /// The CONFIG entry these settings become, for a source table of `capacity` entries on
     /// `cpus` CPUs.
     pub fn config(&self, capacity: u32, cpus: u32) -> Config {
