@@ -266,7 +266,9 @@ pub struct Meta {
     pub _pad: [u8; 3],
     /// The process that owns the attachment (0: none; it was left in place on exit).
     pub owner_pid: u32,
-    pub _pad2: u32,
+    /// Bumped by every change of the settings (`portguard set`, SIGHUP), so that watchers
+    /// re-read the port table only when it changed.
+    pub generation: u32,
 }
 const _: () = assert!(size_of::<Meta>() == 32);
 

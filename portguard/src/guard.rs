@@ -106,6 +106,8 @@ pub struct Guard {
     link: Option<FdLink>,
     pin_dir: Option<PathBuf>,
     _lock: Option<Lock>,
+    /// META's generation when the settings were last read.
+    generation: u32,
     pub iface: Option<String>,
     pub attached: Option<Attached>,
 }
@@ -156,6 +158,7 @@ impl Guard {
             link: None,
             pin_dir: None,
             _lock: None,
+            generation: 0,
             iface: None,
             attached: None,
         };
@@ -289,6 +292,7 @@ impl Guard {
         meta.capacity = capacity;
         meta.xdp_mode = attached.meta();
         meta.owner_pid = std::process::id();
+        meta.generation = meta.generation.wrapping_add(1);
         if fresh_meta || meta.since_unix == 0 {
             meta.since_unix = now_unix();
         }
@@ -301,6 +305,7 @@ impl Guard {
             link: Some(link),
             pin_dir: Some(dir.to_path_buf()),
             _lock: Some(lock),
+            generation: meta.generation,
             iface: Some(iface.to_string()),
             attached: Some(attached),
         };
@@ -318,7 +323,13 @@ impl Guard {
             }
             bail!("{iface} is not guarded by portguard (no pinned state in {})", dir.display());
         }
-        let maps = Maps::open(&dir)?;
+        let maps = Maps::open(&dir).map_err(|e| {
+            if e.chain().any(|c| c.to_string().contains("Permission denied")) {
+                anyhow!("reading portguard's pinned maps needs root (or CAP_BPF): run it with sudo")
+            } else {
+                e
+            }
+        })?;
         let meta = maps.meta()?;
         let settings = maps.settings()?;
         Ok(Guard {
@@ -329,6 +340,7 @@ impl Guard {
             link: None,
             pin_dir: Some(dir),
             _lock: None,
+            generation: meta.generation,
             iface: Some(iface.to_string()),
             attached: Attached::from_meta(meta.xdp_mode),
         })
@@ -391,7 +403,24 @@ impl Guard {
             if self.pin_dir.is_some() { self.maps.settings()? } else { self.settings.clone() };
         self.maps.apply(&old, new, self.capacity)?;
         self.settings = new.clone();
+        if self.pin_dir.is_some() {
+            let mut meta = self.maps.meta()?;
+            meta.generation = meta.generation.wrapping_add(1);
+            self.maps.set_meta(&meta)?;
+            self.generation = meta.generation;
+        }
         Ok(())
+    }
+
+    /// Re-reads the settings if another process changed them since this one last looked.
+    pub fn follow_changes(&mut self) -> Result<bool> {
+        let g = self.maps.meta()?.generation;
+        if g == self.generation {
+            return Ok(false);
+        }
+        self.settings = self.maps.settings()?;
+        self.generation = g;
+        Ok(true)
     }
 
     /// The program itself, e.g. for BPF_PROG_TEST_RUN.

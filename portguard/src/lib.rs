@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod config;
 pub mod counters;
 pub mod frames;
 pub mod guard;

@@ -18,8 +18,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(cmd::run::Args),
-    Lab(cmd::lab::Args),
+    Stats(cmd::stats::Args),
+    Status(cmd::status::Args),
+    Set(cmd::set::Args),
+    Detach(cmd::detach::Args),
     Check(cmd::check::Args),
+    Lab(cmd::lab::Args),
+    Completions(cmd::completions::Args),
+    /// Print the man page (roff), e.g. `portguard man > portguard.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -32,7 +39,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Set(a) => cmd::set::run(a),
+        Command::Detach(a) => cmd::detach::run(a),
         Command::Lab(a) => cmd::lab::run(a),
+        Command::Completions(a) => cmd::completions::run::<Cli>(a),
+        Command::Man => cmd::completions::man::<Cli>(),
         // check has its own exit codes: 0 clean, 1 found, 2 error.
         Command::Check(a) => return cmd::check::run(a),
     };

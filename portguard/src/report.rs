@@ -1,24 +1,99 @@
 //! Rendering counters: a table for people at a terminal, one `key=value` line per interval for
-//! journald and pipes.
+//! journald and pipes, and JSON with stable field names for scripts. The JSON fields are
+//! documented in README.md ("JSON output"); change them only by adding.
 
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 
-use portguard_common::{DIR_DST, DIR_SRC, PROTO_TCP, PROTO_UDP, Totals};
+use portguard_common::{DIR_DST, DIR_SRC, PROTO_TCP, PROTO_UDP, SourceStats, Totals};
+use serde::Serialize;
 
-use crate::{clock, counters::Rates, guard::Source};
+use crate::{
+    clock,
+    counters::Rates,
+    guard::{Attached, Source},
+    settings::{Direction, Mode, Protocol, Settings},
+};
 
-/// What one interface looks like at one instant.
-pub struct View {
+/// How the source table is ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    Packets,
+    Rate,
+    LastSeen,
+}
+
+/// A source with its rate.
+#[derive(Clone, Debug)]
+pub struct Ranked {
+    pub source: Source,
+    /// Packets per second over the last interval, or since first seen when there is no
+    /// previous sample.
+    pub rate: f64,
+}
+
+/// One interface at one instant.
+pub struct Snapshot {
     pub iface: String,
-    pub attached: &'static str,
-    pub summary: String,
+    pub attached: Option<Attached>,
+    pub settings: Settings,
     pub totals: Totals,
     pub rates: Rates,
-    pub sources: Vec<Source>,
+    /// How many sources the table holds.
+    pub tracked: usize,
+    /// The top sources, ordered.
+    pub sources: Vec<Ranked>,
+}
+
+/// Rates per source (from `prev`, packets per address `dt` ago), ordered by `sort`, cut to
+/// `top`.
+pub fn rank(
+    sources: &[Source],
+    prev: Option<(&HashMap<IpAddr, u64>, Duration)>,
+    now_ns: u64,
+    sort: SortBy,
+    top: usize,
+) -> Vec<Ranked> {
+    let mut out: Vec<Ranked> = sources
+        .iter()
+        .map(|s| {
+            let rate = match prev {
+                Some((p, dt)) => {
+                    let before = p.get(&s.addr).copied().unwrap_or(0);
+                    s.stats.packets.saturating_sub(before) as f64 / dt.as_secs_f64().max(1e-3)
+                }
+                None => {
+                    let span = now_ns.saturating_sub(s.stats.first_seen_ns) as f64 / 1e9;
+                    s.stats.packets as f64 / span.max(1.0)
+                }
+            };
+            Ranked { source: *s, rate }
+        })
+        .collect();
+    match sort {
+        SortBy::Packets => out.sort_by(|a, b| {
+            b.source
+                .stats
+                .packets
+                .cmp(&a.source.stats.packets)
+                .then(a.source.addr.cmp(&b.source.addr))
+        }),
+        SortBy::Rate => out.sort_by(|a, b| {
+            b.rate.total_cmp(&a.rate).then(b.source.stats.packets.cmp(&a.source.stats.packets))
+        }),
+        SortBy::LastSeen => out.sort_by(|a, b| {
+            b.source
+                .stats
+                .last_seen_ns
+                .cmp(&a.source.stats.last_seen_ns)
+                .then(a.source.addr.cmp(&b.source.addr))
+        }),
+    }
+    out.truncate(top);
+    out
 }
 
 /// "probing 2745", "answering from 2745", or both.
-pub fn what(stats: &portguard_common::SourceStats) -> String {
+pub fn what(stats: &SourceStats) -> String {
     let port = stats.last_port;
     match (stats.directions & DIR_DST != 0, stats.directions & DIR_SRC != 0) {
         (true, true) => format!("probing and answering from {port}"),
@@ -27,33 +102,41 @@ pub fn what(stats: &portguard_common::SourceStats) -> String {
     }
 }
 
-fn protocols(p: u8) -> &'static str {
-    match (p & PROTO_TCP != 0, p & PROTO_UDP != 0) {
-        (true, true) => "tcp+udp",
-        (true, false) => "tcp",
-        (false, true) => "udp",
-        _ => "-",
+fn direction_word(stats: &SourceStats) -> &'static str {
+    match (stats.directions & DIR_DST != 0, stats.directions & DIR_SRC != 0) {
+        (true, true) => "both",
+        (false, true) => "answering",
+        _ => "probing",
     }
 }
 
-/// Sorts the sources by packets, most first, and keeps `top`.
-pub fn top(mut sources: Vec<Source>, top: usize) -> Vec<Source> {
-    sources.sort_by(|a, b| b.stats.packets.cmp(&a.stats.packets).then(a.addr.cmp(&b.addr)));
-    sources.truncate(top);
-    sources
+fn protocol_names(p: u8) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if p & PROTO_TCP != 0 {
+        v.push("tcp");
+    }
+    if p & PROTO_UDP != 0 {
+        v.push("udp");
+    }
+    v
+}
+
+fn attached_str(a: Option<Attached>) -> &'static str {
+    a.map_or("unknown", Attached::as_str)
 }
 
 /// The table shown on a terminal.
-pub fn table(views: &[View], top_n: usize) -> String {
+pub fn table(snaps: &[Snapshot]) -> String {
     let now = clock::monotonic_ns();
     let mut s = String::new();
-    for v in views {
+    for v in snaps {
         let t = &v.totals;
-        let _ = writeln!(s, "{} ({} XDP): {}", v.iface, v.attached, v.summary);
+        let _ =
+            writeln!(s, "{} ({} XDP): {}", v.iface, attached_str(v.attached), v.settings.summary());
         let _ = writeln!(
             s,
-            "  seen {} ({:.0}/s)  matched {} ({:.0}/s)  dropped {} ({:.0}/s)  allowed {}  malformed {}  \
-             fragments followed {}  untracked {}",
+            "  seen {} ({:.0}/s)  matched {} ({:.0}/s)  dropped {} ({:.0}/s)  allowed {}  \
+             malformed {}  fragments followed {}  untracked {}",
             t.seen,
             v.rates.seen,
             t.matched,
@@ -71,39 +154,41 @@ pub fn table(views: &[View], top_n: usize) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:<39} {:>9} {:>11} {:>6} {:<7} {:>9} {:>10}  WHAT",
-            "SOURCE", "PACKETS", "BYTES", "SYNS", "PROTO", "LAST", "FIRST"
+            "  {:<39} {:>9} {:>8} {:>11} {:>5} {:<7} {:>9} {:>9}  WHAT",
+            "SOURCE", "PACKETS", "RATE/s", "BYTES", "SYNS", "PROTO", "LAST", "FIRST"
         );
-        for src in top(v.sources.clone(), top_n) {
-            let st = &src.stats;
+        for r in &v.sources {
+            let st = &r.source.stats;
             let _ = writeln!(
                 s,
-                "  {:<39} {:>9} {:>11} {:>6} {:<7} {:>9} {:>10}  {}",
-                src.addr.to_string(),
+                "  {:<39} {:>9} {:>8.1} {:>11} {:>5} {:<7} {:>9} {:>9}  {}",
+                r.source.addr.to_string(),
                 st.packets,
+                r.rate,
                 st.bytes,
                 st.tcp_syns,
-                protocols(st.protocols),
+                protocol_names(st.protocols).join("+"),
                 format!("{} ago", clock::short(clock::age(st.last_seen_ns, now))),
                 format!("{} ago", clock::short(clock::age(st.first_seen_ns, now))),
                 what(st)
             );
         }
-        if v.sources.len() > top_n {
-            let _ = writeln!(s, "  ... and {} more sources", v.sources.len() - top_n);
+        if v.tracked > v.sources.len() {
+            let _ = writeln!(s, "  ... and {} more sources", v.tracked - v.sources.len());
         }
     }
     s
 }
 
-/// One line per interface: stable `key=value` pairs, sources as `addr:packets`.
-pub fn line(v: &View, top_n: usize) -> String {
+/// One line per interface: stable `key=value` pairs, the top sources as `addr:packets`.
+pub fn line(v: &Snapshot) -> String {
     let t = &v.totals;
     let mut s = format!(
-        "iface={} xdp={} seen={} matched={} dropped={} allowed={} malformed={} fragments_followed={} \
-         untracked={} sources={} drop_rate={:.1}",
+        "iface={} xdp={} mode={} seen={} matched={} dropped={} allowed={} malformed={} \
+         fragments_followed={} untracked={} sources={} drop_rate={:.1}",
         v.iface,
-        v.attached,
+        attached_str(v.attached),
+        mode_str(v.settings.mode),
         t.seen,
         t.matched,
         t.dropped,
@@ -111,16 +196,154 @@ pub fn line(v: &View, top_n: usize) -> String {
         t.malformed,
         t.fragments_followed,
         t.untracked,
-        v.sources.len(),
+        v.tracked,
         v.rates.dropped
     );
-    let tops: Vec<String> = top(v.sources.clone(), top_n)
-        .iter()
-        .map(|x| format!("{}:{}", x.addr, x.stats.packets))
-        .collect();
+    let tops: Vec<String> =
+        v.sources.iter().map(|x| format!("{}:{}", x.source.addr, x.source.stats.packets)).collect();
     if !tops.is_empty() {
         s.push_str(" top=");
         s.push_str(&tops.join(","));
     }
     s
+}
+
+/// The line logged the first time a source appears.
+pub fn new_source_line(iface: &str, s: &Source) -> String {
+    format!(
+        "new source on {iface}: {} {} ({}), {} packets",
+        s.addr,
+        what(&s.stats),
+        protocol_names(s.stats.protocols).join("+"),
+        s.stats.packets
+    )
+}
+
+pub fn mode_str(m: Mode) -> &'static str {
+    match m {
+        Mode::Drop => "drop",
+        Mode::Count => "count",
+    }
+}
+
+pub fn direction_str(d: Direction) -> &'static str {
+    match d {
+        Direction::Dst => "dst",
+        Direction::Src => "src",
+        Direction::Both => "both",
+    }
+}
+
+pub fn protocol_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// TOTALS in JSON.
+#[derive(Serialize)]
+pub struct TotalsJson {
+    pub seen: u64,
+    pub matched: u64,
+    pub matched_bytes: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub allowed: u64,
+    pub malformed: u64,
+    pub fragments_followed: u64,
+    pub untracked: u64,
+    pub untracked_bytes: u64,
+    pub sources_admitted: u64,
+}
+
+impl From<&Totals> for TotalsJson {
+    fn from(t: &Totals) -> Self {
+        TotalsJson {
+            seen: t.seen,
+            matched: t.matched,
+            matched_bytes: t.matched_bytes,
+            dropped: t.dropped,
+            dropped_bytes: t.dropped_bytes,
+            allowed: t.allowed,
+            malformed: t.malformed,
+            fragments_followed: t.fragments_followed,
+            untracked: t.untracked,
+            untracked_bytes: t.untracked_bytes,
+            sources_admitted: t.admitted,
+        }
+    }
+}
+
+/// One source in JSON.
+#[derive(Serialize)]
+pub struct SourceJson {
+    pub address: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub rate_pps: f64,
+    pub first_seen: String,
+    pub first_seen_unix: f64,
+    pub last_seen: String,
+    pub last_seen_unix: f64,
+    pub last_seen_age_seconds: f64,
+    pub tcp_syns: u32,
+    pub last_port: u16,
+    /// "probing" (sent to a guarded port), "answering" (sent from one), or "both".
+    pub direction: &'static str,
+    pub protocols: Vec<&'static str>,
+}
+
+impl SourceJson {
+    pub fn new(r: &Ranked, now_ns: u64) -> SourceJson {
+        let st = &r.source.stats;
+        let first = clock::wall(st.first_seen_ns, now_ns);
+        let last = clock::wall(st.last_seen_ns, now_ns);
+        SourceJson {
+            address: r.source.addr.to_string(),
+            packets: st.packets,
+            bytes: st.bytes,
+            rate_pps: (r.rate * 1000.0).round() / 1000.0,
+            first_seen: clock::rfc3339(first),
+            first_seen_unix: clock::unix(first).floor(),
+            last_seen: clock::rfc3339(last),
+            last_seen_unix: clock::unix(last).floor(),
+            last_seen_age_seconds: (clock::age(st.last_seen_ns, now_ns).as_secs_f64() * 10.0)
+                .round()
+                / 10.0,
+            tcp_syns: st.tcp_syns,
+            last_port: st.last_port,
+            direction: direction_word(st),
+            protocols: protocol_names(st.protocols),
+        }
+    }
+}
+
+/// One interface's counters in JSON (`stats --json`, and each line of `run --json`).
+#[derive(Serialize)]
+pub struct InterfaceJson {
+    pub iface: String,
+    pub xdp_mode: &'static str,
+    pub mode: &'static str,
+    pub ports: Vec<u16>,
+    pub totals: TotalsJson,
+    pub drop_rate_pps: f64,
+    pub sources_tracked: usize,
+    pub sources: Vec<SourceJson>,
+}
+
+impl InterfaceJson {
+    pub fn new(v: &Snapshot) -> InterfaceJson {
+        let now = clock::monotonic_ns();
+        InterfaceJson {
+            iface: v.iface.clone(),
+            xdp_mode: attached_str(v.attached),
+            mode: mode_str(v.settings.mode),
+            ports: v.settings.ports.clone(),
+            totals: TotalsJson::from(&v.totals),
+            drop_rate_pps: (v.rates.dropped * 10.0).round() / 10.0,
+            sources_tracked: v.tracked,
+            sources: v.sources.iter().map(|r| SourceJson::new(r, now)).collect(),
+        }
+    }
 }

@@ -13,7 +13,8 @@ use portguard_common::{
 };
 
 /// What happens to a matched packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Drop it (XDP_DROP).
     Drop,
@@ -22,7 +23,8 @@ pub enum Mode {
 }
 
 /// Which port of a packet is compared with the guarded set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// The destination port: someone probing a guarded port.
     Dst,
@@ -43,7 +45,8 @@ impl Direction {
 }
 
 /// Guarded L4 protocols.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,

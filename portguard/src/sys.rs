@@ -122,8 +122,12 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        // Explicit: the kernel rejects non-zero bytes past the last field, and padding is not
+        // guaranteed to be zero.
+        _pad: u32,
     }
-    let mut attr = Attr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0 };
+    let mut attr =
+        Attr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
     // SAFETY: as in `bpf`, and the returned fd is new and ours.
     let r = unsafe {
         libc::syscall(

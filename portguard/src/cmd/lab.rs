@@ -66,27 +66,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (out, stop, sent) = (lab.out.clone(), stop.clone(), sent.clone());
         thread::spawn(move || traffic(&out, &stop, &sent))
     };
-    let watch_args = super::run::Args {
+    let watch_args = super::run::Args { duration: Some(args.seconds as f64), ..Default::default() };
+    let plan = super::run::Plan {
         ifaces: vec![GW_IF.into()],
-        mode: args.mode,
-        ports: vec![DEFAULT_PORT],
-        direction: settings.direction,
-        protocols: settings.protocols.clone(),
-        allow: Vec::new(),
+        settings: settings.clone(),
         xdp_mode: AttachMode::Auto,
         sources: portguard_common::DEFAULT_SOURCE_CAPACITY,
-        admit_per_slice: settings.admit_per_slice,
         interval: 1.0,
         top: 10,
-        duration: Some(args.seconds as f64),
+        json: false,
+        persist: false,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut guards = [guard];
-    rt.block_on(super::run::watch(&mut guards, &watch_args))?;
+    let mut watched = vec![super::run::Watched::new(guard, true)?];
+    rt.block_on(super::run::watch(&mut watched, &watch_args, plan))?;
     stop.store(true, Ordering::Relaxed);
     traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?.context("traffic")?;
 
-    let t = guards[0].totals()?;
+    let t = watched[0].guard.totals()?;
     println!();
     println!(
         "port {DEFAULT_PORT}: {} probes sent, {} TCP connections and {} UDP datagrams got through \
@@ -101,7 +98,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         service.tcp(),
         service.udp()
     );
-    drop(guards);
+    drop(watched);
     drop(lab);
     println!("lab removed: namespaces deleted, nothing left attached");
     Ok(ExitCode::SUCCESS)

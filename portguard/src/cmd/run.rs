@@ -1,148 +1,330 @@
-//! `portguard run`: attach to interfaces and show live counters until SIGINT or SIGTERM.
+//! `portguard run`: guard interfaces and show live counters until SIGINT or SIGTERM; SIGHUP
+//! re-reads the config file.
 
 use std::{
+    collections::{HashMap, HashSet},
     io::{IsTerminal as _, Write as _},
+    net::IpAddr,
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use portguard::{
+    clock,
+    config::FileConfig,
     counters,
-    guard::{AttachMode, Guard},
+    guard::{Acquired, AttachMode, Guard},
+    pins::Pins,
     privileges,
-    report::{self, View},
+    report::{self, InterfaceJson, SortBy},
     settings::{Cidr, Direction, Mode, Protocol, Settings},
 };
 use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY, Totals};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Attach to one or more interfaces and print live counters until interrupted.
-#[derive(clap::Args, Clone, Debug)]
+/// New-source lines printed per interface per interval; the rest are summed up in one line.
+const NEW_SOURCE_LINES: usize = 10;
+
+/// Guard interfaces and print live counters until interrupted. Flags override the config file.
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct Args {
+    /// TOML configuration file (see portguard.example.toml); flags override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Interface to guard (repeat for several). A firewall attaches where it is told: there is
     /// no default.
-    #[arg(long = "iface", short = 'i', required = true, value_name = "IFACE")]
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
     pub ifaces: Vec<String>,
-    /// What to do with matched packets.
-    #[arg(long, value_enum, default_value = "drop")]
-    pub mode: Mode,
-    /// Guarded port (repeat for several).
-    #[arg(long = "port", short = 'p', value_name = "N", default_values_t = [DEFAULT_PORT],
-          value_parser = clap::value_parser!(u16).range(1..))]
+    /// What to do with matched packets [default: drop].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Guarded port (repeat for several) [default: 2745].
+    #[arg(long = "port", short = 'p', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
     /// Which port of a packet is compared: dst (probes), src (hosts answering from the port),
-    /// or both.
-    #[arg(long, value_enum, default_value = "dst")]
-    pub direction: Direction,
-    /// Guarded protocol (repeat for both).
-    #[arg(long = "protocol", value_enum, default_values_t = [Protocol::Tcp, Protocol::Udp])]
+    /// or both [default: dst].
+    #[arg(long, value_enum)]
+    pub direction: Option<Direction>,
+    /// Guarded protocol (repeat for both) [default: tcp and udp].
+    #[arg(long = "protocol", value_enum)]
     pub protocols: Vec<Protocol>,
     /// Source prefix that is counted but never dropped, e.g. 198.18.0.0/15 (repeatable).
     #[arg(long = "allow", value_name = "CIDR")]
     pub allow: Vec<Cidr>,
-    /// XDP attach mode.
-    #[arg(long = "xdp-mode", value_enum, default_value = "auto")]
-    pub xdp_mode: AttachMode,
-    /// Capacity of the per-source table.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_SOURCE_CAPACITY,
-          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    pub sources: u32,
-    /// New sources admitted into the table per CPU per 67 ms slice (default: paced so that a
-    /// flood turns the table over no faster than once in 8 s).
+    /// XDP attach mode [default: auto].
+    #[arg(long = "xdp-mode", value_enum)]
+    pub xdp_mode: Option<AttachMode>,
+    /// Capacity of the per-source table [default: 65536].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub sources: Option<u32>,
+    /// New sources admitted into the table per CPU per 67 ms slice [default: paced so that a
+    /// flood turns the table over no faster than once in 8 s].
     #[arg(long, value_name = "N", hide = true)]
     pub admit_per_slice: Option<u32>,
-    /// Seconds between counter updates.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    pub interval: f64,
-    /// Sources shown per interface.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
+    /// Seconds between counter updates [default: 1].
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<f64>,
+    /// Sources shown per interface [default: 10].
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave the guard attached (and pinned) when portguard exits, for the next start to adopt:
+    /// restarts and upgrades without a gap. `portguard detach` removes it.
+    #[arg(long)]
+    pub persist: bool,
     /// Stop by itself after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
 }
 
+/// Flags and config file merged, validated.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub ifaces: Vec<String>,
+    pub settings: Settings,
+    pub xdp_mode: AttachMode,
+    pub sources: u32,
+    pub interval: f64,
+    pub top: usize,
+    pub json: bool,
+    pub persist: bool,
+}
+
 impl Args {
-    pub fn settings(&self) -> Settings {
-        let mut ports = self.ports.clone();
+    /// Merges the flags over `file`.
+    pub fn plan(&self, file: &FileConfig) -> Result<Plan> {
+        fn pick<T: Clone>(flag: &[T], file: &Option<Vec<T>>, default: Vec<T>) -> Vec<T> {
+            if !flag.is_empty() { flag.to_vec() } else { file.clone().unwrap_or(default) }
+        }
+        let ifaces = pick(&self.ifaces, &file.interfaces, Vec::new());
+        if ifaces.is_empty() {
+            bail!("no interface to guard: give --iface IFACE (or `interfaces` in the config file)");
+        }
+        let mut ports = pick(&self.ports, &file.ports, vec![DEFAULT_PORT]);
         ports.sort_unstable();
         ports.dedup();
-        let mut protocols = self.protocols.clone();
+        if ports.is_empty() {
+            bail!("no port to guard");
+        }
+        let mut protocols =
+            pick(&self.protocols, &file.protocols, vec![Protocol::Tcp, Protocol::Udp]);
+        protocols.sort_by_key(|p| *p as u8);
         protocols.dedup();
-        Settings {
-            mode: self.mode,
-            ports,
-            protocols,
-            direction: self.direction,
-            allow: self.allow.clone(),
-            admit_per_slice: self.admit_per_slice,
+        if protocols.is_empty() {
+            bail!("no protocol to guard");
+        }
+        let mut allow = pick(&self.allow, &file.allow, Vec::new());
+        allow.dedup();
+        let interval = self.interval.or(file.output.interval).unwrap_or(1.0);
+        if !(0.05..=3600.0).contains(&interval) {
+            bail!("--interval must be between 0.05 and 3600 seconds");
+        }
+        Ok(Plan {
+            ifaces,
+            settings: Settings {
+                mode: self.mode.or(file.mode).unwrap_or(Mode::Drop),
+                ports,
+                protocols,
+                direction: self.direction.or(file.direction).unwrap_or(Direction::Dst),
+                allow,
+                admit_per_slice: self.admit_per_slice,
+            },
+            xdp_mode: self.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
+            sources: self.sources.or(file.sources).unwrap_or(DEFAULT_SOURCE_CAPACITY),
+            interval,
+            top: self.top.or(file.output.top).unwrap_or(10),
+            json: self.json || file.output.json.unwrap_or(false),
+            persist: self.persist || file.persist.unwrap_or(false),
+        })
+    }
+
+    fn file(&self) -> Result<FileConfig> {
+        match &self.config {
+            Some(p) => FileConfig::load(p),
+            None => Ok(FileConfig::default()),
         }
     }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !(args.interval >= 0.05 && args.interval <= 3600.0) {
-        bail!("--interval must be between 0.05 and 3600 seconds");
-    }
+    let plan = args.plan(&args.file()?)?;
     privileges::require_attach()?;
-    for iface in &args.ifaces {
+    for iface in &plan.ifaces {
         portguard::guard::ifindex(iface)?;
     }
-    let settings = args.settings();
-    // Attach everywhere or nowhere: an error drops the guards already attached, detaching them.
-    let mut guards = Vec::new();
-    for iface in &args.ifaces {
-        let mut g = Guard::load(&settings, args.sources)?;
-        let mode = g.attach(iface, args.xdp_mode)?;
-        log::info!("guarding {iface} ({} XDP): {}", mode.as_str(), settings.summary());
-        guards.push(g);
+    let pins = Pins::default();
+    let mut watched = Vec::new();
+    for iface in &plan.ifaces {
+        match Guard::acquire(&pins, iface, Some(&plan.settings), plan.sources, plan.xdp_mode) {
+            Ok((g, how)) => {
+                let mode = g.attached.map_or("unknown", |a| a.as_str());
+                match how {
+                    Acquired::Attached => {
+                        log::info!("guarding {iface} ({mode} XDP): {}", g.settings().summary())
+                    }
+                    Acquired::Adopted => log::info!(
+                        "adopted the guard left on {iface} ({mode} XDP), counters kept: {}",
+                        g.settings().summary()
+                    ),
+                    Acquired::Watching(pid) => log::warn!(
+                        "{iface} is already guarded by a running portguard (pid {pid}): watching \
+                         it; its settings are unchanged (use `portguard set` to change them)"
+                    ),
+                }
+                watched.push(Watched::new(g, !matches!(how, Acquired::Watching(_)))?);
+            }
+            Err(e) => {
+                // All or nothing: undo what this run attached.
+                for w in watched {
+                    w.finish(false);
+                }
+                return Err(e);
+            }
+        }
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(watch(&mut guards, &args))?;
-    drop(guards);
-    log::info!("detached from {}", args.ifaces.join(", "));
-    Ok(ExitCode::SUCCESS)
+    let result = rt.block_on(watch(&mut watched, &args, plan.clone()));
+    let persist = plan.persist;
+    let names: Vec<String> = watched.iter().filter(|w| w.owner).map(|w| w.iface.clone()).collect();
+    for w in watched {
+        w.finish(persist);
+    }
+    if !names.is_empty() {
+        if persist {
+            log::info!(
+                "left {} guarded (persist): `portguard detach` removes it",
+                names.join(", ")
+            );
+        } else {
+            log::info!("detached from {}", names.join(", "));
+        }
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// One interface being shown.
+pub struct Watched {
+    pub guard: Guard,
+    /// This process owns the attachment (else another portguard does).
+    pub owner: bool,
+    pub iface: String,
+    prev: Totals,
+    prev_at: Instant,
+    prev_packets: HashMap<IpAddr, u64>,
+    known: HashSet<IpAddr>,
+}
+
+impl Watched {
+    pub fn new(guard: Guard, owner: bool) -> Result<Watched> {
+        let iface = guard.iface.clone().unwrap_or_default();
+        // Sources already there (an adopted guard) are not news.
+        let sources = guard.sources()?;
+        Ok(Watched {
+            prev: guard.totals()?,
+            prev_at: Instant::now(),
+            prev_packets: sources.iter().map(|s| (s.addr, s.stats.packets)).collect(),
+            known: sources.iter().map(|s| s.addr).collect(),
+            guard,
+            owner,
+            iface,
+        })
+    }
+
+    /// Releases what this process owns: detached, or left in place with `persist`.
+    pub fn finish(self, persist: bool) {
+        if !self.owner {
+            return;
+        }
+        if let Err(e) = self.guard.release(persist) {
+            log::error!("{}: {e:#}", self.iface);
+        }
+    }
 }
 
 /// Prints counters every interval until a signal (or `--duration`) ends it.
-pub async fn watch(guards: &mut [Guard], args: &Args) -> Result<()> {
+pub async fn watch(watched: &mut Vec<Watched>, args: &Args, mut plan: Plan) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
+    let mut sighup = signal(SignalKind::hangup())?;
+    let period = Duration::from_secs_f64(plan.interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
-    let tty = std::io::stdout().is_terminal();
-    let mut prev: Vec<(Totals, Instant)> =
-        guards.iter().map(|_| (Totals::default(), Instant::now())).collect();
+    let tty = std::io::stdout().is_terminal() && !plan.json;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                reload(watched, args, &mut plan);
+                continue;
+            }
             _ = tick.tick() => {}
         }
-        let mut views = Vec::new();
-        for (g, (p, at)) in guards.iter_mut().zip(prev.iter_mut()) {
-            let totals = g.totals()?;
+        watched.retain(|w| {
+            let there = w.guard.still_pinned();
+            if !there {
+                log::warn!("{} was detached by another process: no longer watching it", w.iface);
+            }
+            there
+        });
+        if watched.is_empty() {
+            log::info!("nothing left to watch");
+            break;
+        }
+        let mut snaps = Vec::new();
+        let mut news = Vec::new();
+        for w in watched.iter_mut() {
+            w.guard.follow_changes()?;
+            let totals = w.guard.totals()?;
+            let sources = w.guard.sources()?;
             let now = Instant::now();
-            let rates = counters::rates(p, &totals, now - *at);
-            *p = totals;
-            *at = now;
-            views.push(View {
-                iface: g.iface.clone().unwrap_or_default(),
-                attached: g.attached.map_or("-", |a| a.as_str()),
-                summary: g.settings().summary(),
+            let dt = now - w.prev_at;
+            let rates = counters::rates(&w.prev, &totals, dt);
+            let ranked = report::rank(
+                &sources,
+                Some((&w.prev_packets, dt)),
+                clock::monotonic_ns(),
+                SortBy::Packets,
+                plan.top,
+            );
+            let fresh: Vec<_> =
+                sources.iter().filter(|s| !w.known.contains(&s.addr)).copied().collect();
+            w.known.extend(fresh.iter().map(|s| s.addr));
+            news.push((w.iface.clone(), fresh));
+            w.prev = totals;
+            w.prev_at = now;
+            w.prev_packets = sources.iter().map(|s| (s.addr, s.stats.packets)).collect();
+            snaps.push(report::Snapshot {
+                iface: w.iface.clone(),
+                attached: w.guard.attached,
+                settings: w.guard.settings().clone(),
                 totals,
                 rates,
-                sources: g.sources()?,
+                tracked: sources.len(),
+                sources: ranked,
             });
         }
         let mut out = std::io::stdout().lock();
         if tty {
             // Redraw in place: home, clear screen.
-            let _ = write!(out, "\x1b[H\x1b[2J{}", report::table(&views, args.top));
+            let _ = write!(out, "\x1b[H\x1b[2J{}", report::table(&snaps));
         } else {
-            for v in &views {
-                let _ = writeln!(out, "{}", report::line(v, args.top));
+            for (iface, fresh) in &news {
+                print_new_sources(&mut out, iface, fresh, plan.json);
+            }
+            for v in &snaps {
+                let line = if plan.json {
+                    let mut j = serde_json::to_value(InterfaceJson::new(v))?;
+                    j["event"] = "interval".into();
+                    j.to_string()
+                } else {
+                    report::line(v)
+                };
+                let _ = writeln!(out, "{line}");
             }
         }
         let _ = out.flush();
@@ -151,4 +333,61 @@ pub async fn watch(guards: &mut [Guard], args: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_new_sources(
+    out: &mut impl std::io::Write,
+    iface: &str,
+    fresh: &[portguard::guard::Source],
+    json: bool,
+) {
+    let now = clock::monotonic_ns();
+    for s in fresh.iter().take(NEW_SOURCE_LINES) {
+        let line = if json {
+            let r = report::Ranked { source: *s, rate: 0.0 };
+            let mut j = serde_json::to_value(report::SourceJson::new(&r, now)).unwrap_or_default();
+            j["event"] = "new_source".into();
+            j["iface"] = iface.into();
+            j.to_string()
+        } else {
+            report::new_source_line(iface, s)
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    if fresh.len() > NEW_SOURCE_LINES {
+        let more = fresh.len() - NEW_SOURCE_LINES;
+        let line = if json {
+            serde_json::json!({"event": "new_sources_suppressed", "iface": iface, "count": more})
+                .to_string()
+        } else {
+            format!("... and {more} more new sources on {iface}")
+        };
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+/// SIGHUP: re-read the config file and apply it to the interfaces this process owns. A broken
+/// file leaves the running configuration as it is.
+fn reload(watched: &mut [Watched], args: &Args, plan: &mut Plan) {
+    if args.config.is_none() {
+        log::info!("SIGHUP: no --config file to re-read");
+        return;
+    }
+    let new = match args.file().and_then(|f| args.plan(&f)) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("SIGHUP: keeping the running configuration: {e:#}");
+            return;
+        }
+    };
+    if new.ifaces != plan.ifaces {
+        log::warn!("SIGHUP: a change of interfaces takes a restart; applying the other settings");
+    }
+    for w in watched.iter_mut().filter(|w| w.owner) {
+        match w.guard.apply(&new.settings).context("applying the new settings") {
+            Ok(()) => log::info!("{}: reloaded: {}", w.iface, new.settings.summary()),
+            Err(e) => log::error!("{}: {e:#}", w.iface),
+        }
+    }
+    *plan = Plan { ifaces: plan.ifaces.clone(), ..new };
 }

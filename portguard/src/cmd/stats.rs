@@ -1,0 +1,105 @@
+//! `portguard stats`: totals and the top sources of the running guards, read from their pins.
+
+use std::{collections::HashMap, process::ExitCode, time::Duration};
+
+use anyhow::{Result, bail};
+use portguard::{
+    clock, counters,
+    guard::Guard,
+    pins::Pins,
+    report::{self, InterfaceJson, SortBy},
+};
+use portguard_common::Totals;
+
+/// Show totals and the top sources of guarded interfaces.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Only this interface (default: every guarded one).
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Sources shown per interface.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+    /// Order of the sources.
+    #[arg(long, value_enum, default_value = "packets")]
+    pub sort: SortBy,
+    /// Sample twice this many seconds apart, for rates over that interval (default: one read;
+    /// a source's rate is then its average since first seen).
+    #[arg(long, value_name = "SECONDS")]
+    pub interval: Option<f64>,
+    /// One JSON document (fields in README.md, "JSON output").
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The interfaces a read-only command works on: the one named, or every guarded one.
+pub fn targets(pins: &Pins, iface: Option<&str>) -> Result<Vec<String>> {
+    if let Some(i) = iface {
+        return Ok(vec![i.to_string()]);
+    }
+    let all = pins.guarded()?;
+    if all.is_empty() {
+        if !pins.mounted() {
+            bail!(
+                "nothing is guarded (bpffs is not mounted at /sys/fs/bpf): start `portguard run --iface IFACE`"
+            );
+        }
+        bail!("nothing is guarded: start `portguard run --iface IFACE`");
+    }
+    Ok(all)
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if let Some(i) = args.interval
+        && !(0.05..=60.0).contains(&i)
+    {
+        bail!("--interval must be between 0.05 and 60 seconds");
+    }
+    let pins = Pins::default();
+    let guards: Vec<Guard> = targets(&pins, args.iface.as_deref())?
+        .iter()
+        .map(|i| Guard::open(&pins, i))
+        .collect::<Result<_>>()?;
+    // The first sample, when rates over an interval were asked for.
+    let mut first: Vec<Option<(Totals, HashMap<std::net::IpAddr, u64>)>> = Vec::new();
+    if let Some(i) = args.interval {
+        for g in &guards {
+            let s = g.sources()?;
+            first.push(Some((g.totals()?, s.iter().map(|s| (s.addr, s.stats.packets)).collect())));
+        }
+        std::thread::sleep(Duration::from_secs_f64(i));
+    }
+    let now = clock::monotonic_ns();
+    let mut snaps = Vec::new();
+    for (n, g) in guards.iter().enumerate() {
+        let totals = g.totals()?;
+        let sources = g.sources()?;
+        let (rates, prev) = match first.get(n).and_then(Option::as_ref) {
+            Some((t, p)) => {
+                let dt = Duration::from_secs_f64(args.interval.unwrap_or(1.0));
+                (counters::rates(t, &totals, dt), Some((p, dt)))
+            }
+            None => (counters::Rates::default(), None),
+        };
+        snaps.push(report::Snapshot {
+            iface: g.iface.clone().unwrap_or_default(),
+            attached: g.attached,
+            settings: g.settings().clone(),
+            totals,
+            rates,
+            tracked: sources.len(),
+            sources: report::rank(&sources, prev, now, args.sort, args.top),
+        });
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "version": 1,
+            "generated_at": clock::rfc3339(std::time::SystemTime::now()),
+            "interfaces": snaps.iter().map(InterfaceJson::new).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", report::table(&snaps));
+    }
+    Ok(ExitCode::SUCCESS)
+}

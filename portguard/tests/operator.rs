@@ -1,0 +1,428 @@
+//! The operator's verbs end to end: `run` (pinned, adopted, persisted), `stats`, `status`,
+//! `set`, `detach`, the config file and SIGHUP, against a guard in a namespace pair with real
+//! traffic. Each test has its own pin root and namespaces.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use portguard::lab::{self, GW_IF, Lab, Listeners};
+use serde_json::Value;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A lab, a pin root of its own, and cleanup of both (and of any child left running).
+struct Fixture {
+    lab: Lab,
+    root: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let lab = Lab::create(&format!("pgo{}-{n}", std::process::id())).unwrap();
+        let root = PathBuf::from(format!("/sys/fs/bpf/pgtest-op-{}-{n}", std::process::id()));
+        Fixture { lab, root, children: Vec::new() }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_portguard"));
+        c.args(args).env("PORTGUARD_PIN_ROOT", &self.root).env("RUST_LOG", "info");
+        c
+    }
+
+    /// Runs a verb outside the namespace (pins are visible from anywhere).
+    fn portguard(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.portguard(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `portguard run` inside the gateway namespace, in the background.
+    fn spawn_run(&mut self, args: &[&str]) -> usize {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.lab.gw))
+            .arg(env!("CARGO_BIN_EXE_portguard"))
+            .arg("run")
+            .args(["--iface", GW_IF])
+            .args(args)
+            .env("PORTGUARD_PIN_ROOT", &self.root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.children.push(c.spawn().unwrap());
+        self.children.len() - 1
+    }
+
+    fn wait_guarded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.root.join(GW_IF).join("link").exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("not guarded within 10 s");
+    }
+
+    fn signal(&self, i: usize, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.children[i].id() as i32, sig) };
+    }
+
+    fn wait_child(&mut self, i: usize) -> Output {
+        let c = self.children.remove(i);
+        c.wait_with_output().unwrap()
+    }
+
+    fn attached(&self) -> bool {
+        let out =
+            Command::new("ip").args(["-n", &self.lab.gw, "link", "show", GW_IF]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+
+    fn probe(&self, host: u8, datagrams: u32) {
+        for v6 in [false, true] {
+            let gw = if v6 { lab::gw_v6() } else { lab::gw_v4() };
+            lab::udp_send(
+                &self.lab.out,
+                lab::outside(v6, host),
+                SocketAddr::new(gw, 2745),
+                datagrams,
+                64,
+            )
+            .unwrap();
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(env!("CARGO_BIN_EXE_portguard"))
+            .args(["detach", "--all"])
+            .env("PORTGUARD_PIN_ROOT", &self.root)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn iface_entry<'a>(doc: &'a Value, iface: &str) -> &'a Value {
+    doc["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["iface"] == iface)
+        .unwrap_or_else(|| panic!("{doc}"))
+}
+
+#[test]
+fn stats_status_set_detach_on_a_running_guard() {
+    let mut f = Fixture::new();
+    let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
+    let run = f.spawn_run(&["--interval", "0.2"]);
+    f.wait_guarded();
+    f.probe(0, 5);
+    f.probe(3, 2);
+    thread::sleep(Duration::from_millis(200));
+
+    // stats --json: totals and sources with documented fields.
+    let doc = f.json(&["stats", "--json"]);
+    assert_eq!(doc["version"], 1);
+    let e = iface_entry(&doc, GW_IF);
+    assert_eq!(e["mode"], "drop");
+    assert_eq!(e["xdp_mode"], "native");
+    assert_eq!(e["ports"], serde_json::json!([2745]));
+    assert_eq!(e["totals"]["dropped"], 14);
+    assert_eq!(e["sources_tracked"], 4);
+    let top = &e["sources"][0];
+    assert!(top["address"] == "198.18.0.2" || top["address"] == "2001:db8::2", "{top}");
+    assert_eq!(top["packets"], 5);
+    assert_eq!(
+        top["bytes"],
+        5 * (if top["address"] == "198.18.0.2" { 14 + 20 + 8 + 64 } else { 14 + 40 + 8 + 64 })
+    );
+    assert_eq!(top["direction"], "probing");
+    assert_eq!(top["protocols"], serde_json::json!(["udp"]));
+    assert_eq!(top["last_port"], 2745);
+    for key in [
+        "rate_pps",
+        "first_seen",
+        "first_seen_unix",
+        "last_seen",
+        "last_seen_unix",
+        "last_seen_age_seconds",
+        "tcp_syns",
+    ] {
+        assert!(top.get(key).is_some(), "missing {key}: {top}");
+    }
+    assert!(top["first_seen"].as_str().unwrap().ends_with('Z'));
+    // --top and --sort.
+    let doc = f.json(&["stats", "--json", "--top", "2", "--sort", "last-seen"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["sources"].as_array().unwrap().len(), 2);
+    // The table for people.
+    let out = f.portguard(&["stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("198.18.0.5") && text.contains("probing 2745"), "{text}");
+
+    // status
+    let doc = f.json(&["status", "--json"]);
+    let s = iface_entry(&doc, GW_IF);
+    assert_eq!(s["mode"], "drop");
+    assert_eq!(s["protocols"], serde_json::json!(["tcp", "udp"]));
+    assert_eq!(s["direction"], "dst");
+    assert!(s["program_id"].as_u64().unwrap() > 0);
+    // The owner is the portguard that nsenter exec()s into: the same pid.
+    assert_eq!(s["owner_pid"].as_u64().unwrap(), f.children[run].id() as u64);
+    assert!(s["guarded_since_unix"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(s["source_capacity"], 65536);
+
+    // set: count mode lets probes through, counters are kept.
+    let out =
+        f.portguard(&["set", "--mode", "count", "--add-port", "3127", "--allow", "198.18.0.0/30"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("count tcp+udp dst port 2745,3127, allow 198.18.0.0/30")
+    );
+    f.probe(1, 3);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while listeners.udp() < 6 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(listeners.udp(), 6, "count mode delivers");
+    let doc = f.json(&["stats", "--json"]);
+    let e = iface_entry(&doc, GW_IF);
+    assert_eq!(e["totals"]["dropped"], 14, "counters survive set");
+    assert_eq!(e["totals"]["matched"], 20);
+    assert_eq!(e["mode"], "count");
+    let doc = f.json(&["status", "--json"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["ports"], serde_json::json!([2745, 3127]));
+    assert_eq!(iface_entry(&doc, GW_IF)["allow"], serde_json::json!(["198.18.0.0/30"]));
+    // The running daemon follows the change.
+    thread::sleep(Duration::from_millis(500));
+    let out = f.portguard(&[
+        "set",
+        "--mode",
+        "drop",
+        "--remove-port",
+        "3127",
+        "--disallow",
+        "198.18.0.0/30",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    // detach: removes everything; the daemon notices and exits.
+    let out = f.portguard(&["detach", "--iface", GW_IF]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!f.attached());
+    assert!(!f.root.join(GW_IF).exists());
+    let out = f.wait_child(run);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("detached by another process"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("iface=pg-wan") && stdout.contains("mode=count"),
+        "the daemon saw the set: {stdout}"
+    );
+    assert!(stdout.contains("new source on pg-wan: 198.18.0.2 probing 2745 (udp)"), "{stdout}");
+}
+
+#[test]
+fn persist_then_adopt_keeps_counters_and_never_unguards() {
+    let mut f = Fixture::new();
+    let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
+    let first = f.spawn_run(&["--persist"]);
+    f.wait_guarded();
+    f.probe(0, 4);
+    f.signal(first, libc::SIGTERM);
+    let out = f.wait_child(first);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left pg-wan guarded"));
+    // Still attached with nobody running: probes are still dropped.
+    assert!(f.attached());
+    f.probe(0, 4);
+    let doc = f.json(&["status", "--json"]);
+    assert!(iface_entry(&doc, GW_IF)["owner_pid"].is_null());
+    // kill -9 of a new owner also leaves the guard in place.
+    let second = f.spawn_run(&["--persist"]);
+    thread::sleep(Duration::from_millis(800));
+    f.signal(second, libc::SIGKILL);
+    let _ = f.wait_child(second);
+    assert!(f.attached());
+    f.probe(0, 4);
+    // A third start adopts it: counters kept.
+    let third = f.spawn_run(&[]);
+    thread::sleep(Duration::from_millis(800));
+    let doc = f.json(&["stats", "--json"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["totals"]["dropped"], 24);
+    f.signal(third, libc::SIGINT);
+    let out = f.wait_child(third);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("adopted the guard left on pg-wan"), "{stderr}");
+    assert!(stderr.contains("detached from pg-wan"), "{stderr}");
+    assert!(!f.attached());
+    assert_eq!(listeners.udp(), 0, "no probe ever got through");
+}
+
+#[test]
+fn a_second_run_watches_instead_of_attaching_twice() {
+    let mut f = Fixture::new();
+    let owner = f.spawn_run(&[]);
+    f.wait_guarded();
+    let watcher = f.spawn_run(&["--mode", "count", "--duration", "1"]);
+    let out = f.wait_child(watcher);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already guarded by a running portguard"), "{stderr}");
+    // The watcher changed nothing and detached nothing.
+    assert!(f.attached());
+    let doc = f.json(&["status", "--json"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["mode"], "drop");
+    f.signal(owner, libc::SIGTERM);
+    let out = f.wait_child(owner);
+    assert!(out.status.success());
+    assert!(!f.attached());
+}
+
+#[test]
+fn config_file_flags_override_and_sighup_reloads() {
+    let mut f = Fixture::new();
+    let dir = tempdir();
+    let path = dir.join("portguard.toml");
+    std::fs::write(&path, "mode = \"count\"\nports = [2745, 3127]\n[output]\ninterval = 0.2\n")
+        .unwrap();
+    let run = f.spawn_run(&["--config", path.to_str().unwrap(), "--direction", "both"]);
+    f.wait_guarded();
+    let doc = f.json(&["status", "--json"]);
+    let s = iface_entry(&doc, GW_IF);
+    assert_eq!(s["mode"], "count");
+    assert_eq!(s["ports"], serde_json::json!([2745, 3127]));
+    assert_eq!(s["direction"], "both");
+    // A broken file on SIGHUP: the running configuration stays, the line is named.
+    std::fs::write(&path, "mode = \"drop\"\nportz = [1]\n").unwrap();
+    f.signal(run, libc::SIGHUP);
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(iface_entry(&f.json(&["status", "--json"]), GW_IF)["mode"], "count");
+    // A good one is applied in place.
+    std::fs::write(&path, "mode = \"drop\"\nports = [2745]\n").unwrap();
+    f.signal(run, libc::SIGHUP);
+    thread::sleep(Duration::from_millis(400));
+    let doc = f.json(&["status", "--json"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["mode"], "drop");
+    assert_eq!(iface_entry(&doc, GW_IF)["ports"], serde_json::json!([2745]));
+    assert_eq!(iface_entry(&doc, GW_IF)["direction"], "both", "the flag still overrides");
+    f.signal(run, libc::SIGTERM);
+    let out = f.wait_child(run);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keeping the running configuration")
+            && stderr.contains("line 2: unknown field `portz`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("reloaded: drop tcp+udp dst|src port 2745"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn json_lines_from_run() {
+    let mut f = Fixture::new();
+    let run = f.spawn_run(&["--json", "--interval", "0.2", "--duration", "2"]);
+    f.wait_guarded();
+    f.probe(2, 2);
+    let out = f.wait_child(run);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["event"] == "new_source"
+        && l["address"] == "198.18.0.4"
+        && l["iface"] == GW_IF));
+    let last = lines.iter().rev().find(|l| l["event"] == "interval").unwrap();
+    assert_eq!(last["totals"]["dropped"], 4);
+    assert_eq!(last["iface"], GW_IF);
+}
+
+#[test]
+fn errors_are_one_line_and_leave_nothing_behind() {
+    let f = Fixture::new();
+    let one_line = |out: &Output, code: i32, needle: &str| {
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.starts_with("portguard: error: ") && e.contains(needle), "{needle}: {e}");
+    };
+    one_line(&f.portguard(&["stats"]), 1, "nothing is guarded");
+    one_line(&f.portguard(&["stats", "--iface", "pg-wan"]), 1, "pg-wan is not guarded");
+    one_line(&f.portguard(&["set", "--mode", "count"]), 1, "nothing is guarded");
+    one_line(&f.portguard(&["set", "--iface", "eth9"]), 1, "nothing to change");
+    one_line(&f.portguard(&["detach", "--iface", "pg-wan"]), 1, "not guarded");
+    one_line(&f.portguard(&["detach"]), 2, "--iface");
+    one_line(&f.portguard(&["set", "--allow", "1.2.3.4/64"]), 2, "prefix length");
+    let dir = tempdir();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "interfaces = [\"pg-wan\"]\nmode = \"block\"\n").unwrap();
+    one_line(
+        &f.portguard(&["run", "--config", bad.to_str().unwrap()]),
+        1,
+        "line 2: unknown variant `block`",
+    );
+    one_line(
+        &f.portguard(&["run", "--config", "/nonexistent/portguard.toml"]),
+        1,
+        "cannot read config",
+    );
+    one_line(&f.portguard(&["run"]), 1, "no interface to guard");
+    // No XDP in the requested mode: loopback has no native XDP. Nothing is left pinned.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", f.lab.gw))
+        .arg(env!("CARGO_BIN_EXE_portguard"))
+        .args(["run", "--iface", "lo", "--xdp-mode", "native", "--duration", "1"])
+        .env("PORTGUARD_PIN_ROOT", &f.root)
+        .output()
+        .unwrap();
+    one_line(&out, 1, "cannot attach to lo in native XDP mode");
+    assert!(!f.root.join("lo").exists(), "nothing left pinned");
+    let _ = std::fs::remove_dir_all(dir);
+    // A status with nothing guarded is not an error.
+    let out = f.portguard(&["status"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing is guarded");
+}
+
+#[test]
+fn completions_and_man_page() {
+    let f = Fixture::new();
+    let out = f.portguard(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--add-port"));
+    let out = f.portguard(&["man"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH portguard"));
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "pgtest-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    let _ = std::io::stdout().flush();
+    d
+}
