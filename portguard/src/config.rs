@@ -1,5 +1,5 @@
 //! The configuration file (TOML). Flags given on the command line override it; SIGHUP re-reads
-//! it. `portguard.example.toml` at the repository root documents every key.
+//! it. `packaging/portguard.toml` documents every key.
 
 use std::path::Path;
 
@@ -134,6 +134,16 @@ top_sources = 20
         assert_eq!(c.xdp_mode, Some(AttachMode::Generic));
         assert_eq!(c.output.interval, Some(2.5));
         assert_eq!(c.metrics.top_sources, Some(20));
+    }
+
+    #[test]
+    fn the_shipped_example_parses_to_the_defaults() {
+        let c = FileConfig::parse(include_str!("../../packaging/portguard.toml")).unwrap();
+        assert_eq!(c.interfaces.unwrap(), ["eth1"]);
+        assert_eq!(c.mode, Some(Mode::Drop));
+        assert_eq!(c.ports.unwrap(), [portguard_common::DEFAULT_PORT]);
+        assert_eq!(c.sources, Some(portguard_common::DEFAULT_SOURCE_CAPACITY));
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9745"));
     }
 
     #[test]

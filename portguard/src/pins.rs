@@ -52,6 +52,9 @@ impl Pins {
         let entries = match fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                bail!("reading portguard's pinned state needs root: run it with sudo")
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.root.display())),
         };
         let mut out: Vec<String> = entries

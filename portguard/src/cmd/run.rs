@@ -30,7 +30,7 @@ const NEW_SOURCE_LINES: usize = 10;
 /// Guard interfaces and print live counters until interrupted. Flags override the config file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct Args {
-    /// TOML configuration file (see portguard.example.toml); flags override it.
+    /// TOML configuration file (see packaging/portguard.toml); flags override it.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Interface to guard (repeat for several). A firewall attaches where it is told: there is
