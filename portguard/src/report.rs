@@ -71,8 +71,8 @@ pub fn table(views: &[View], top_n: usize) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:<39} {:>9} {:>11} {:>6} {:<7} {:>9} {:>10}  {}",
-            "SOURCE", "PACKETS", "BYTES", "SYNS", "PROTO", "LAST", "FIRST", "WHAT"
+            "  {:<39} {:>9} {:>11} {:>6} {:<7} {:>9} {:>10}  WHAT",
+            "SOURCE", "PACKETS", "BYTES", "SYNS", "PROTO", "LAST", "FIRST"
         );
         for src in top(v.sources.clone(), top_n) {
             let st = &src.stats;
