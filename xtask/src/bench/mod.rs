@@ -53,6 +53,10 @@ pub struct Args {
 
 pub const PG_DROP: &str = "portguard drop";
 pub const PG_COUNT: &str = "portguard count";
+/// Drop mode with an admission budget of 0: no source ever gets a SOURCES entry, so a matched
+/// packet takes the lookup-miss path. Not a configuration anyone runs; it tells how much of a
+/// matched drop is the per-source hit-and-update.
+pub const PG_UNTRACKED: &str = "portguard untracked";
 pub const XDP_FILTER: &str = "xdp-filter";
 pub const FLOOR: &str = "floor";
 
@@ -92,8 +96,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut drop_guard = Guard::load_default(&Settings::default())?;
     let mut count_guard =
         Guard::load_default(&Settings { mode: Mode::Count, ..Settings::default() })?;
+    let mut untracked_guard =
+        Guard::load_default(&Settings { admit_per_slice: 0, ..Settings::default() })?;
     let drop_fd = dup(&mut drop_guard)?;
     let count_fd = dup(&mut count_guard)?;
+    let untracked_fd = dup(&mut untracked_guard)?;
     let xf = peers::XdpFilter::start(cases::GUARDED)?;
     let xf_fd = xf.fd.as_ref().context("xdp-filter has no program fd")?;
     let floor_fd = peers::floor()?;
@@ -101,6 +108,7 @@ pub fn run(args: Args) -> Result<()> {
     let tools = [
         cost::Tool { name: PG_DROP, fd: drop_fd.as_fd() },
         cost::Tool { name: PG_COUNT, fd: count_fd.as_fd() },
+        cost::Tool { name: PG_UNTRACKED, fd: untracked_fd.as_fd() },
         cost::Tool { name: XDP_FILTER, fd: xf_fd.as_fd() },
         cost::Tool { name: FLOOR, fd: floor_fd.as_fd() },
     ];
@@ -161,8 +169,10 @@ fn dup(guard: &mut Guard) -> Result<OwnedFd> {
 /// Numbers from a program that does not do what it should are not worth printing.
 fn check_verdicts(t: &cost::CostTable) -> Result<()> {
     for (i, case) in t.cases.iter().enumerate() {
+        let drop = if case.matched { bpf::XDP_DROP } else { bpf::XDP_PASS };
         let expect = [
-            (PG_DROP, if case.matched { bpf::XDP_DROP } else { bpf::XDP_PASS }),
+            (PG_DROP, drop),
+            (PG_UNTRACKED, drop),
             (PG_COUNT, bpf::XDP_PASS),
             (FLOOR, bpf::XDP_PASS),
         ];

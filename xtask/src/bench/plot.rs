@@ -16,14 +16,15 @@ use super::cost::CostTable;
 
 const FONTS: &[&str] =
     &["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(200, 40, 40),   // portguard drop
     RGBColor(240, 150, 40),  // portguard count
+    RGBColor(230, 120, 180), // portguard untracked
     RGBColor(40, 90, 200),   // xdp-filter
     RGBColor(140, 140, 140), // floor
 ];
 /// Rows per case: one per tool and a gap.
-const ROW: f64 = 5.0;
+const ROW: f64 = 6.0;
 
 pub fn draw(t: &CostTable, out: &Path) -> Result<()> {
     let path = FONTS
@@ -39,7 +40,7 @@ pub fn draw(t: &CostTable, out: &Path) -> Result<()> {
     }
     let max = t.cells.iter().flatten().map(|c| c.ns).filter(|v| v.is_finite()).fold(1.0, f64::max);
     let n = t.cases.len() as f64;
-    let height = 120 + (t.cases.len() as u32) * 48;
+    let height = 120 + (t.cases.len() as u32) * 56;
     let root = BitMapBackend::new(out, (1100, height)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {}: {e:?}", out.display());
     root.fill(&WHITE).map_err(e)?;
@@ -83,7 +84,7 @@ pub fn draw(t: &CostTable, out: &Path) -> Result<()> {
     // Case names in the left margin, drawn on the whole image (the chart area would clip them).
     let style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Right, VPos::Center));
     for (ci, case) in t.cases.iter().enumerate() {
-        let (x, y) = chart.backend_coord(&(0.0, (n - ci as f64) * ROW - 2.5));
+        let (x, y) = chart.backend_coord(&(0.0, (n - ci as f64) * ROW - 3.0));
         root.draw(&Text::new(case.name.clone(), (x - 8, y), style.clone())).map_err(e)?;
     }
     root.present().map_err(e)?;

@@ -3,7 +3,8 @@
 use std::{fmt::Write as _, process::Command, time::Duration};
 
 use super::{
-    Args, FLOOR, FloodResult, PG_COUNT, PG_DROP, XDP_FILTER, bpf, cost::CostTable, memory::MapMem,
+    Args, FLOOR, FloodResult, PG_COUNT, PG_DROP, PG_UNTRACKED, XDP_FILTER, bpf, cost::CostTable,
+    memory::MapMem,
 };
 use crate::util::output;
 
@@ -104,25 +105,29 @@ fn cost_section(s: &mut String, i: &Inputs) {
     let _ = writeln!(s, "## In-kernel cost per packet (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         s,
-        "ns/packet: median of {} rounds of BPF_PROG_TEST_RUN with repeat {}, the four programs \
+        "ns/packet: median of {} rounds of BPF_PROG_TEST_RUN with repeat {}, the programs \
          interleaved in every round. One source sends everything, so for `:2745` portguard's \
          per-source table already holds it: a matched drop from a known source, per-source \
          counting included. `floor` is `r0 = XDP_PASS; exit`, the cost of the test harness \
-         itself. Verdicts: D drop, P pass, A aborted (portguard drop / count / xdp-filter). The \
-         kernel reports whole nanoseconds.\n",
+         itself. `portguard untracked` is drop mode with an admission budget of 0 (no source ever \
+         gets a per-source entry): a diagnostic, not a configuration. Verdicts: D drop, P pass, \
+         A aborted (portguard drop / count / xdp-filter). The kernel reports whole \
+         nanoseconds.\n",
         t.rounds, t.repeat
     );
     let _ = writeln!(
         s,
-        "| case | {PG_DROP} | {PG_COUNT} | {XDP_FILTER} | {FLOOR} | drop ÷ xdp-filter | target | \
-         count ÷ xdp-filter | drop − floor | verdicts |"
+        "| case | {PG_DROP} | {PG_COUNT} | {PG_UNTRACKED} | {XDP_FILTER} | {FLOOR} | \
+         drop ÷ xdp-filter | target | count ÷ xdp-filter | drop − floor | verdicts |"
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |");
+    let _ =
+        writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |");
     let mut missed = Vec::new();
     for (ci, case) in t.cases.iter().enumerate() {
         let get = |tool| t.cell(ci, tool).map_or(f64::NAN, |c| c.ns);
         let v = |tool| t.cell(ci, tool).map_or("?", |c| short(c.verdict));
-        let (d, c, x, f) = (get(PG_DROP), get(PG_COUNT), get(XDP_FILTER), get(FLOOR));
+        let (d, c, u, x, f) =
+            (get(PG_DROP), get(PG_COUNT), get(PG_UNTRACKED), get(XDP_FILTER), get(FLOOR));
         let target = if case.matched { TARGET_MATCHED } else { TARGET_UNMATCHED };
         let verdict = met(d / x, target);
         if verdict != "met" {
@@ -131,7 +136,7 @@ fn cost_section(s: &mut String, i: &Inputs) {
         let note = if case.plain { "" } else { " (not a target case)" };
         let _ = writeln!(
             s,
-            "| {} | {d:.0} | {c:.0} | {x:.0} | {f:.0} | {:.2}× | ≤ {target}× {verdict}{note} | \
+            "| {} | {d:.0} | {c:.0} | {u:.0} | {x:.0} | {f:.0} | {:.2}× | ≤ {target}× {verdict}{note} | \
              {:.2}× | {:.0} | {}/{}/{} |",
             case.name,
             d / x,
@@ -163,11 +168,42 @@ fn cost_section(s: &mut String, i: &Inputs) {
          not parse PPPoE, so it passes PPPoE frames without reading their ports, guarded or \
          not: that row compares unlike work.\n"
     );
+    breakdown(s, t);
     if let Some(p) = i.plot {
         let _ = writeln!(s, "![ns per packet by case and tool]({p})\n");
     } else {
         let _ = writeln!(s, "(No plot: drawing it failed on this machine; see the run's log.)\n");
     }
+}
+
+/// Where a matched drop's time goes, from differences between columns (medians over the
+/// plain cases): a hint for whoever tunes the program, not a profile.
+fn breakdown(s: &mut String, t: &CostTable) {
+    let med = |tool, matched| {
+        let v: Vec<f64> = (0..t.cases.len())
+            .filter(|&c| t.cases[c].plain && t.cases[c].matched == matched)
+            .filter_map(|c| t.cell(c, tool))
+            .map(|c| c.ns)
+            .collect();
+        super::cost::median(v)
+    };
+    let floor = med(FLOOR, false);
+    let unmatched = med(PG_DROP, false);
+    let known = med(PG_DROP, true);
+    let untracked = med(PG_UNTRACKED, true);
+    let xf = med(XDP_FILTER, true);
+    let _ = writeln!(
+        s,
+        "Where a matched drop's time goes (medians over the plain cases, ns): harness (floor) \
+         {floor:.0}; parsing and the port check (unmatched − floor) {:.0}; a matched drop \
+         without a per-source entry (untracked − unmatched: TOTALS, the clock, a SOURCES \
+         lookup that misses, the admission check) {:.0}; the per-source hit and update (known \
+         − untracked) {:.0}. xdp-filter's whole matched drop is {:.0} above the floor.\n",
+        unmatched - floor,
+        untracked - unmatched,
+        known - untracked,
+        xf - floor
+    );
 }
 
 fn flood_section(s: &mut String, f: &FloodResult) {
