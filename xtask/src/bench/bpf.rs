@@ -7,15 +7,43 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
+/// Opcodes used by the hand-written programs.
+pub const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+pub const MOV64_REG: u8 = 0xbf; // BPF_ALU64 | BPF_MOV | BPF_X
+pub const ADD64_IMM: u8 = 0x07; // BPF_ALU64 | BPF_ADD | BPF_K
+pub const ST_DW: u8 = 0x7a; // BPF_ST | BPF_MEM | BPF_DW
+pub const LD_IMM64: u8 = 0x18; // BPF_LD | BPF_IMM | BPF_DW (two slots)
+pub const JNE_IMM: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+pub const CALL: u8 = 0x85;
+pub const EXIT: u8 = 0x95;
+/// `src_reg` of LD_IMM64 when `imm` is a map fd.
+pub const PSEUDO_MAP_FD: u8 = 1;
+
 /// XDP verdicts, as `bpf_test_run` reports them.
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+
+/// The head of `union bpf_attr` for BPF_MAP_CREATE.
+#[repr(C, align(8))]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+}
 
 /// The head of `union bpf_attr` for BPF_PROG_LOAD (the kernel zero-fills the rest).
 #[repr(C, align(8))]
@@ -80,26 +108,56 @@ fn owned(fd: libc::c_long) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-/// The smallest possible XDP program, `r0 = XDP_PASS; exit`: the cost of BPF_PROG_TEST_RUN
-/// itself, which every other figure includes.
-pub fn load_floor() -> io::Result<OwnedFd> {
-    // struct bpf_insn as little-endian u64: code | regs << 8 | off << 16 | imm << 32.
-    let insns: [u64; 2] = [
-        0xb7 | ((XDP_PASS as u64) << 32), // BPF_ALU64 | BPF_MOV | BPF_K: r0 = XDP_PASS
-        0x95,                             // BPF_JMP | BPF_EXIT
-    ];
-    let license = c"GPL";
+/// One eBPF instruction (`struct bpf_insn`) as the little-endian u64 the kernel reads.
+pub const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64
+        | ((dst | (src << 4)) as u64) << 8
+        | (off as u16 as u64) << 16
+        | (imm as u32 as u64) << 32
+}
+
+/// A map of our own, for the primitive probes.
+pub fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<OwnedFd> {
     let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"pg_floor");
+    name[..8].copy_from_slice(b"pg_probe");
+    let mut attr = MapCreate {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_name: name,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}
+
+/// Loads an XDP program from raw instructions (GPL, so that every helper is available).
+pub fn load_xdp(name: &str, insns: &[u64]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        prog_name: name,
+        prog_name,
         ..Default::default()
     };
     bpf(BPF_PROG_LOAD, &mut attr).map(owned)
+}
+
+/// The smallest possible XDP program, `r0 = XDP_PASS; exit`: the cost of BPF_PROG_TEST_RUN
+/// itself, which every other figure includes.
+pub fn load_floor() -> io::Result<OwnedFd> {
+    // struct bpf_insn as little-endian u64: code | regs << 8 | off << 16 | imm << 32.
+    load_xdp("pg_floor", &[insn(MOV64_IMM, 0, 0, 0, XDP_PASS as i32), insn(EXIT, 0, 0, 0, 0)])
 }
 
 /// A new fd for a program someone else loaded.

@@ -5,6 +5,7 @@
 //! - `bpf`: raw bpf(2): the floor program, fds by id, BPF_PROG_TEST_RUN for every tool.
 //! - `peers`: xdp-filter in a namespace of its own, and the floor.
 //! - `cases`: the frames; `cost`: ns/packet by case and tool.
+//! - `probes`: one-primitive programs (clock, map lookups), to explain the cost.
 //! - `flood`: distinct sources, repeat 1; `memory`: map memory.
 //! - `report`: the Markdown; `plot`: the PNG.
 
@@ -15,6 +16,7 @@ mod flood;
 mod memory;
 mod peers;
 mod plot;
+mod probes;
 mod report;
 
 use std::{
@@ -121,6 +123,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let table = cost::measure(&tools, cases::all(), args.repeat, args.rounds)?;
     check_verdicts(&table)?;
+    let probes = probes::measure(&table.cases[0], args.repeat, args.rounds)?;
 
     let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
@@ -146,6 +149,7 @@ pub fn run(args: Args) -> Result<()> {
         machine: &machine,
         xdp_filter: &xf_label,
         table: &table,
+        probes: &probes,
         flood: &flood,
         pg_maps: &pg_maps,
         xf_maps: &xf_maps,

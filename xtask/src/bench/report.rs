@@ -49,6 +49,7 @@ pub struct Inputs<'a> {
     pub machine: &'a Machine,
     pub xdp_filter: &'a str,
     pub table: &'a CostTable,
+    pub probes: &'a [super::probes::Probe],
     pub flood: &'a FloodResult,
     pub pg_maps: &'a [MapMem],
     pub xf_maps: &'a [MapMem],
@@ -169,6 +170,16 @@ fn cost_section(s: &mut String, i: &Inputs) {
          not: that row compares unlike work.\n"
     );
     breakdown(s, t);
+    let _ = writeln!(
+        s,
+        "Primitives, measured the same way on the `{}` frame by hand-written programs that do \
+         only that (ns above the floor):\n\n| primitive | ns |\n| --- | ---: |",
+        t.cases.first().map_or("", |c| c.name.as_str())
+    );
+    for p in i.probes {
+        let _ = writeln!(s, "| {} | {:.0} |", p.name, p.ns);
+    }
+    let _ = writeln!(s);
     if let Some(p) = i.plot {
         let _ = writeln!(s, "![ns per packet by case and tool]({p})\n");
     } else {
