@@ -75,12 +75,20 @@ pub struct Accounting {
     pub every_pass_dropped_all: bool,
 }
 
+pub struct FloodTool {
+    pub name: &'static str,
+    /// Medians over the passes, ns per packet.
+    pub wall_ns: f64,
+    pub kernel_ns: f64,
+    /// Frames dropped in the last pass.
+    pub dropped: u64,
+}
+
 pub struct FloodResult {
     pub frames: usize,
     pub distinct: u64,
     pub rounds: usize,
-    /// (tool, median wall ns/pkt, median kernel ns/pkt).
-    pub tools: Vec<(&'static str, f64, f64)>,
+    pub tools: Vec<FloodTool>,
     pub accounting: Accounting,
 }
 
@@ -203,6 +211,7 @@ fn run_flood(
     let names = [PG_DROP, XDP_FILTER, FLOOR];
     let mut wall = vec![Vec::new(); names.len()];
     let mut kernel = vec![Vec::new(); names.len()];
+    let mut dropped = vec![0; names.len()];
     let mut acct = None;
     let mut all_dropped = true;
     for round in 0..args.flood_rounds {
@@ -221,6 +230,7 @@ fn run_flood(
                 flood::pass(if names[t] == XDP_FILTER { xf } else { floor }, &seq)?
             };
             wall[t].push(p.wall_ns);
+            dropped[t] = p.dropped;
             kernel[t].push(p.kernel_ns);
         }
         eprintln!("bench: flood round {}/{}", round + 1, args.flood_rounds);
@@ -234,7 +244,13 @@ fn run_flood(
         tools: names
             .iter()
             .zip(wall.into_iter().zip(kernel))
-            .map(|(n, (w, k))| (*n, cost::median(w), cost::median(k)))
+            .zip(dropped)
+            .map(|((n, (w, k)), d)| FloodTool {
+                name: n,
+                wall_ns: cost::median(w),
+                kernel_ns: cost::median(k),
+                dropped: d,
+            })
             .collect(),
         accounting,
     })
