@@ -39,8 +39,12 @@ fn ip(args: &[&str]) -> Result<()> {
 
 impl XdpFilter {
     pub fn start(port: u16) -> Result<XdpFilter> {
-        // A namespace left by a run that was killed: remove it first.
-        let _ = Command::new("ip").args(["netns", "del", NS]).output();
+        // Leftovers of a run that was killed: unload (which also removes xdp-filter's pins in
+        // bpffs), then remove the namespace.
+        if std::path::Path::new(&format!("/run/netns/{NS}")).exists() {
+            let _ = in_ns(&["xdp-filter", "unload", VETH]).output();
+            let _ = Command::new("ip").args(["netns", "del", NS]).output();
+        }
         ip(&["netns", "add", NS]).context("creating the xdp-filter namespace")?;
         let mut me = XdpFilter {
             fd: None,

@@ -316,7 +316,8 @@ fn memory_section(s: &mut String, i: &Inputs) {
     let _ = writeln!(
         s,
         "The kernel's own figure (`memlock:` in each map fd's fdinfo) at default sizes, on {} \
-         CPUs (per-CPU maps grow with the CPU count).\n",
+         CPUs (per-CPU maps grow with the CPU count). The allowlist tries allocate a node per \
+         prefix added, so they show 0 while the allowlist is empty.\n",
         i.machine.cores
     );
     let _ = writeln!(s, "| portguard map | max entries | bytes |\n| --- | ---: | ---: |");
