@@ -131,7 +131,8 @@ pub fn run(args: Args) -> Result<()> {
     );
     let table = cost::measure(&tools, cases::all(), args.repeat, args.rounds)?;
     check_verdicts(&table)?;
-    let probes = probes::measure(&table.cases[0], args.repeat, args.rounds)?;
+    let first = table.cases.first().context("no cases")?;
+    let probes = probes::measure(first, args.repeat, args.rounds)?;
 
     let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
