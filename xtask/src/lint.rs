@@ -12,6 +12,9 @@ pub fn run() -> Result<()> {
         "--exclude",
         "portguard-ebpf",
         "--all-targets",
+        // The benchmark binary too.
+        "--features",
+        "xtask/bench",
         "--",
         "-D",
         "warnings",

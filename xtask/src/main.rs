@@ -1,6 +1,5 @@
 //! Developer and CI tasks, one module per subcommand: `cargo xtask <task>`.
 
-mod bench;
 mod demo;
 mod lint;
 mod setup;
@@ -27,8 +26,12 @@ enum Task {
     Test(test::Args),
     /// Clippy for the userspace crates and, separately, the eBPF crate.
     Lint,
-    /// Benchmarks against xdp-filter and the floor; writes BENCHMARKS.md.
-    Bench(bench::Args),
+    /// Benchmarks against xdp-filter and the floor; writes BENCHMARKS.md. Arguments go to the
+    /// benchmark binary (`cargo xtask bench -- --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,7 +41,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo(a) => demo::run(a),
         Task::Test(a) => test::run(a),
         Task::Lint => lint::run(),
-        Task::Bench(a) => bench::run(a),
+        Task::Bench { args } => bench(&args),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -47,4 +50,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The benchmarks link portguard itself, so they are a binary of their own behind the `bench`
+/// feature, built in release mode.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    util::sh(
+        util::cargo()
+            .args([
+                "run",
+                "--release",
+                "--package",
+                "xtask",
+                "--features",
+                "bench",
+                "--bin",
+                "xtask-bench",
+                "--",
+            ])
+            .args(args),
+    )
 }

@@ -8,9 +8,17 @@ use crate::util::{output, sh, succeeds};
 
 /// Debian packages: iproute2 (the namespace lab), xdp-tools (the peer the benchmarks measure),
 /// netsniff-ng (trafgen), nftables and iptables (peers), bpftool (inspection), tmux (terminal
-/// tests).
-const PACKAGES: &[&str] =
-    &["iproute2", "xdp-tools", "netsniff-ng", "nftables", "iptables", "bpftool", "tmux"];
+/// tests), fonts-dejavu-core (the text in the benchmark plot).
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "xdp-tools",
+    "netsniff-ng",
+    "nftables",
+    "iptables",
+    "bpftool",
+    "tmux",
+    "fonts-dejavu-core",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";

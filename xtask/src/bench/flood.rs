@@ -1,0 +1,108 @@
+//! A spoofed-source flood, in the kernel: BPF_PROG_TEST_RUN with repeat 1 over a sequence of
+//! frames whose sources are all distinct, so that every packet is a source the program has not
+//! seen (a large repeat of one frame would only ever measure a known source). Each call carries
+//! the syscall's own fixed cost, so the figure means something only next to a peer measured
+//! the same way: we report both the wall time of the loop and the sum the kernel reports.
+
+use std::{net::IpAddr, os::fd::BorrowedFd, time::Instant};
+
+use anyhow::{Context as _, Result};
+use portguard::frames::{Frame, v6};
+
+use super::{bpf, cases::GUARDED};
+
+/// Interleaved every `STEADY_EVERY` frames, starting with the first: a prober the table knew
+/// before the flood began, whose count must come out exact.
+pub const STEADY_EVERY: usize = 1_000;
+pub const STEADY: [u8; 16] = v6([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 2]);
+/// 198.18.0.0/15: the IPv4 benchmark range, used up before IPv6 sources take over.
+const V4_SOURCES: usize = 1 << 17;
+
+/// The frames back to back in one buffer (a million small Vecs would only add allocator noise).
+pub struct Sequence {
+    data: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    pub steady_frames: u64,
+}
+
+impl Sequence {
+    pub fn new(frames: usize) -> Sequence {
+        let mut s =
+            Sequence { data: Vec::new(), spans: Vec::with_capacity(frames), steady_frames: 0 };
+        let dst4 = [198, 18, 0, 1];
+        let dst6 = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
+        let mut next = 0usize;
+        for i in 0..frames {
+            let frame = if i % STEADY_EVERY == 0 {
+                s.steady_frames += 1;
+                Frame::udp6(STEADY, dst6, 40000, GUARDED)
+            } else {
+                let k = next;
+                next += 1;
+                if k < V4_SOURCES {
+                    let a = (198u32 << 24 | 18 << 16) + k as u32;
+                    Frame::udp4(a.to_be_bytes(), dst4, 40000, GUARDED)
+                } else {
+                    // 2001:db8:0:1::/64, numbered: distinct from the steady source and from
+                    // the gateway.
+                    let j = (k - V4_SOURCES) as u32;
+                    let src = v6([0x2001, 0xdb8, 0, 1, 0, 0, (j >> 16) as u16, j as u16]);
+                    Frame::udp6(src, dst6, 40000, GUARDED)
+                }
+            }
+            .build();
+            let start = s.data.len();
+            s.data.extend_from_slice(&frame);
+            s.spans.push((start, frame.len()));
+        }
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Distinct sources in the sequence (the flood's plus the steady one).
+    pub fn distinct_sources(&self) -> u64 {
+        self.len() as u64 - self.steady_frames + u64::from(self.steady_frames > 0)
+    }
+
+    fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&(o, n)| &self.data[o..o + n])
+    }
+}
+
+pub fn steady_addr() -> IpAddr {
+    IpAddr::from(STEADY)
+}
+
+/// One pass of one tool over the whole sequence.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pass {
+    /// Wall time of the loop / frames: includes each syscall's fixed cost.
+    pub wall_ns: f64,
+    /// The kernel's per-call durations summed, / frames.
+    pub kernel_ns: f64,
+    pub dropped: u64,
+    pub passed: u64,
+    pub other: u64,
+}
+
+pub fn pass(fd: BorrowedFd<'_>, seq: &Sequence) -> Result<Pass> {
+    let mut p = Pass::default();
+    let mut kernel: u64 = 0;
+    let start = Instant::now();
+    for frame in seq.frames() {
+        let r = bpf::test_run(fd, frame, 1).context("BPF_PROG_TEST_RUN during the flood")?;
+        kernel += u64::from(r.ns);
+        match r.verdict {
+            bpf::XDP_DROP => p.dropped += 1,
+            bpf::XDP_PASS => p.passed += 1,
+            _ => p.other += 1,
+        }
+    }
+    let n = seq.len().max(1) as f64;
+    p.wall_ns = start.elapsed().as_nanos() as f64 / n;
+    p.kernel_ns = kernel as f64 / n;
+    Ok(p)
+}
