@@ -44,6 +44,10 @@ pub const PORT_GUARDED: u8 = 1;
 
 /// Default capacity of SOURCES (sources tracked individually); `--sources N` changes it.
 pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
+/// Userspace makes room in SOURCES when it is fuller than this (percent)...
+pub const EVICT_ABOVE_PERCENT: u32 = 90;
+/// ...by removing the sources seen least recently until it is this full.
+pub const EVICT_DOWN_TO_PERCENT: u32 = 75;
 /// Capacity of FRAGMENTS: datagrams whose first fragment matched, remembered so that the rest
 /// of each gets the same verdict.
 pub const FRAGMENT_CAPACITY: u32 = 4_096;
@@ -59,10 +63,10 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// spoofed-source flood pays the cost of an LRU insert (≈400 ns here) only a bounded number of
 /// times. A slice is 2^26 ns ≈ 67 ms (a shift, not a division, in the hot path).
 pub const ADMISSION_SLICE_SHIFT: u32 = 26;
-/// During a flood, admissions are paced so that the whole table turns over no faster than once
-/// in this many seconds: any source that sends more often than that keeps its entry (the LRU
-/// evicts the least recently active first), and a steady prober sending once a second is never
-/// pushed out by one-packet sources.
+/// During a flood, admissions are paced so that the table fills no faster than once in this
+/// many seconds; userspace then makes room by removing the sources seen least recently, so any
+/// source that sends more often than that keeps its entry and a steady prober sending once a
+/// second is never pushed out by one-packet sources.
 pub const TURNOVER_SECONDS: u64 = 8;
 
 /// The per-CPU, per-slice admission budget for a table of `capacity` entries on `cpus` CPUs:
@@ -186,7 +190,11 @@ impl SourceKey {
     /// The key for an IPv4 source (network-order octets).
     #[inline(always)]
     pub const fn v4(a: [u8; 4]) -> Self {
-        Self { addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]] }
+        // Two 8-byte words rather than a 16-byte array literal: for the BPF target LLVM lowers
+        // the literal to a call of compiler_builtins' byte-by-byte memset, in the hot path.
+        let lo = u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]);
+        // SAFETY: SourceKey is 16 plain bytes; [u64; 2] is 16 bytes with no invalid values.
+        unsafe { core::mem::transmute::<[u64; 2], SourceKey>([0, lo]) }
     }
 
     /// The IPv4 address, when this key holds one.
@@ -200,46 +208,120 @@ impl SourceKey {
     }
 }
 
-/// SOURCES value, one per CPU (an LRU per-CPU hash): what one source sent to guarded ports.
-/// Userspace merges the CPUs: sum the counters, min `first_seen_ns`, max `last_seen_ns`,
-/// `last_port` of the CPU with the latest `last_seen_ns`, OR the bit sets. A CPU that never saw
-/// the source has an all-zero slot.
+/// SOURCES value, one per CPU (a per-CPU hash): what one source sent to guarded ports, as
+/// this CPU saw it. A CPU that never saw the source has an all-zero slot.
+///
+/// Times are jiffies (`bpf_jiffies64()`, which the verifier inlines into one load: the known-
+/// source path reads no clock helper at all), except `admitted_ns`, which the CPU that admitted
+/// the source stamps with `bpf_ktime_get_coarse_ns()` along with `first_jiffies`: that pair
+/// lets userspace turn jiffies into CLOCK_MONOTONIC (see `JiffyClock`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceStats {
+pub struct SourceSlot {
     pub packets: u64,
     pub bytes: u64,
-    pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
+    /// CLOCK_MONOTONIC (coarse) at admission, on the admitting CPU only; 0 elsewhere.
+    pub admitted_ns: u64,
+    /// Jiffies of this CPU's first and latest packet from the source.
+    pub first_jiffies: u64,
+    pub last_jiffies: u64,
     /// TCP segments with SYN set and ACK clear: connection attempts.
     pub tcp_syns: u32,
     /// The guarded port of the latest packet (host order).
     pub last_port: u16,
     /// `DIR_*` bits seen: DST "probing", SRC "answering from".
     pub directions: u8,
-    /// `PROTO_*` bits seen in the upper nibble would be tidier; kept separate for clarity.
+    /// `PROTO_*` bits seen.
     pub protocols: u8,
 }
-const _: () = assert!(size_of::<SourceStats>() == 40);
+const _: () = assert!(size_of::<SourceSlot>() == 48);
+
+/// Converts the kernel's jiffies into CLOCK_MONOTONIC nanoseconds, from one simultaneous
+/// (jiffies, ns) reading. The tick rate is not exported anywhere a program can read, but
+/// jiffies start at boot from `INITIAL_JIFFIES` = (u32)(-300 × HZ) while the monotonic clock
+/// starts near 0, so only the true HZ makes the reading consistent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JiffyClock {
+    pub hz: u64,
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
+impl JiffyClock {
+    /// Every CONFIG_HZ Linux offers.
+    const CANDIDATES: [u64; 10] = [24, 48, 100, 250, 256, 300, 512, 864, 1000, 1024];
+
+    pub fn fit(jiffies: u64, ns: u64) -> JiffyClock {
+        let mut best = (u64::MAX, 250);
+        for hz in Self::CANDIDATES {
+            let initial = (300u64 * hz).wrapping_neg() & 0xffff_ffff;
+            let uptime_ns =
+                (jiffies.wrapping_sub(initial) as u128 * 1_000_000_000 / hz as u128) as u64;
+            let err = uptime_ns.abs_diff(ns);
+            if err < best.0 {
+                best = (err, hz);
+            }
+        }
+        JiffyClock { hz: best.1, jiffies, ns }
+    }
+
+    /// The monotonic time of `j` (0 stays 0: never seen).
+    pub fn ns(&self, j: u64) -> u64 {
+        if j == 0 {
+            return 0;
+        }
+        let d = j as i128 - self.jiffies as i128;
+        (self.ns as i128 + d * 1_000_000_000 / self.hz as i128).max(1) as u64
+    }
+}
+
+/// One source's counters with its CPUs merged and its times in CLOCK_MONOTONIC nanoseconds:
+/// what userspace works with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub tcp_syns: u32,
+    pub last_port: u16,
+    pub directions: u8,
+    pub protocols: u8,
+}
 
 impl SourceStats {
-    /// Folds another CPU's slot into this one (see the type's doc).
-    pub fn merge(&mut self, o: &SourceStats) {
-        if o.packets == 0 {
-            return;
+    /// Merges a source's per-CPU slots: sums the counters, the earliest first and latest last
+    /// packet, the port of the latest, the union of the bit sets. `clock` converts jiffies;
+    /// without it (no slot was admitted: impossible unless the map was written by hand), the
+    /// slots' own admission stamp is used.
+    pub fn merge(slots: &[SourceSlot], clock: Option<&JiffyClock>) -> SourceStats {
+        let own = slots
+            .iter()
+            .find(|s| s.admitted_ns != 0)
+            .map(|s| JiffyClock::fit(s.first_jiffies, s.admitted_ns));
+        let Some(clock) = clock.or(own.as_ref()) else {
+            return SourceStats::default();
+        };
+        let mut m = SourceStats::default();
+        let mut last_j = 0;
+        let mut first_j = u64::MAX;
+        for s in slots.iter().filter(|s| s.packets > 0) {
+            m.packets += s.packets;
+            m.bytes += s.bytes;
+            m.tcp_syns += s.tcp_syns;
+            m.directions |= s.directions;
+            m.protocols |= s.protocols;
+            first_j = first_j.min(s.first_jiffies);
+            if s.last_jiffies >= last_j {
+                last_j = s.last_jiffies;
+                m.last_port = s.last_port;
+            }
         }
-        if self.packets == 0 || o.first_seen_ns < self.first_seen_ns {
-            self.first_seen_ns = o.first_seen_ns;
+        if m.packets > 0 {
+            m.first_seen_ns = clock.ns(first_j);
+            m.last_seen_ns = clock.ns(last_j);
         }
-        if o.last_seen_ns >= self.last_seen_ns {
-            self.last_seen_ns = o.last_seen_ns;
-            self.last_port = o.last_port;
-        }
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-        self.tcp_syns += o.tcp_syns;
-        self.directions |= o.directions;
-        self.protocols |= o.protocols;
+        m
     }
 }
 
@@ -308,7 +390,7 @@ mod pod {
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for Admission {}
     unsafe impl aya::Pod for SourceKey {}
-    unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for SourceSlot {}
     unsafe impl aya::Pod for FragmentKey {}
 }
 
@@ -338,38 +420,57 @@ mod tests {
     }
 
     #[test]
+    fn jiffies_fit_the_tick_rate() {
+        // Read off this machine (HZ=250): /proc/timer_list "jiffies" and "now at".
+        let c = JiffyClock::fit(4_295_313_110, 1_683_461_283_565);
+        assert_eq!(c.hz, 250);
+        assert_eq!(c.ns(4_295_313_110 + 250), 1_684_461_283_565);
+        for hz in [100u64, 300, 1000] {
+            let initial = (300 * hz).wrapping_neg() & 0xffff_ffff;
+            let uptime_s = 86_400 * 3;
+            let c = JiffyClock::fit(initial + uptime_s * hz, uptime_s * 1_000_000_000 + 123);
+            assert_eq!(c.hz, hz);
+        }
+        assert_eq!(c.ns(0), 0);
+    }
+
+    #[test]
     fn merge_takes_earliest_first_and_latest_last() {
-        let mut a = SourceStats {
+        let clock = JiffyClock { hz: 1000, jiffies: 10_000, ns: 5_000_000_000 };
+        let a = SourceSlot {
             packets: 2,
             bytes: 120,
-            first_seen_ns: 100,
-            last_seen_ns: 500,
+            admitted_ns: 5_000_000_000,
+            first_jiffies: 10_000,
+            last_jiffies: 10_400,
             tcp_syns: 2,
             last_port: 2745,
             directions: DIR_DST,
             protocols: PROTO_TCP,
         };
-        let b = SourceStats {
+        let b = SourceSlot {
             packets: 1,
             bytes: 60,
-            first_seen_ns: 50,
-            last_seen_ns: 900,
+            admitted_ns: 0,
+            first_jiffies: 10_050,
+            last_jiffies: 10_900,
             tcp_syns: 0,
             last_port: 2746,
             directions: DIR_SRC,
             protocols: PROTO_UDP,
         };
-        a.merge(&b);
-        assert_eq!(a.packets, 3);
-        assert_eq!(a.bytes, 180);
-        assert_eq!(a.first_seen_ns, 50);
-        assert_eq!(a.last_seen_ns, 900);
-        assert_eq!(a.last_port, 2746);
-        assert_eq!(a.directions, DIR_DST | DIR_SRC);
-        assert_eq!(a.protocols, PROTO_TCP | PROTO_UDP);
-        // An empty CPU slot changes nothing.
-        let before = a;
-        a.merge(&SourceStats::default());
-        assert_eq!(a, before);
+        let m = SourceStats::merge(&[a, SourceSlot::default(), b], Some(&clock));
+        assert_eq!(m.packets, 3);
+        assert_eq!(m.bytes, 180);
+        assert_eq!(m.first_seen_ns, 5_000_000_000);
+        assert_eq!(m.last_seen_ns, 5_900_000_000);
+        assert_eq!(m.last_port, 2746);
+        assert_eq!(m.directions, DIR_DST | DIR_SRC);
+        assert_eq!(m.protocols, PROTO_TCP | PROTO_UDP);
+        // Without a clock the admitting slot calibrates itself.
+        let own = SourceStats::merge(&[a, b], None);
+        assert_eq!(own.packets, 3);
+        assert!(own.first_seen_ns > 0 && own.last_seen_ns > own.first_seen_ns);
+        assert_eq!(SourceStats::merge(&[SourceSlot::default()], None), SourceStats::default());
     }
 }

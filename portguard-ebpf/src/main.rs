@@ -122,10 +122,30 @@ fn follow(key: &FragmentKey, totals: &mut Totals) -> u32 {
 
 #[inline(always)]
 fn allowlisted(allow: u8, ip: &Ip) -> bool {
+    // Keys built from words, not with Key::new: its packed struct becomes a memmove call.
     if ip.v6 {
-        allow & ALLOW_HAS_V6 != 0 && ALLOW_V6.get(Key::new(128, ip.v6_src())).is_some()
+        if allow & ALLOW_HAS_V6 == 0 {
+            return false;
+        }
+        let a = ip.v6_src();
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        // SAFETY: Key<[u8; 16]> is a packed 4-byte prefix length and 16 bytes: 20 bytes.
+        let key: Key<[u8; 16]> =
+            unsafe { core::mem::transmute::<[u32; 5], _>([128u32, w(0), w(4), w(8), w(12)]) };
+        ALLOW_V6.get(&key).is_some()
     } else {
-        allow & ALLOW_HAS_V4 != 0 && ALLOW_V4.get(Key::new(32, ip.v4_src())).is_some()
+        if allow & ALLOW_HAS_V4 == 0 {
+            return false;
+        }
+        let a = ip.v4_src();
+        let p = 32u32.to_ne_bytes();
+        // SAFETY: Key<[u8; 4]> is a packed 4-byte prefix length and 4 bytes: 8 bytes.
+        let key: Key<[u8; 4]> = unsafe {
+            core::mem::transmute::<u64, _>(u64::from_ne_bytes([
+                p[0], p[1], p[2], p[3], a[0], a[1], a[2], a[3],
+            ]))
+        };
+        ALLOW_V4.get(&key).is_some()
     }
 }
 

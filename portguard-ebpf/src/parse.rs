@@ -71,29 +71,39 @@ impl Ip {
     }
 
     /// The reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), as the kernel's.
+    /// Built as 8-byte words: struct literals with padding become memset calls on BPF.
     #[inline(always)]
     pub fn fragment_key(&self, id: u32, proto: u8) -> FragmentKey {
-        // SAFETY: as above; the destination follows the source in both headers.
+        let (src, dst, proto) = if self.v6 {
+            // SAFETY: 40 bytes were checked at `hdr`; the destination follows the source.
+            unsafe { (words(self.hdr.add(8)), words(self.hdr.add(24)), 0) }
+        } else {
+            // SAFETY: 20 bytes were checked at `hdr`.
+            let dst = unsafe { *(self.hdr.add(16) as *const [u8; 4]) };
+            (key_words(SourceKey::v4(self.v4_src())), key_words(SourceKey::v4(dst)), proto)
+        };
+        let i = id.to_ne_bytes();
+        let tail = u64::from_ne_bytes([i[0], i[1], i[2], i[3], proto, 0, 0, 0]);
+        // SAFETY: FragmentKey is 40 bytes of integers, no invalid values.
         unsafe {
-            if self.v6 {
-                FragmentKey {
-                    src: self.v6_src(),
-                    dst: *(self.hdr.add(24) as *const [u8; 16]),
-                    id,
-                    proto: 0,
-                    _pad: [0; 3],
-                }
-            } else {
-                FragmentKey {
-                    src: SourceKey::v4(self.v4_src()).addr,
-                    dst: SourceKey::v4(*(self.hdr.add(16) as *const [u8; 4])).addr,
-                    id,
-                    proto,
-                    _pad: [0; 3],
-                }
-            }
+            core::mem::transmute::<[u64; 5], FragmentKey>([src[0], src[1], dst[0], dst[1], tail])
         }
     }
+}
+
+/// 16 bytes at `p` as two words.
+///
+/// # Safety
+/// `p` must point to 16 readable bytes.
+#[inline(always)]
+unsafe fn words(p: *const u8) -> [u64; 2] {
+    unsafe { [(p as *const u64).read_unaligned(), (p.add(8) as *const u64).read_unaligned()] }
+}
+
+#[inline(always)]
+fn key_words(k: SourceKey) -> [u64; 2] {
+    // SAFETY: 16 plain bytes either way.
+    unsafe { core::mem::transmute::<SourceKey, [u64; 2]>(k) }
 }
 
 /// A TCP or UDP header read from an unfragmented frame or a first fragment.

@@ -1,8 +1,11 @@
 //! Per-source accounting: find the source's slot in SOURCES, or admit it within the budget, or
 //! count it as untracked. The verdict never depends on what happens here.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns};
-use portguard_common::{ADMISSION_SLICE_SHIFT, SourceKey, SourceStats, Totals};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+};
+use portguard_common::{ADMISSION_SLICE_SHIFT, SourceKey, SourceSlot, Totals};
 
 use crate::maps::{ADMISSION, SOURCES};
 
@@ -17,26 +20,29 @@ pub struct Hit {
 
 #[inline(always)]
 pub fn record(key: &SourceKey, hit: &Hit, budget: u32, totals: &mut Totals) {
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
+    // into a load: the known-source path pays for no helper call.
+    let jiffies = unsafe { bpf_jiffies64() };
     if let Some(s) = SOURCES.get_ptr_mut(key) {
         // SAFETY: a per-CPU value: only this CPU writes it, and preemption is off in XDP.
-        update(unsafe { &mut *s }, hit, now);
+        update(unsafe { &mut *s }, hit, jiffies);
         return;
     }
+    // An unknown source: the rarer path can afford the real clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if !admit(now, budget) {
         totals.untracked += 1;
         totals.untracked_bytes += hit.bytes;
         return;
     }
-    let mut s = SourceStats { first_seen_ns: now, ..SourceStats::default() };
-    update(&mut s, hit, now);
+    let mut s = SourceSlot { admitted_ns: now, ..SourceSlot::default() };
+    update(&mut s, hit, jiffies);
     match SOURCES.insert(key, s, BPF_NOEXIST as u64) {
         Ok(()) => totals.admitted += 1,
         // Another CPU inserted it first: ours is a per-CPU slot in the same entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {
             // SAFETY: as above.
-            Some(s) => update(unsafe { &mut *s }, hit, now),
+            Some(s) => update(unsafe { &mut *s }, hit, jiffies),
             None => {
                 totals.untracked += 1;
                 totals.untracked_bytes += hit.bytes;
@@ -46,14 +52,13 @@ pub fn record(key: &SourceKey, hit: &Hit, budget: u32, totals: &mut Totals) {
 }
 
 #[inline(always)]
-fn update(s: &mut SourceStats, hit: &Hit, now: u64) {
+fn update(s: &mut SourceSlot, hit: &Hit, jiffies: u64) {
     if s.packets == 0 {
-        // First packet on this CPU for a source another CPU admitted.
-        s.first_seen_ns = now;
+        s.first_jiffies = jiffies;
     }
     s.packets += 1;
     s.bytes += hit.bytes;
-    s.last_seen_ns = now;
+    s.last_jiffies = jiffies;
     s.last_port = hit.port;
     s.directions |= hit.direction;
     s.protocols |= hit.proto;

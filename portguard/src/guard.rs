@@ -448,6 +448,12 @@ impl Guard {
         self.maps.sources()
     }
 
+    /// Makes room in the source table when it is nearly full (see `Maps::make_room`); the
+    /// owner of a guard calls this after each read of the table.
+    pub fn make_room(&mut self, sources: &[Source]) -> Result<usize> {
+        self.maps.make_room(sources, self.capacity)
+    }
+
     /// The underlying object, for the logger.
     pub fn ebpf(&mut self) -> Option<&mut Ebpf> {
         self.ebpf.as_mut()

@@ -10,8 +10,9 @@ use aya::{
     maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use portguard_common::{
-    ACTION_DROP, AllowV4, AllowV6, Config, DIR_DST, DIR_SRC, LAYOUT_VERSION, Meta, PORT_GUARDED,
-    PORT_TABLE_ENTRIES, PROTO_TCP, PROTO_UDP, SourceKey, SourceStats, Totals, map_names,
+    ACTION_DROP, AllowV4, AllowV6, Config, DIR_DST, DIR_SRC, EVICT_ABOVE_PERCENT,
+    EVICT_DOWN_TO_PERCENT, LAYOUT_VERSION, Meta, PORT_GUARDED, PORT_TABLE_ENTRIES, PROTO_TCP,
+    PROTO_UDP, SourceKey, SourceSlot, SourceStats, Totals, map_names,
 };
 
 use crate::{
@@ -33,7 +34,7 @@ pub struct Maps {
     allow_v4: LpmTrie<MapData, AllowV4, u8>,
     allow_v6: LpmTrie<MapData, AllowV6, u8>,
     totals: PerCpuArray<MapData, Totals>,
-    sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
+    sources: PerCpuHashMap<MapData, SourceKey, SourceSlot>,
     /// Every map, for pinning.
     all: Vec<(&'static str, MapData)>,
 }
@@ -83,6 +84,7 @@ impl Maps {
                 | Map::PerCpuArray(d)
                 | Map::LpmTrie(d)
                 | Map::PerCpuLruHashMap(d)
+                | Map::PerCpuHashMap(d)
                 | Map::LruHashMap(d) => d,
                 _ => bail!("map {name} has an unexpected type"),
             };
@@ -215,7 +217,7 @@ impl Maps {
     /// entry.
     pub fn sources(&self) -> Result<Vec<Source>> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-        let vsize = size_of::<SourceStats>().next_multiple_of(8);
+        let vsize = size_of::<SourceSlot>().next_multiple_of(8);
         let ksize = size_of::<SourceKey>();
         let raw = &self.all.iter().find(|(n, _)| *n == map_names::SOURCES).context("SOURCES")?.1;
         let fd = raw.fd().as_fd();
@@ -226,13 +228,14 @@ impl Maps {
                 for (k, v) in keys.chunks_exact(ksize).zip(values.chunks_exact(vsize * cpus)) {
                     let mut key = SourceKey::default();
                     key.addr.copy_from_slice(k);
-                    let mut stats = SourceStats::default();
-                    for c in v.chunks_exact(vsize) {
-                        // SAFETY: SourceStats is Pod; the chunk holds at least its size.
-                        let s: SourceStats =
-                            unsafe { std::ptr::read_unaligned(c.as_ptr() as *const SourceStats) };
-                        stats.merge(&s);
-                    }
+                    let slots: Vec<SourceSlot> = v
+                        .chunks_exact(vsize)
+                        // SAFETY: SourceSlot is Pod; the chunk holds at least its size.
+                        .map(|c| unsafe {
+                            std::ptr::read_unaligned(c.as_ptr() as *const SourceSlot)
+                        })
+                        .collect();
+                    let stats = SourceStats::merge(&slots, None);
                     if stats.packets > 0 {
                         out.push(Source { addr: address(&key), stats });
                     }
@@ -242,10 +245,8 @@ impl Maps {
                 for entry in self.sources.iter() {
                     // An entry evicted between listing its key and reading it is simply gone.
                     let Ok((key, per_cpu)) = entry else { continue };
-                    let mut stats = SourceStats::default();
-                    for cpu in per_cpu.iter() {
-                        stats.merge(cpu);
-                    }
+                    let slots: Vec<SourceSlot> = per_cpu.iter().copied().collect();
+                    let stats = SourceStats::merge(&slots, None);
                     if stats.packets > 0 {
                         out.push(Source { addr: address(&key), stats });
                     }
@@ -253,6 +254,34 @@ impl Maps {
             }
         }
         Ok(out)
+    }
+}
+
+impl Maps {
+    /// Makes room in a table fuller than EVICT_ABOVE_PERCENT of `capacity`: removes the sources
+    /// seen least recently until it is EVICT_DOWN_TO_PERCENT full. `sources` is a fresh read of
+    /// the table. Returns how many were removed.
+    pub fn make_room(&mut self, sources: &[Source], capacity: u32) -> Result<usize> {
+        let cap = capacity as usize;
+        if sources.len() * 100 <= cap * EVICT_ABOVE_PERCENT as usize {
+            return Ok(0);
+        }
+        let keep = cap * EVICT_DOWN_TO_PERCENT as usize / 100;
+        let mut by_age: Vec<&Source> = sources.iter().collect();
+        by_age.sort_by_key(|s| s.stats.last_seen_ns);
+        let excess = sources.len().saturating_sub(keep);
+        let mut removed = 0;
+        for s in &by_age[..excess] {
+            let key = match s.addr {
+                IpAddr::V4(a) => SourceKey::v4(a.octets()),
+                IpAddr::V6(a) => SourceKey { addr: a.octets() },
+            };
+            // Already gone (another portguard made room too) is fine.
+            if self.sources.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -3,11 +3,14 @@
 //! traffic. Each test has its own pin root and namespaces.
 
 use std::{
-    io::Write as _,
+    io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -22,6 +25,35 @@ struct Fixture {
     lab: Lab,
     root: PathBuf,
     children: Vec<Child>,
+    /// Each child's stderr so far, read as it comes (the daemon logs there).
+    logs: Vec<Arc<Mutex<String>>>,
+    /// Each child's stdout so far (the counters).
+    outs: Vec<Arc<Mutex<String>>>,
+}
+
+fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let sink = buf.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    buf
+}
+
+/// Polls `cond` until it holds or 20 s pass (the machine may be busy: no fixed sleeps).
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting for {what}");
 }
 
 impl Fixture {
@@ -29,7 +61,7 @@ impl Fixture {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let lab = Lab::create(&format!("pgo{}-{n}", std::process::id())).unwrap();
         let root = PathBuf::from(format!("/sys/fs/bpf/pgtest-op-{}-{n}", std::process::id()));
-        Fixture { lab, root, children: Vec::new() }
+        Fixture { lab, root, children: Vec::new(), logs: Vec::new(), outs: Vec::new() }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -60,8 +92,31 @@ impl Fixture {
             .env("PORTGUARD_PIN_ROOT", &self.root)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        self.children.push(c.spawn().unwrap());
+        let mut child = c.spawn().unwrap();
+        self.logs.push(collect(child.stderr.take().unwrap()));
+        self.outs.push(collect(child.stdout.take().unwrap()));
+        self.children.push(child);
         self.children.len() - 1
+    }
+
+    /// Waits until child `i` has logged `needle`.
+    fn wait_log(&self, i: usize, needle: &str) {
+        wait_until(needle, || self.logs[i].lock().unwrap().contains(needle));
+    }
+
+    fn log(&self, i: usize) -> String {
+        self.logs[i].lock().unwrap().clone()
+    }
+
+    /// The owner pid `status` reports, if any.
+    fn owner(&self) -> Option<u64> {
+        let doc = self.json(&["status", "--json"]);
+        doc["interfaces"].as_array()?.iter().find(|i| i["iface"] == GW_IF)?["owner_pid"].as_u64()
+    }
+
+    fn dropped(&self) -> u64 {
+        let doc = self.json(&["stats", "--json"]);
+        iface_entry(&doc, GW_IF)["totals"]["dropped"].as_u64().unwrap()
     }
 
     fn wait_guarded(&self) {
@@ -80,9 +135,13 @@ impl Fixture {
         unsafe { libc::kill(self.children[i].id() as i32, sig) };
     }
 
+    /// Waits for child `i` to exit; its stderr is in `log(i)`. Indices stay valid.
     fn wait_child(&mut self, i: usize) -> Output {
-        let c = self.children.remove(i);
-        c.wait_with_output().unwrap()
+        let out = self.children[i].wait().unwrap();
+        // Let the reader threads drain what is left.
+        thread::sleep(Duration::from_millis(100));
+        let stdout = self.outs[i].lock().unwrap().clone().into_bytes();
+        Output { status: out, stdout, stderr: self.log(i).into_bytes() }
     }
 
     fn attached(&self) -> bool {
@@ -137,7 +196,7 @@ fn stats_status_set_detach_on_a_running_guard() {
     f.wait_guarded();
     f.probe(0, 5);
     f.probe(3, 2);
-    thread::sleep(Duration::from_millis(200));
+    wait_until("14 drops", || f.dropped() == 14);
 
     // stats --json: totals and sources with documented fields.
     let doc = f.json(&["stats", "--json"]);
@@ -213,7 +272,9 @@ fn stats_status_set_detach_on_a_running_guard() {
     assert_eq!(iface_entry(&doc, GW_IF)["ports"], serde_json::json!([2745, 3127]));
     assert_eq!(iface_entry(&doc, GW_IF)["allow"], serde_json::json!(["198.18.0.0/30"]));
     // The running daemon follows the change.
-    thread::sleep(Duration::from_millis(500));
+    wait_until("the daemon to show count mode", || {
+        f.outs[run].lock().unwrap().contains("mode=count")
+    });
     let out = f.portguard(&[
         "set",
         "--mode",
@@ -249,6 +310,8 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     let first = f.spawn_run(&["--persist"]);
     f.wait_guarded();
     f.probe(0, 4);
+    // probe() sends over IPv4 and IPv6: 8 datagrams.
+    wait_until("8 drops", || f.dropped() == 8);
     f.signal(first, libc::SIGTERM);
     let out = f.wait_child(first);
     assert!(out.status.success(), "{out:?}");
@@ -256,20 +319,20 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     // Still attached with nobody running: probes are still dropped.
     assert!(f.attached());
     f.probe(0, 4);
-    let doc = f.json(&["status", "--json"]);
-    assert!(iface_entry(&doc, GW_IF)["owner_pid"].is_null());
+    wait_until("16 drops", || f.dropped() == 16);
+    assert_eq!(f.owner(), None);
     // kill -9 of a new owner also leaves the guard in place.
     let second = f.spawn_run(&["--persist"]);
-    thread::sleep(Duration::from_millis(800));
+    f.wait_log(second, "adopted the guard left on pg-wan");
     f.signal(second, libc::SIGKILL);
     let _ = f.wait_child(second);
     assert!(f.attached());
     f.probe(0, 4);
+    wait_until("24 drops", || f.dropped() == 24);
     // A third start adopts it: counters kept.
     let third = f.spawn_run(&[]);
-    thread::sleep(Duration::from_millis(800));
-    let doc = f.json(&["stats", "--json"]);
-    assert_eq!(iface_entry(&doc, GW_IF)["totals"]["dropped"], 24);
+    f.wait_log(third, "adopted the guard left on pg-wan");
+    wait_until("24 drops", || f.dropped() == 24);
     f.signal(third, libc::SIGINT);
     let out = f.wait_child(third);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -316,12 +379,12 @@ fn config_file_flags_override_and_sighup_reloads() {
     // A broken file on SIGHUP: the running configuration stays, the line is named.
     std::fs::write(&path, "mode = \"drop\"\nportz = [1]\n").unwrap();
     f.signal(run, libc::SIGHUP);
-    thread::sleep(Duration::from_millis(400));
+    f.wait_log(run, "keeping the running configuration");
     assert_eq!(iface_entry(&f.json(&["status", "--json"]), GW_IF)["mode"], "count");
     // A good one is applied in place.
     std::fs::write(&path, "mode = \"drop\"\nports = [2745]\n").unwrap();
     f.signal(run, libc::SIGHUP);
-    thread::sleep(Duration::from_millis(400));
+    f.wait_log(run, "reloaded:");
     let doc = f.json(&["status", "--json"]);
     assert_eq!(iface_entry(&doc, GW_IF)["mode"], "drop");
     assert_eq!(iface_entry(&doc, GW_IF)["ports"], serde_json::json!([2745]));

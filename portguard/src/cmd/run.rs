@@ -2,7 +2,7 @@
 //! re-reads the config file.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     io::{IsTerminal as _, Write as _},
     net::IpAddr,
     path::PathBuf,
@@ -214,8 +214,8 @@ pub struct Watched {
     pub iface: String,
     prev: Totals,
     prev_at: Instant,
+    /// Packets per source at the previous tick: rates, and which sources are new.
     prev_packets: HashMap<IpAddr, u64>,
-    known: HashSet<IpAddr>,
 }
 
 impl Watched {
@@ -227,7 +227,6 @@ impl Watched {
             prev: guard.totals()?,
             prev_at: Instant::now(),
             prev_packets: sources.iter().map(|s| (s.addr, s.stats.packets)).collect(),
-            known: sources.iter().map(|s| s.addr).collect(),
             guard,
             owner,
             iface,
@@ -281,6 +280,15 @@ pub async fn watch(watched: &mut Vec<Watched>, args: &Args, mut plan: Plan) -> R
             w.guard.follow_changes()?;
             let totals = w.guard.totals()?;
             let sources = w.guard.sources()?;
+            if w.owner {
+                let removed = w.guard.make_room(&sources)?;
+                if removed > 0 {
+                    log::info!(
+                        "{}: source table nearly full: forgot the {removed} sources seen least recently",
+                        w.iface
+                    );
+                }
+            }
             let now = Instant::now();
             let dt = now - w.prev_at;
             let rates = counters::rates(&w.prev, &totals, dt);
@@ -291,9 +299,10 @@ pub async fn watch(watched: &mut Vec<Watched>, args: &Args, mut plan: Plan) -> R
                 SortBy::Packets,
                 plan.top,
             );
+            // Only the table's current contents are remembered, so memory stays bounded by its
+            // capacity whatever a flood does.
             let fresh: Vec<_> =
-                sources.iter().filter(|s| !w.known.contains(&s.addr)).copied().collect();
-            w.known.extend(fresh.iter().map(|s| s.addr));
+                sources.iter().filter(|s| !w.prev_packets.contains_key(&s.addr)).copied().collect();
             news.push((w.iface.clone(), fresh));
             w.prev = totals;
             w.prev_at = now;

@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, Result};
-use portguard_common::{DEFAULT_SOURCE_CAPACITY, SourceKey, SourceStats, Totals};
+use portguard_common::{DEFAULT_SOURCE_CAPACITY, SourceKey, SourceSlot, Totals};
 
 use super::{
     bpf::{self, *},
@@ -21,7 +21,7 @@ const HELPER_MAP_UPDATE: i32 = 2;
 const HELPER_KTIME_GET_COARSE_NS: i32 = 160;
 
 const KEY: i16 = size_of::<SourceKey>() as i16;
-const VALUE: i16 = size_of::<SourceStats>() as i16;
+const VALUE: i16 = size_of::<SourceSlot>() as i16;
 
 /// `r0 = XDP_PASS; exit`.
 fn pass() -> [u64; 2] {

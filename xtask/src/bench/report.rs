@@ -6,7 +6,7 @@ use super::{
     Args, FLOOR, FloodResult, PG_COUNT, PG_DROP, PG_UNTRACKED, XDP_FILTER, bpf, cost::CostTable,
     memory::MapMem,
 };
-use portguard_common::{DEFAULT_SOURCE_CAPACITY, SourceStats};
+use portguard_common::{DEFAULT_SOURCE_CAPACITY, SourceSlot};
 
 use crate::util::output;
 
@@ -353,7 +353,7 @@ fn memory_section(s: &mut String, i: &Inputs) {
     // The kernel charges per-CPU values once per *possible* CPU: SOURCES grows with the
     // machine. What is left once that part is taken out does not.
     let per_cpu =
-        u64::from(DEFAULT_SOURCE_CAPACITY) * (size_of::<SourceStats>() as u64).next_multiple_of(8);
+        u64::from(DEFAULT_SOURCE_CAPACITY) * (size_of::<SourceSlot>() as u64).next_multiple_of(8);
     let possible = possible_cpus().unwrap_or(i.machine.cores as u64).max(1);
     let fixed = total.saturating_sub(per_cpu * possible);
     let _ = writeln!(
