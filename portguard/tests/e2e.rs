@@ -131,17 +131,19 @@ fn generic_mode_drops_too() {
 fn run_command_guards_until_sigterm_and_detaches() {
     let lab = lab();
     let guarded = Listeners::start(&lab.gw, 2745).unwrap();
+    let root = format!("/sys/fs/bpf/pgtest-e2e-{}", std::process::id());
     let child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.gw))
         .arg(env!("CARGO_BIN_EXE_portguard"))
         .args(["run", "--iface", GW_IF, "--interval", "0.2"])
+        .env("PORTGUARD_PIN_ROOT", &root)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait until it is attached: a link appears on the interface.
     let mut attached = false;
-    for _ in 0..100 {
+    for _ in 0..400 {
         let out = Command::new("ip").args(["-n", &lab.gw, "link", "show", GW_IF]).output().unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("xdp") {
             attached = true;
@@ -152,7 +154,23 @@ fn run_command_guards_until_sigterm_and_detaches() {
     assert!(attached, "portguard run did not attach");
     let (connected, _) = traffic(&lab, 2745, Duration::from_millis(300));
     assert_eq!(connected, 0);
-    thread::sleep(Duration::from_millis(600));
+    // Wait until the drops are counted, then for an interval or two to be printed.
+    let stats = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
+            .args(["stats", "--json"])
+            .env("PORTGUARD_PIN_ROOT", &root)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["interfaces"][0]["totals"]["dropped"].as_u64().unwrap_or(0)
+    };
+    for _ in 0..400 {
+        if stats() >= 12 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(1500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -180,4 +198,5 @@ fn run_command_guards_until_sigterm_and_detaches() {
     let (connected, _) = traffic(&lab, 2745, Duration::from_secs(2));
     assert_eq!(connected, 2, "reachable again after detach");
     let _: IpAddr = lab::gw_v4();
+    let _ = std::fs::remove_dir(&root);
 }
