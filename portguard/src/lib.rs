@@ -18,6 +18,8 @@ pub mod frames;
 pub mod guard;
 pub mod lab;
 pub mod maps;
+pub mod metrics;
+pub mod notify;
 pub mod pins;
 pub mod privileges;
 pub mod report;

@@ -28,6 +28,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    promtool()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -115,4 +116,39 @@ fn bpffs() -> Result<()> {
     }
     std::fs::create_dir_all("/sys/fs/bpf")?;
     sh(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// Where promtool is unpacked: the metrics tests validate portguard's exposition with it.
+pub const PROMTOOL: &str = ".cache/portguard/prometheus/usr/bin/promtool";
+
+/// promtool, unpacked from Debian's prometheus package without installing it (installing
+/// would start a Prometheus server).
+fn promtool() -> Result<()> {
+    let home = PathBuf::from(std::env::var("HOME").context("HOME is not set")?);
+    if home.join(PROMTOOL).exists() {
+        return Ok(());
+    }
+    let cache = home.join(".cache/portguard");
+    let debs = cache.join("deb");
+    std::fs::create_dir_all(&debs)?;
+    eprintln!("setup: unpacking promtool from Debian's prometheus package");
+    // Not `sh`: it runs in the workspace root, and the download lands in the current directory.
+    let st =
+        Command::new("apt-get").args(["download", "prometheus"]).current_dir(&debs).status()?;
+    if !st.success() {
+        sh(Command::new("apt-get").arg("update").arg("-qq"))?;
+        let st =
+            Command::new("apt-get").args(["download", "prometheus"]).current_dir(&debs).status()?;
+        if !st.success() {
+            bail!("apt-get download prometheus failed: {st}");
+        }
+    }
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("prometheus_"))
+        })
+        .context("apt-get download prometheus left no .deb")?;
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(cache.join("prometheus")))
 }

@@ -76,10 +76,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         top: 10,
         json: false,
         persist: false,
+        metrics: None,
+        metrics_top: 10,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut watched = vec![super::run::Watched::new(guard, true)?];
-    rt.block_on(super::run::watch(&mut watched, &watch_args, plan))?;
+    let notifier = portguard::notify::Notifier::from_env();
+    let quiet = super::run::Service { notifier: &notifier, metrics: None };
+    rt.block_on(super::run::watch(&mut watched, &watch_args, plan, quiet))?;
     stop.store(true, Ordering::Relaxed);
     traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?.context("traffic")?;
 

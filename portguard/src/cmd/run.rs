@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use portguard::notify::Notifier;
 use portguard::{
     clock,
     config::FileConfig,
@@ -79,6 +80,15 @@ pub struct Args {
     /// Stop by itself after this many seconds (default: run until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Serve Prometheus metrics on this address [default: 127.0.0.1:9745].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_metrics")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Serve no metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Per-source series are exported for this many top sources only [default: 10].
+    #[arg(long, value_name = "N")]
+    pub metrics_top: Option<usize>,
 }
 
 /// Flags and config file merged, validated.
@@ -92,6 +102,9 @@ pub struct Plan {
     pub top: usize,
     pub json: bool,
     pub persist: bool,
+    /// Where metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics_top: usize,
 }
 
 impl Args {
@@ -139,6 +152,20 @@ impl Args {
             top: self.top.or(file.output.top).unwrap_or(10),
             json: self.json || file.output.json.unwrap_or(false),
             persist: self.persist || file.persist.unwrap_or(false),
+            metrics: if self.no_metrics {
+                None
+            } else if let Some(a) = self.metrics {
+                Some(a)
+            } else {
+                match file.metrics.listen.as_deref() {
+                    Some("off") => None,
+                    Some(a) => Some(a.parse().map_err(|_| {
+                        anyhow::anyhow!("metrics.listen: '{a}' is not an address like 127.0.0.1:9745 (or \"off\")")
+                    })?),
+                    None => Some(portguard::metrics::DEFAULT_LISTEN.parse()?),
+                }
+            },
+            metrics_top: self.metrics_top.or(file.metrics.top_sources).unwrap_or(10),
         })
     }
 
@@ -156,6 +183,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for iface in &plan.ifaces {
         portguard::guard::ifindex(iface)?;
     }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Bound before anything is attached: a taken port is an early error with nothing to undo.
+    let listener = match plan.metrics {
+        Some(addr) => Some(rt.block_on(portguard::metrics::bind(addr))?),
+        None => None,
+    };
     let pins = Pins::default();
     let mut watched = Vec::new();
     for iface in &plan.ifaces {
@@ -186,8 +219,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = rt.block_on(watch(&mut watched, &args, plan.clone()));
+    let notifier = Notifier::from_env();
+    notifier.ready(&status_line(&watched));
+    let shared = portguard::metrics::Shared::default();
+    let server = listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            log::info!("metrics on http://{a}/metrics");
+        }
+        rt.spawn(portguard::metrics::serve(l, shared.clone()))
+    });
+    let result = rt.block_on(watch(
+        &mut watched,
+        &args,
+        plan.clone(),
+        Service { notifier: &notifier, metrics: Some(shared) },
+    ));
+    notifier.stopping();
+    if let Some(s) = server {
+        s.abort();
+    }
     let persist = plan.persist;
     let names: Vec<String> = watched.iter().filter(|w| w.owner).map(|w| w.iface.clone()).collect();
     for w in watched {
@@ -244,8 +294,40 @@ impl Watched {
     }
 }
 
+/// What the daemon tells the outside world besides its output: systemd and Prometheus.
+pub struct Service<'a> {
+    pub notifier: &'a Notifier,
+    pub metrics: Option<portguard::metrics::Shared>,
+}
+
+/// systemd's one-line STATUS.
+fn status_line(watched: &[Watched]) -> String {
+    let parts: Vec<String> = watched
+        .iter()
+        .map(|w| {
+            let t = w.guard.totals().unwrap_or_default();
+            format!(
+                "{} ({}, {}): {} dropped",
+                w.iface,
+                w.guard.attached.map_or("?", |a| a.as_str()),
+                report::mode_str(w.guard.settings().mode),
+                t.dropped
+            )
+        })
+        .collect();
+    format!("guarding {}", parts.join("; "))
+}
+
+/// Local sockets on guarded ports, every this many intervals (a netlink dump and a /proc walk).
+const SOCKET_SCAN_EVERY: u64 = 10;
+
 /// Prints counters every interval until a signal (or `--duration`) ends it.
-pub async fn watch(watched: &mut Vec<Watched>, args: &Args, mut plan: Plan) -> Result<()> {
+pub async fn watch(
+    watched: &mut Vec<Watched>,
+    args: &Args,
+    mut plan: Plan,
+    service: Service<'_>,
+) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -253,16 +335,30 @@ pub async fn watch(watched: &mut Vec<Watched>, args: &Args, mut plan: Plan) -> R
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     let tty = std::io::stdout().is_terminal() && !plan.json;
+    // Without a watchdog the timer is parked far away.
+    let wd_period = service.notifier.watchdog_period().unwrap_or(Duration::from_secs(86_400));
+    let mut watchdog = tokio::time::interval(wd_period);
+    let mut ticks: u64 = 0;
+    let mut last_sockets: Option<Vec<portguard::metrics::LocalSocket>> = None;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
+                service.notifier.reloading();
                 reload(watched, args, &mut plan);
+                service.notifier.ready(&status_line(watched));
+                continue;
+            }
+            _ = watchdog.tick() => {
+                if service.notifier.watchdog_period().is_some() {
+                    service.notifier.watchdog();
+                }
                 continue;
             }
             _ = tick.tick() => {}
         }
+        ticks += 1;
         watched.retain(|w| {
             let there = w.guard.still_pinned();
             if !there {
@@ -316,6 +412,44 @@ pub async fn watch(watched: &mut Vec<Watched>, args: &Args, mut plan: Plan) -> R
                 tracked: sources.len(),
                 sources: ranked,
             });
+        }
+        service.notifier.status(&status_line(watched));
+        if let Some(shared) = &service.metrics {
+            let mut ifaces = Vec::new();
+            for (w, v) in watched.iter().zip(&snaps) {
+                let mut top = w.guard.sources().unwrap_or_default();
+                top.sort_by(|a, b| b.stats.packets.cmp(&a.stats.packets));
+                top.truncate(plan.metrics_top);
+                ifaces.push(portguard::metrics::IfaceMetrics {
+                    iface: w.iface.clone(),
+                    xdp_mode: w.guard.attached.map_or("unknown", |a| a.as_str()).into(),
+                    mode: report::mode_str(v.settings.mode).into(),
+                    totals: v.totals,
+                    tracked: v.tracked,
+                    capacity: w.guard.meta().map(|m| m.capacity).unwrap_or(0),
+                    top,
+                });
+            }
+            if (ticks - 1) % SOCKET_SCAN_EVERY == 0 {
+                let sockets = local_sockets(&plan.settings.ports);
+                if last_sockets.is_some() && sockets != last_sockets {
+                    log::warn!(
+                        "sockets on guarded ports on this host changed: {}",
+                        describe_sockets(&sockets)
+                    );
+                } else if last_sockets.is_none() && sockets.as_ref().is_some_and(|s| !s.is_empty())
+                {
+                    log::warn!(
+                        "this host uses a guarded port: {} (see `portguard check`)",
+                        describe_sockets(&sockets)
+                    );
+                }
+                last_sockets = sockets;
+            }
+            if let Ok(mut s) = shared.lock() {
+                s.ifaces = ifaces;
+                s.sockets = last_sockets.clone();
+            }
         }
         let mut out = std::io::stdout().lock();
         if tty {
@@ -399,4 +533,35 @@ fn reload(watched: &mut [Watched], args: &Args, plan: &mut Plan) {
         }
     }
     *plan = Plan { ifaces: plan.ifaces.clone(), ..new };
+}
+
+/// Sockets on this host using a guarded port, as metrics see them; None if the scan failed.
+fn local_sockets(ports: &[u16]) -> Option<Vec<portguard::metrics::LocalSocket>> {
+    let report = portguard::check::scan(ports, None).ok()?;
+    let mut v: Vec<_> = report
+        .sockets
+        .iter()
+        .map(|k| {
+            let port = if ports.contains(&k.local_port) { k.local_port } else { k.remote_port };
+            let protocol = serde_json::to_value(&k.protocol)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            portguard::metrics::LocalSocket { port, protocol, state: k.state.clone() }
+        })
+        .collect();
+    v.sort();
+    Some(v)
+}
+
+fn describe_sockets(s: &Option<Vec<portguard::metrics::LocalSocket>>) -> String {
+    match s {
+        None => "unknown (scan failed)".into(),
+        Some(v) if v.is_empty() => "none".into(),
+        Some(v) => v
+            .iter()
+            .map(|k| format!("{} {} {}", k.protocol, k.port, k.state))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }

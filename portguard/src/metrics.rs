@@ -1,0 +1,320 @@
+//! Prometheus metrics (OpenMetrics text) over HTTP, for the monitoring stack a fleet already
+//! runs. The daemon publishes a snapshot every interval; a scrape encodes the latest one, so
+//! values are at most one interval old. Per-source series are limited to the top N sources
+//! (bounded cardinality, however many sources a flood brings).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use portguard_common::Totals;
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::{guard::Source, report};
+
+/// The default endpoint: loopback only; exposing it is a deliberate choice (`--metrics`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
+
+/// One guarded interface, as last published.
+#[derive(Clone, Debug, Default)]
+pub struct IfaceMetrics {
+    pub iface: String,
+    pub xdp_mode: String,
+    pub mode: String,
+    pub totals: Totals,
+    pub tracked: usize,
+    pub capacity: u32,
+    /// The top sources by packets, already cut to N.
+    pub top: Vec<Source>,
+}
+
+/// A socket on a guarded port on this host (see `portguard check`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalSocket {
+    pub port: u16,
+    pub protocol: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub ifaces: Vec<IfaceMetrics>,
+    /// None until the first socket scan.
+    pub sockets: Option<Vec<LocalSocket>>,
+}
+
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The exposition of a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut reg = Registry::with_prefix("portguard");
+    let build = Family::<Labels, Gauge>::default();
+    build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))])).set(1);
+    reg.register("build_info", "portguard's version", build);
+
+    let info = Family::<Labels, Gauge>::default();
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let malformed = Family::<Labels, Counter>::default();
+    let followed = Family::<Labels, Counter>::default();
+    let tracked = Family::<Labels, Gauge>::default();
+    let capacity = Family::<Labels, Gauge>::default();
+    let src_packets = Family::<Labels, Counter>::default();
+    let src_bytes = Family::<Labels, Counter>::default();
+    let src_syns = Family::<Labels, Counter>::default();
+    for i in &s.ifaces {
+        let t = &i.totals;
+        let l = |kind: &str| labels(&[("iface", &i.iface), ("kind", kind)]);
+        info.get_or_create(&labels(&[
+            ("iface", &i.iface),
+            ("xdp_mode", &i.xdp_mode),
+            ("mode", &i.mode),
+        ]))
+        .set(1);
+        for (kind, v) in [
+            ("seen", t.seen),
+            ("matched", t.matched),
+            ("dropped", t.dropped),
+            ("allowed", t.allowed),
+            ("untracked", t.untracked),
+        ] {
+            packets.get_or_create(&l(kind)).inc_by(v);
+        }
+        for (kind, v) in [
+            ("matched", t.matched_bytes),
+            ("dropped", t.dropped_bytes),
+            ("untracked", t.untracked_bytes),
+        ] {
+            bytes.get_or_create(&l(kind)).inc_by(v);
+        }
+        let il = labels(&[("iface", &i.iface)]);
+        malformed.get_or_create(&il).inc_by(t.malformed);
+        followed.get_or_create(&il).inc_by(t.fragments_followed);
+        tracked.get_or_create(&il).set(i.tracked as i64);
+        capacity.get_or_create(&il).set(i.capacity as i64);
+        for src in &i.top {
+            let addr = src.addr.to_string();
+            let what = report::what(&src.stats);
+            let direction = what.split(' ').next().unwrap_or("probing");
+            let sl = labels(&[("iface", &i.iface), ("source", &addr), ("direction", direction)]);
+            src_packets.get_or_create(&sl).inc_by(src.stats.packets);
+            src_bytes.get_or_create(&sl).inc_by(src.stats.bytes);
+            src_syns.get_or_create(&sl).inc_by(src.stats.tcp_syns as u64);
+        }
+    }
+    reg.register("guard_info", "A guarded interface: XDP mode and action", info);
+    reg.register("packets", "Packets by interface and what happened to them", packets);
+    reg.register("bytes", "Bytes (whole frames) by interface and what happened to them", bytes);
+    reg.register(
+        "malformed_packets",
+        "Frames with truncated or contradictory headers, passed",
+        malformed,
+    );
+    reg.register(
+        "fragments_followed",
+        "Later fragments given their first fragment's verdict",
+        followed,
+    );
+    reg.register("sources_tracked", "Sources in the per-source table", tracked);
+    reg.register("source_capacity", "Capacity of the per-source table", capacity);
+    reg.register("source_packets", "Packets from one of the top sources", src_packets);
+    reg.register("source_bytes", "Bytes from one of the top sources", src_bytes);
+    reg.register(
+        "source_tcp_syns",
+        "TCP connection attempts from one of the top sources",
+        src_syns,
+    );
+    if let Some(socks) = &s.sockets {
+        let local = Family::<Labels, Gauge>::default();
+        for k in socks {
+            let port = k.port.to_string();
+            local
+                .get_or_create(&labels(&[
+                    ("port", &port),
+                    ("protocol", &k.protocol),
+                    ("state", &k.state),
+                ]))
+                .inc();
+        }
+        reg.register(
+            "local_sockets",
+            "Sockets on this host using a guarded port (portguard check), by state",
+            local,
+        );
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+/// The classic Prometheus text format (0.0.4), for scrapers and tools that do not ask for
+/// OpenMetrics: the same samples, counters' HELP and TYPE named after their `_total` sample,
+/// no `# EOF`.
+pub fn render_classic(s: &Snapshot) -> String {
+    let open = render(s);
+    let counters: std::collections::HashSet<String> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .map(str::to_owned)
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Binds the endpoint (before anything is attached, so a taken port is an early, clean error).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for metrics (--metrics ADDR to choose another, --no-metrics to disable)")
+    })
+}
+
+/// Serves GET /metrics until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Shared) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read the request head (bounded; slow clients are cut off).
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match conn.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let method = head.split_whitespace().next().unwrap_or("");
+            let openmetrics = head.lines().any(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("accept:") && l.contains("application/openmetrics-text")
+            });
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => {
+                    let snap = shared.lock().map(|s| s.clone()).unwrap_or_default();
+                    if openmetrics {
+                        (
+                            "200 OK",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            render(&snap),
+                        )
+                    } else {
+                        (
+                            "200 OK",
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            render_classic(&snap),
+                        )
+                    }
+                }
+                ("GET", "/") => (
+                    "200 OK",
+                    "text/plain; charset=utf-8",
+                    "portguard: metrics at /metrics\n".into(),
+                ),
+                _ => ("404 Not Found", "text/plain; charset=utf-8", "not found\n".into()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portguard_common::SourceStats;
+
+    #[test]
+    fn renders_openmetrics() {
+        let snap = Snapshot {
+            ifaces: vec![IfaceMetrics {
+                iface: "eth1".into(),
+                xdp_mode: "native".into(),
+                mode: "drop".into(),
+                totals: Totals {
+                    seen: 10,
+                    matched: 4,
+                    dropped: 4,
+                    dropped_bytes: 240,
+                    ..Totals::default()
+                },
+                tracked: 1,
+                capacity: 65536,
+                top: vec![Source {
+                    addr: "198.18.0.2".parse().unwrap(),
+                    stats: SourceStats {
+                        packets: 4,
+                        bytes: 240,
+                        directions: 1,
+                        last_port: 2745,
+                        ..SourceStats::default()
+                    },
+                }],
+            }],
+            sockets: Some(vec![LocalSocket {
+                port: 2745,
+                protocol: "tcp".into(),
+                state: "listen".into(),
+            }]),
+        };
+        let text = render(&snap);
+        for line in [
+            "portguard_packets_total{iface=\"eth1\",kind=\"dropped\"} 4",
+            "portguard_bytes_total{iface=\"eth1\",kind=\"dropped\"} 240",
+            "portguard_source_packets_total{iface=\"eth1\",source=\"198.18.0.2\",direction=\"probing\"} 4",
+            "portguard_sources_tracked{iface=\"eth1\"} 1",
+            "portguard_local_sockets{port=\"2745\",protocol=\"tcp\",state=\"listen\"} 1",
+            "portguard_guard_info{iface=\"eth1\",xdp_mode=\"native\",mode=\"drop\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        let classic = render_classic(&snap);
+        assert!(classic.contains("# TYPE portguard_packets_total counter\n"));
+        assert!(!classic.contains("# EOF"));
+    }
+}
