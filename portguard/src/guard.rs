@@ -358,11 +358,34 @@ impl Guard {
             }
             return Ok(());
         }
-        if self.link.take().is_some() {
-            let fd = sys::obj_get(&dir.join(LINK)).context("opening the pinned XDP link")?;
-            sys::link_detach(fd.as_fd()).context("detaching the XDP link")?;
+        if self.link.take().is_some()
+            && let Ok(fd) = sys::obj_get(&dir.join(LINK))
+            && let Err(e) = sys::link_detach(fd.as_fd())
+            && self.link_alive()
+        {
+            // A defunct link (its interface gone) has nothing to detach; a live one must go.
+            return Err(e).context("detaching the XDP link");
         }
         remove_pins(&dir)
+    }
+
+    /// Whether the pinned XDP link is still attached to the interface it was made for. It is
+    /// not once the interface is deleted (or deleted and created again: a new ifindex).
+    pub fn link_alive(&self) -> bool {
+        let Some(dir) = &self.pin_dir else { return true };
+        let Ok(meta) = self.maps.meta() else { return false };
+        let Ok(fd) = sys::obj_get(&dir.join(LINK)) else { return false };
+        matches!(sys::xdp_link_info(fd.as_fd()), Ok((_, i)) if i != 0 && i == meta.ifindex)
+    }
+
+    /// Gives up the ownership lock (before acquiring the interface again).
+    pub fn unlock(&mut self) {
+        self._lock = None;
+    }
+
+    /// SOURCES capacity.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// Detaches the guard pinned for `iface`, whoever owns it, and removes its pins.

@@ -72,6 +72,17 @@ impl Lab {
     fn build(&self) -> Result<()> {
         ip(&["netns", "add", &self.gw])?;
         ip(&["netns", "add", &self.out])?;
+        self.plug()
+    }
+
+    /// Removes the veth pair, as when a router's WAN interface goes away (PPP hang-up, driver
+    /// reset, hot-unplug).
+    pub fn unplug(&self) -> Result<()> {
+        ip(&["-n", &self.gw, "link", "del", GW_IF])
+    }
+
+    /// Creates the veth pair with its addresses (again, after `unplug`).
+    pub fn plug(&self) -> Result<()> {
         ip(&[
             "link", "add", GW_IF, "netns", &self.gw, "type", "veth", "peer", "name", OUT_IF,
             "netns", &self.out,

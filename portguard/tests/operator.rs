@@ -342,6 +342,30 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     assert_eq!(listeners.udp(), 0, "no probe ever got through");
 }
 
+/// A router's WAN interface goes away (PPP hang-up, driver reset) and comes back: the daemon
+/// says so, keeps its counters, and guards it again without being told.
+#[test]
+fn a_deleted_interface_is_guarded_again_when_it_returns() {
+    let mut f = Fixture::new();
+    let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
+    let run = f.spawn_run(&["--interval", "0.2"]);
+    f.wait_guarded();
+    f.probe(0, 2);
+    wait_until("4 drops", || f.dropped() == 4);
+    f.lab.unplug().unwrap();
+    f.wait_log(run, "pg-wan went away");
+    f.lab.plug().unwrap();
+    f.wait_log(run, "pg-wan is back: guarding it again (native XDP), counters kept");
+    assert!(f.attached());
+    f.probe(1, 2);
+    wait_until("8 drops: counted on top of the old ones", || f.dropped() == 8);
+    assert_eq!(listeners.udp(), 0);
+    f.signal(run, libc::SIGTERM);
+    let out = f.wait_child(run);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!f.attached());
+}
+
 #[test]
 fn a_second_run_watches_instead_of_attaching_twice() {
     let mut f = Fixture::new();

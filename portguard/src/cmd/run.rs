@@ -266,6 +266,8 @@ pub struct Watched {
     prev_at: Instant,
     /// Packets per source at the previous tick: rates, and which sources are new.
     prev_packets: HashMap<IpAddr, u64>,
+    /// The interface went away; it is guarded again when it comes back.
+    gone: bool,
 }
 
 impl Watched {
@@ -280,7 +282,46 @@ impl Watched {
             guard,
             owner,
             iface,
+            gone: false,
         })
+    }
+
+    /// An owner notices its interface going away (deleted, replaced: the XDP link dies with
+    /// it) and guards it again, with the same maps and counters, once it is back.
+    fn follow_interface(&mut self, pins: &Pins, mode: AttachMode) {
+        if !self.owner || !self.guard.still_pinned() {
+            return;
+        }
+        if !self.gone {
+            if self.guard.link_alive() {
+                return;
+            }
+            self.gone = true;
+            log::warn!(
+                "{} went away (deleted or replaced): its counters are kept; it is guarded again \
+                 as soon as it returns",
+                self.iface
+            );
+        }
+        if portguard::guard::ifindex(&self.iface).is_err() {
+            return;
+        }
+        let settings = self.guard.settings().clone();
+        let capacity = self.guard.capacity();
+        self.guard.unlock();
+        match Guard::acquire(pins, &self.iface, Some(&settings), capacity, mode) {
+            Ok((g, how)) => {
+                self.owner = !matches!(how, Acquired::Watching(_));
+                self.guard = g;
+                self.gone = false;
+                log::info!(
+                    "{} is back: guarding it again ({} XDP), counters kept",
+                    self.iface,
+                    self.guard.attached.map_or("unknown", |a| a.as_str())
+                );
+            }
+            Err(e) => log::warn!("{}: not guarded again yet: {e:#}", self.iface),
+        }
     }
 
     /// Releases what this process owns: detached, or left in place with `persist`.
@@ -369,6 +410,10 @@ pub async fn watch(
         if watched.is_empty() {
             log::info!("nothing left to watch");
             break;
+        }
+        let pins = Pins::default();
+        for w in watched.iter_mut() {
+            w.follow_interface(&pins, plan.xdp_mode);
         }
         let mut snaps = Vec::new();
         let mut news = Vec::new();
