@@ -411,3 +411,47 @@ fn restarts_never_open_a_gap() {
     assert_eq!(listeners.udp(), 0, "a probe got through during a restart");
     assert!(seen.lock().unwrap().len() >= 10);
 }
+
+/// The fleet files: promtool accepts the alert rules, and the rules and the Grafana dashboard
+/// only use metrics portguard exports.
+#[test]
+fn fleet_rules_and_dashboard_use_real_metrics() {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let rules = root.join("packaging/prometheus/portguard-alerts.yml");
+    let promtool = PathBuf::from(std::env::var("HOME").unwrap())
+        .join(".cache/portguard/prometheus/usr/bin/promtool");
+    assert!(promtool.exists(), "promtool missing: run `cargo xtask setup`");
+    let out = Command::new(&promtool).args(["check", "rules"]).arg(&rules).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("packaging/grafana/portguard-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 5);
+    let exported = portguard::metrics::render_classic(&portguard::metrics::Snapshot {
+        ifaces: vec![portguard::metrics::IfaceMetrics {
+            top: vec![portguard::guard::Source {
+                addr: "198.18.0.2".parse().unwrap(),
+                stats: Default::default(),
+            }],
+            ..Default::default()
+        }],
+        sockets: Some(vec![portguard::metrics::LocalSocket {
+            port: 2745,
+            protocol: "tcp".into(),
+            state: "listen".into(),
+        }]),
+    });
+    let text = std::fs::read_to_string(&rules).unwrap() + &dashboard.to_string();
+    let mut used = 0;
+    for (i, _) in text.match_indices("portguard_") {
+        let name: String =
+            text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        assert!(
+            exported.contains(&format!("\n{name}{{")) || exported.contains(&format!("\n{name} ")),
+            "{name} is not exported"
+        );
+        used += 1;
+    }
+    assert!(used >= 10);
+}

@@ -1,6 +1,8 @@
 //! Developer and CI tasks, one module per subcommand: `cargo xtask <task>`.
 
+mod deb;
 mod demo;
+mod install;
 mod lint;
 mod setup;
 mod test;
@@ -26,6 +28,10 @@ enum Task {
     Test(test::Args),
     /// Clippy for the userspace crates and, separately, the eBPF crate.
     Lint,
+    /// Install the binary, systemd unit, default config, man page and completions.
+    Install(install::Args),
+    /// Build a Debian package (cargo-deb; installed on first use).
+    Deb,
     /// Benchmarks against xdp-filter and the floor; writes BENCHMARKS.md. Arguments go to the
     /// benchmark binary (`cargo xtask bench -- --help`).
     Bench {
@@ -41,6 +47,8 @@ fn main() -> std::process::ExitCode {
         Task::Demo(a) => demo::run(a),
         Task::Test(a) => test::run(a),
         Task::Lint => lint::run(),
+        Task::Install(a) => install::run(a),
+        Task::Deb => deb::run(),
         Task::Bench { args } => bench(&args),
     };
     match r {
