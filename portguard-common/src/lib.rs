@@ -174,7 +174,9 @@ pub struct Admission {
     pub slice: u64,
     /// New sources admitted on this CPU in that slice.
     pub used: u32,
-    pub _pad: u32,
+    /// The slice (low 32 bits) in which this CPU last logged a full table: one log line per
+    /// CPU per slice at most, never one per packet.
+    pub full_logged: u32,
 }
 const _: () = assert!(size_of::<Admission>() == 16);
 

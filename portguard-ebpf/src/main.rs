@@ -103,7 +103,7 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
         let _ = FRAGMENTS.insert(key, verdict, 0);
     }
     let hit = Hit { bytes, port, direction, proto: p.proto, syn: p.syn };
-    sources::record(&p.ip.source_key(), &hit, cfg.admit_per_slice, totals);
+    sources::record(ctx, &p.ip.source_key(), &hit, cfg.admit_per_slice, totals);
     verdict
 }
 

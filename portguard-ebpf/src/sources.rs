@@ -2,6 +2,7 @@
 //! count it as untracked. The verdict never depends on what happens here.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
@@ -19,7 +20,13 @@ pub struct Hit {
 }
 
 #[inline(always)]
-pub fn record(key: &SourceKey, hit: &Hit, budget: u32, totals: &mut Totals) {
+pub fn record<C: EbpfContext>(
+    ctx: &C,
+    key: &SourceKey,
+    hit: &Hit,
+    budget: u32,
+    totals: &mut Totals,
+) {
     // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
     // into a load: the known-source path pays for no helper call.
     let jiffies = unsafe { bpf_jiffies64() };
@@ -44,8 +51,10 @@ pub fn record(key: &SourceKey, hit: &Hit, budget: u32, totals: &mut Totals) {
             // SAFETY: as above.
             Some(s) => update(unsafe { &mut *s }, hit, jiffies),
             None => {
+                // The table is full.
                 totals.untracked += 1;
                 totals.untracked_bytes += hit.bytes;
+                log_full(ctx, now);
             }
         },
     }
@@ -83,4 +92,19 @@ fn admit(now: u64, budget: u32) -> bool {
     }
     a.used += 1;
     true
+}
+
+/// A rare event, logged through aya-log at most once per CPU per admission slice.
+#[inline(always)]
+fn log_full<C: EbpfContext>(ctx: &C, now: u64) {
+    let Some(a) = ADMISSION.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU, as above.
+    let a = unsafe { &mut *a };
+    let slice = (now >> ADMISSION_SLICE_SHIFT) as u32;
+    if a.full_logged != slice {
+        a.full_logged = slice;
+        aya_log_ebpf::warn!(ctx, "source table full: new sources are counted as untracked");
+    }
 }

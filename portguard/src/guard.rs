@@ -98,6 +98,8 @@ pub enum Acquired {
 pub struct Guard {
     /// The program; None when only watching pinned state.
     ebpf: Option<Ebpf>,
+    /// The program's rare events (aya-log), drained into the `log` crate by `flush_log`.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps: Maps,
     settings: Settings,
     /// SOURCES capacity, which the admission budget is derived from.
@@ -145,12 +147,18 @@ fn load_object(capacity: u32, dir: Option<&Path>) -> Result<(Ebpf, Maps)> {
     Ok((ebpf, maps))
 }
 
+/// The program's logger; None if the object has no log ring (it always has, today).
+fn logger(ebpf: &mut Ebpf) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    aya_log::EbpfLogger::init(ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok()
+}
+
 impl Guard {
     /// Loads the program (SOURCES holding `capacity` entries) with fresh, unpinned maps and
     /// writes `settings` into them. Nothing is attached yet.
     pub fn load(settings: &Settings, capacity: u32) -> Result<Guard> {
-        let (ebpf, maps) = load_object(capacity, None)?;
+        let (mut ebpf, maps) = load_object(capacity, None)?;
         let mut g = Guard {
+            logger: logger(&mut ebpf),
             ebpf: Some(ebpf),
             maps,
             settings: Settings { ports: Vec::new(), allow: Vec::new(), ..settings.clone() },
@@ -298,6 +306,7 @@ impl Guard {
         }
         maps.set_meta(&meta)?;
         let g = Guard {
+            logger: logger(&mut ebpf),
             ebpf: Some(ebpf),
             maps,
             settings: new,
@@ -334,6 +343,7 @@ impl Guard {
         let settings = maps.settings()?;
         Ok(Guard {
             ebpf: None,
+            logger: None,
             maps,
             settings,
             capacity: meta.capacity,
@@ -477,7 +487,14 @@ impl Guard {
         self.maps.make_room(sources, self.capacity)
     }
 
-    /// The underlying object, for the logger.
+    /// Passes what the program logged since the last call to the `log` crate.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+
+    /// The underlying object.
     pub fn ebpf(&mut self) -> Option<&mut Ebpf> {
         self.ebpf.as_mut()
     }

@@ -419,6 +419,7 @@ pub async fn watch(
         let mut news = Vec::new();
         for w in watched.iter_mut() {
             w.guard.follow_changes()?;
+            w.guard.flush_log();
             let totals = w.guard.totals()?;
             let sources = w.guard.sources()?;
             if w.owner {
