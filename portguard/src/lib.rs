@@ -9,6 +9,9 @@
 //! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
 //! - `check`: which sockets use a guarded port, and which processes own them.
 //! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
+//! - `frames`: hand-built frames.
+//! - `reference`: the verdict semantics as plain Rust, which the differential test compares
+//!   with the program.
 
 pub mod check;
 pub mod clock;
@@ -19,6 +22,7 @@ pub mod lab;
 pub mod maps;
 pub mod pins;
 pub mod privileges;
+pub mod reference;
 pub mod report;
 pub mod settings;
 mod sys;
