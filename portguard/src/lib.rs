@@ -9,7 +9,7 @@
 //! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
 //! - `check`: which sockets use a guarded port, and which processes own them.
 //! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
-//! - `frames`: hand-built frames.
+//! - `frames`: hand-built frames; `fuzz`: random and mutated ones from the same shapes.
 //! - `reference`: the verdict semantics as plain Rust, which the differential test compares
 //!   with the program.
 
@@ -17,6 +17,7 @@ pub mod check;
 pub mod clock;
 pub mod counters;
 pub mod frames;
+pub mod fuzz;
 pub mod guard;
 pub mod lab;
 pub mod maps;
