@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Task {
     Lint,
     /// Benchmarks against xdp-filter and the floor; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// Differential fuzzing: the XDP program against the reference classifier, at length.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(a) => test::run(a),
         Task::Lint => lint::run(),
         Task::Bench(a) => bench::run(a),
+        Task::Fuzz(a) => fuzz::run(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
