@@ -83,7 +83,7 @@ pub struct Ports {
 /// Why a frame is malformed: passed, and counted in `malformed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Malformed {
-    /// A VLAN tag or the PPPoE header ends past the frame.
+    /// The Ethernet header, a VLAN tag or the PPPoE header ends past the frame.
     LinkCut,
     /// More than `MAX_VLAN_TAGS` VLAN tags.
     TooManyVlanTags,
