@@ -24,7 +24,6 @@ use portguard::{
     reference::{Judgement, Outcome, Quirk, Reference, Why, XDP_ABORTED},
     settings::{Direction, Mode, Protocol, Settings},
 };
-use portguard_common::Totals;
 
 const DEFAULT_SEED: u64 = 0x2745_b00c_f00d_0001;
 const BOUNDED_FRAMES_PER_VARIANT: u64 = 34_000;
@@ -93,22 +92,6 @@ fn accepted(j: &Judgement) -> bool {
     }
 }
 
-fn delta(a: &Totals, b: &Totals) -> Totals {
-    Totals {
-        seen: b.seen - a.seen,
-        matched: b.matched - a.matched,
-        matched_bytes: b.matched_bytes - a.matched_bytes,
-        dropped: b.dropped - a.dropped,
-        dropped_bytes: b.dropped_bytes - a.dropped_bytes,
-        allowed: b.allowed - a.allowed,
-        malformed: b.malformed - a.malformed,
-        fragments_followed: b.fragments_followed - a.fragments_followed,
-        untracked: b.untracked - a.untracked,
-        untracked_bytes: b.untracked_bytes - a.untracked_bytes,
-        admitted: b.admitted - a.admitted,
-    }
-}
-
 fn hex(f: &[u8]) -> String {
     f.iter().fold(String::with_capacity(f.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -132,7 +115,7 @@ fn run_variant(name: &str, settings: &Settings, seed: u64, frames: u64) -> Tally
             .test_run(TestRunOptions { data_in: Some(&f), ..Default::default() })
             .unwrap();
         let after = g.totals().unwrap();
-        let d = delta(&before, &after);
+        let d = after.since(&before);
         before = after;
         let observed = Outcome::observed(r.return_value, &d, f.len() as u64);
         let (parsed, judgements) = reference.expect(&f);
@@ -287,7 +270,7 @@ fn known_disagreements_still_hold() {
             .unwrap()
             .test_run(TestRunOptions { data_in: Some(f), ..Default::default() })
             .unwrap();
-        let d = delta(&before, &g.totals().unwrap());
+        let d = g.totals().unwrap().since(&before);
         Outcome::observed(r.return_value, &d, f.len() as u64)
     };
     assert_eq!(run(&first), Some(Outcome::Dropped));
