@@ -99,12 +99,13 @@ fn hex(f: &[u8]) -> String {
     })
 }
 
-/// Runs `frames` generated frames through one freshly loaded program and the reference.
-fn run_variant(name: &str, settings: &Settings, seed: u64, frames: u64) -> Tally {
+/// Runs `frames` generated frames through one freshly loaded program and the reference. The
+/// variant's frames come from `seed` + `index`; failures name `seed`, the run's.
+fn run_variant(name: &str, settings: &Settings, seed: u64, index: u64, frames: u64) -> Tally {
     let start = Instant::now();
     let mut g = Guard::load_default(settings).unwrap();
     let mut reference = Reference::new(settings);
-    let mut generator = Generator::new(seed);
+    let mut generator = Generator::new(seed.wrapping_add(index));
     let mut t = Tally::default();
     let mut before = g.totals().unwrap();
     for i in 0..frames {
@@ -138,7 +139,7 @@ fn run_variant(name: &str, settings: &Settings, seed: u64, frames: u64) -> Tally
             None => {
                 let aborted = if r.return_value == XDP_ABORTED { " XDP_ABORTED" } else { "" };
                 t.disagreements.push(format!(
-                    "[{name}] seed {seed:#x} frame #{i} ({} bytes):{aborted}\n  program: verdict \
+                    "[{name}] PORTGUARD_FUZZ_SEED={seed:#x}, frame #{i} of this variant ({} bytes):{aborted}\n  program: verdict \
                      {} {observed:?}, totals moved {d:?}\n  reference: {:?}\n  reading: {parsed:?}\n  \
                      frame: {}",
                     f.len(),
@@ -167,7 +168,7 @@ fn differential(seed: u64, frames_per_variant: u64) {
         "differential: seed {seed:#x} (PORTGUARD_FUZZ_SEED), {frames_per_variant} frames per variant"
     );
     for (i, (name, settings)) in variants().iter().enumerate() {
-        let t = run_variant(name, settings, seed.wrapping_add(i as u64), frames_per_variant);
+        let t = run_variant(name, settings, seed, i as u64, frames_per_variant);
         eprintln!(
             "  {name}: {} frames in {:.2?}, ambiguous {:?}, outcomes {:?}, alternatives taken {:?}, \
              datagrams remembered {}, disagreements {}",
