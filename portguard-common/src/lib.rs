@@ -164,6 +164,23 @@ impl Totals {
         self.untracked_bytes += o.untracked_bytes;
         self.admitted += o.admitted;
     }
+
+    /// What moved between an `earlier` reading and this one.
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            seen: self.seen.wrapping_sub(earlier.seen),
+            matched: self.matched.wrapping_sub(earlier.matched),
+            matched_bytes: self.matched_bytes.wrapping_sub(earlier.matched_bytes),
+            dropped: self.dropped.wrapping_sub(earlier.dropped),
+            dropped_bytes: self.dropped_bytes.wrapping_sub(earlier.dropped_bytes),
+            allowed: self.allowed.wrapping_sub(earlier.allowed),
+            malformed: self.malformed.wrapping_sub(earlier.malformed),
+            fragments_followed: self.fragments_followed.wrapping_sub(earlier.fragments_followed),
+            untracked: self.untracked.wrapping_sub(earlier.untracked),
+            untracked_bytes: self.untracked_bytes.wrapping_sub(earlier.untracked_bytes),
+            admitted: self.admitted.wrapping_sub(earlier.admitted),
+        }
+    }
 }
 
 /// ADMISSION\[0\], one per CPU: the admission budget's state (see `ADMISSION_SLICE_SHIFT`).
@@ -410,6 +427,14 @@ mod tests {
         let per_sec =
             admit_per_slice(65_536, 8) as u64 * 8 * 1_000_000_000 / (1 << ADMISSION_SLICE_SHIFT);
         assert!((7_500..=8_300).contains(&per_sec), "{per_sec}");
+    }
+
+    #[test]
+    fn totals_since_undoes_add() {
+        let a = Totals { seen: 5, dropped: 2, malformed: 1, ..Totals::default() };
+        let mut b = a;
+        b.add(&Totals { seen: 3, matched: 1, ..Totals::default() });
+        assert_eq!(b.since(&a), Totals { seen: 3, matched: 1, ..Totals::default() });
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub enum Ext {
         more: bool,
         id: u32,
     },
+    /// Mobility (135), HIP (139) and shim6 (140): `n` 8-byte units beyond the first, like
+    /// hop-by-hop; their bodies are zeros (portguard only reads the length).
+    Mobility(u8),
+    Hip(u8),
+    Shim6(u8),
 }
 
 impl Ext {
@@ -41,6 +46,23 @@ impl Ext {
             Ext::DestOpts(_) => 60,
             Ext::Ah(_) => 51,
             Ext::Fragment { .. } => 44,
+            Ext::Mobility(_) => 135,
+            Ext::Hip(_) => 139,
+            Ext::Shim6(_) => 140,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn size(&self) -> usize {
+        match *self {
+            Ext::HopByHop(n)
+            | Ext::Routing(n)
+            | Ext::DestOpts(n)
+            | Ext::Mobility(n)
+            | Ext::Hip(n)
+            | Ext::Shim6(n) => (n as usize + 1) * 8,
+            Ext::Ah(n) => (n as usize + 2) * 4,
+            Ext::Fragment { .. } => 8,
         }
     }
 
@@ -58,8 +80,8 @@ impl Ext {
                 }
                 b
             }
-            Ext::Ah(n) => {
-                let mut b = vec![0u8; (n as usize + 2) * 4];
+            Ext::Ah(n) | Ext::Mobility(n) | Ext::Hip(n) | Ext::Shim6(n) => {
+                let mut b = vec![0u8; self.size()];
                 b[0] = next;
                 b[1] = n;
                 b
@@ -242,6 +264,16 @@ impl Frame {
         14 + self.l2.iter().map(|l| if let L2::Vlan(..) = l { 4 } else { 8 }).sum::<usize>()
     }
 
+    /// Offset of the TCP or UDP header (or the other protocol's payload) in the built frame.
+    pub fn l4_offset(&self) -> usize {
+        self.l3_offset()
+            + match &self.l3 {
+                L3::V4 { options, .. } => 20 + options.len(),
+                L3::V6 { ext, .. } => 40 + ext.iter().map(Ext::size).sum::<usize>(),
+                L3::Raw(_) => 0,
+            }
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let (ethertype, l3) = self.network();
         let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
@@ -362,8 +394,8 @@ impl Frame {
     }
 }
 
-/// The Internet checksum of an IPv4 header.
-fn checksum(h: &[u8]) -> u16 {
+/// The Internet checksum of an IPv4 header (whose checksum field is zero).
+pub fn checksum(h: &[u8]) -> u16 {
     let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

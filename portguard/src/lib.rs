@@ -9,12 +9,16 @@
 //! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
 //! - `check`: which sockets use a guarded port, and which processes own them.
 //! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
+//! - `frames`: hand-built frames; `fuzz`: random and mutated ones from the same shapes.
+//! - `reference`: the verdict semantics as plain Rust, which the differential test compares
+//!   with the program.
 
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod frames;
+pub mod fuzz;
 pub mod guard;
 pub mod lab;
 pub mod maps;
@@ -22,6 +26,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pins;
 pub mod privileges;
+pub mod reference;
 pub mod report;
 pub mod settings;
 mod sys;

@@ -91,6 +91,14 @@ impl FromStr for Cidr {
     }
 }
 
+impl Cidr {
+    /// Whether `ip` lies in this prefix (an IPv4 address never lies in an IPv6 prefix, as in
+    /// the program's two tries).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == self.addr
+    }
+}
+
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
@@ -207,6 +215,17 @@ mod tests {
         assert!("198.18.0.0/33".parse::<Cidr>().unwrap_err().contains("0..=32"));
         assert!("nonsense/8".parse::<Cidr>().unwrap_err().contains("not an IP address"));
         assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len, 0);
+    }
+
+    #[test]
+    fn cidrs_contain_their_family_only() {
+        let c: Cidr = "198.18.0.0/30".parse().unwrap();
+        assert!(c.contains("198.18.0.3".parse().unwrap()));
+        assert!(!c.contains("198.18.0.4".parse().unwrap()));
+        assert!(!c.contains("::ffff:198.18.0.1".parse().unwrap()));
+        let all: Cidr = "::/0".parse().unwrap();
+        assert!(all.contains("2001:db8::1".parse().unwrap()));
+        assert!(!all.contains("198.18.0.1".parse().unwrap()));
     }
 
     #[test]

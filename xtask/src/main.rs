@@ -2,6 +2,7 @@
 
 mod deb;
 mod demo;
+mod fuzz;
 mod install;
 mod lint;
 mod setup;
@@ -38,6 +39,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Differential fuzzing: the XDP program against the reference classifier, at length.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Task::Install(a) => install::run(a),
         Task::Deb => deb::run(),
         Task::Bench { args } => bench(&args),
+        Task::Fuzz(a) => fuzz::run(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -77,6 +77,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json: false,
         persist: false,
         metrics: None,
+        metrics_chosen: false,
         metrics_top: 10,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

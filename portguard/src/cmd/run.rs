@@ -104,6 +104,8 @@ pub struct Plan {
     pub persist: bool,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The address was given (flag or file), not the default.
+    pub metrics_chosen: bool,
     pub metrics_top: usize,
 }
 
@@ -165,6 +167,7 @@ impl Args {
                     None => Some(portguard::metrics::DEFAULT_LISTEN.parse()?),
                 }
             },
+            metrics_chosen: self.metrics.is_some() || file.metrics.listen.is_some(),
             metrics_top: self.metrics_top.or(file.metrics.top_sources).unwrap_or(10),
         })
     }
@@ -186,7 +189,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Bound before anything is attached: a taken port is an early error with nothing to undo.
     let listener = match plan.metrics {
-        Some(addr) => Some(rt.block_on(portguard::metrics::bind(addr))?),
+        Some(addr) => match rt.block_on(portguard::metrics::bind(addr)) {
+            Ok(l) => Some(l),
+            // The default endpoint taken (another portguard watching, say) is not worth failing
+            // for; an address the admin chose is.
+            Err(e) if !plan.metrics_chosen => {
+                log::warn!("serving no metrics: {:#}", e);
+                None
+            }
+            Err(e) => return Err(e),
+        },
         None => None,
     };
     let pins = Pins::default();
