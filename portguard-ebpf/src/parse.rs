@@ -148,6 +148,12 @@ impl Cursor {
         // SAFETY: the range was checked against data_end just above; [u8; N] has alignment 1.
         Some(unsafe { &*((self.data + off) as *const [u8; N]) })
     }
+
+    /// The first `len` bytes are all inside the frame (headers that are skipped, not read).
+    #[inline(always)]
+    fn covers(&self, len: usize) -> bool {
+        self.data + len <= self.end
+    }
 }
 
 #[inline(always)]
@@ -219,7 +225,9 @@ fn ipv4(c: &Cursor, off: usize) -> Frame {
         return Frame::Malformed;
     }
     let ihl = ((h[0] & 0x0f) as usize) * 4;
-    if ihl < 20 || (be16([h[2], h[3]]) as usize) < ihl {
+    // Options are skipped, not read, but a header that claims more than the frame holds is
+    // malformed whatever follows it.
+    if ihl < 20 || (be16([h[2], h[3]]) as usize) < ihl || !c.covers(off + ihl) {
         return Frame::Malformed;
     }
     let proto = h[9];
@@ -284,15 +292,25 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
                 next = e[0];
                 p += 8;
             }
-            // ICMPv6, ESP, no next header (59), anything else: no ports to read.
-            _ => return Frame::Other,
+            _ => return no_ports(c, p),
         }
     }
-    if next != IPPROTO_TCP && next != IPPROTO_UDP {
-        // Still inside the extension chain after MAX_IPV6_EXT_HEADERS headers.
-        return Frame::Malformed;
+    match next {
+        IPPROTO_TCP | IPPROTO_UDP => transport(c, p, next, ip, first_fragment),
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
+        | IPPROTO_SHIM6 | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            // Still inside the extension chain after MAX_IPV6_EXT_HEADERS headers.
+            Frame::Malformed
+        }
+        _ => no_ports(c, p),
     }
-    transport(c, p, next, ip, first_fragment)
+}
+
+/// ICMPv6, ESP, no next header (59), anything else after the chain: no ports to read. The
+/// chain itself must still be whole.
+#[inline(always)]
+fn no_ports(c: &Cursor, chain_end: usize) -> Frame {
+    if c.covers(chain_end) { Frame::Other } else { Frame::Malformed }
 }
 
 /// TCP or UDP at `off`. A header cut short is malformed (RFC 7112: the first fragment carries

@@ -352,6 +352,17 @@ fn truncated_and_bogus_headers_pass_as_malformed() {
         &Frame::udp4(SRC4, DST4, 1, 2745).vlan(0x88a8, 1).vlan(0x8100, 2).vlan(0x8100, 3),
         Outcome::Malformed,
     );
+    // Headers skipped rather than read must still be whole, whatever follows them: IPv4
+    // options past the frame before ICMP, an IPv6 extension header cut short before ICMPv6.
+    check(&mut g, &Frame::ip4_other(SRC4, DST4, 1).poke(14, 0x4f).poke(17, 60), Outcome::Malformed);
+    check(
+        &mut g,
+        &Frame::ip6_other(SRC6, DST6, 58).ext(Ext::HopByHop(1)).truncate(14 + 40 + 8),
+        Outcome::Malformed,
+    );
+    // Eight extension headers are followed whatever comes after them.
+    let eight = (0..8).fold(Frame::ip6_other(SRC6, DST6, 58), |f, _| f.ext(Ext::DestOpts(0)));
+    check(&mut g, &eight, Outcome::Passed);
     // The shortest frame BPF_PROG_TEST_RUN accepts: a bare Ethernet header.
     check(&mut g, &Frame::arp().truncate(14), Outcome::Passed);
 }
