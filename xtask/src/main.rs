@@ -1,5 +1,6 @@
 //! Developer and CI tasks, one module per subcommand: `cargo xtask <task>`.
 
+mod audit;
 mod deb;
 mod demo;
 mod fuzz;
@@ -33,6 +34,9 @@ enum Task {
     Install(install::Args),
     /// Build a Debian package (cargo-deb; installed on first use).
     Deb,
+    /// Dependency audit with cargo-deny (installed on first use): licenses, bans, sources, and
+    /// advisories when a RustSec database is on disk.
+    Audit,
     /// Benchmarks against xdp-filter and the floor; writes BENCHMARKS.md. Arguments go to the
     /// benchmark binary (`cargo xtask bench -- --help`).
     Bench {
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Task::Lint => lint::run(),
         Task::Install(a) => install::run(a),
         Task::Deb => deb::run(),
+        Task::Audit => audit::run(),
         Task::Bench { args } => bench(&args),
         Task::Fuzz(a) => fuzz::run(a),
     };
