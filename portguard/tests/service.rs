@@ -177,7 +177,7 @@ fn notifies_systemd_over_a_real_socket() {
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
     );
     let mut msgs: Vec<String> = Vec::new();
-    let mut recv_until = |msgs: &mut Vec<String>, needle: &str| {
+    let recv_until = |msgs: &mut Vec<String>, needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut buf = [0u8; 1024];
         while Instant::now() < deadline {

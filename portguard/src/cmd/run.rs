@@ -418,7 +418,7 @@ pub async fn watch(
             let mut ifaces = Vec::new();
             for (w, v) in watched.iter().zip(&snaps) {
                 let mut top = w.guard.sources().unwrap_or_default();
-                top.sort_by(|a, b| b.stats.packets.cmp(&a.stats.packets));
+                top.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));
                 top.truncate(plan.metrics_top);
                 ifaces.push(portguard::metrics::IfaceMetrics {
                     iface: w.iface.clone(),
@@ -430,7 +430,7 @@ pub async fn watch(
                     top,
                 });
             }
-            if (ticks - 1) % SOCKET_SCAN_EVERY == 0 {
+            if (ticks - 1).is_multiple_of(SOCKET_SCAN_EVERY) {
                 let sockets = local_sockets(&plan.settings.ports);
                 if last_sockets.is_some() && sockets != last_sockets {
                     log::warn!(
@@ -543,7 +543,7 @@ fn local_sockets(ports: &[u16]) -> Option<Vec<portguard::metrics::LocalSocket>> 
         .iter()
         .map(|k| {
             let port = if ports.contains(&k.local_port) { k.local_port } else { k.remote_port };
-            let protocol = serde_json::to_value(&k.protocol)
+            let protocol = serde_json::to_value(k.protocol)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
