@@ -9,7 +9,10 @@
 
 use std::{
     fs::File,
-    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    os::{
+        fd::{AsFd as _, BorrowedFd, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -88,7 +91,8 @@ pub fn measure(window: Duration) -> Result<Userspace> {
     // The pid keeps our namespaces and pin roots apart from anyone else's run on this machine:
     // Lab::create removes leftovers of the same name, which must only ever be our own.
     let pid = std::process::id();
-    let lab = Lab::create(&format!("pgbench-us{pid}")).context("creating the lab namespaces")?;
+    remove_stale();
+    let lab = Lab::create(&format!("{LAB_PREFIX}{pid}")).context("creating the lab namespaces")?;
 
     eprintln!("bench: userspace: filling a table with {FULL} sources");
     let (sources, timings) = time_reads(&lab, &bin, pid).context("timing reads of a full table")?;
@@ -122,6 +126,32 @@ fn build_portguard() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Our namespaces are `<LAB_PREFIX><pid>-gw`/`-out`, our pin roots `<PIN_PREFIX><pid>-<tag>`.
+const LAB_PREFIX: &str = "pgbench-us";
+const PIN_PREFIX: &str = "/sys/fs/bpf/pgbench-user-";
+
+/// What a run killed before its cleanup could run (SIGKILL, Ctrl-C) left: namespaces and pin
+/// roots whose pid is gone. Those of live runs are left alone.
+fn remove_stale() {
+    let dead = |rest: &str| {
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix(LAB_PREFIX).is_some_and(dead) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+    let (dir, prefix) = PIN_PREFIX.rsplit_once('/').unwrap_or(("/sys/fs/bpf", PIN_PREFIX));
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix(prefix).is_some_and(dead) {
+            drop(PinRoot { pins: Pins::new(entry.path()) });
+        }
+    }
+}
+
 /// A bpffs root of our own. Dropping it detaches whatever is still pinned under it and
 /// removes it, whatever went wrong before.
 struct PinRoot {
@@ -130,7 +160,7 @@ struct PinRoot {
 
 impl PinRoot {
     fn new(pid: u32, tag: &str) -> PinRoot {
-        let root = PinRoot { pins: Pins::new(format!("/sys/fs/bpf/pgbench-user-{pid}-{tag}")) };
+        let root = PinRoot { pins: Pins::new(format!("{PIN_PREFIX}{pid}-{tag}")) };
         root.clean();
         root
     }
@@ -282,7 +312,19 @@ impl Daemon {
         // nsenter enters only the network namespace (`ip netns exec` would remount /sys and
         // hide bpffs) and then execs portguard: the pid is the daemon's. Its live counters go
         // to /dev/null, as they would to a journal nobody reads; they are still formatted.
-        let child = Command::new("nsenter")
+        let mut cmd = Command::new("nsenter");
+        // SAFETY: prctl is async-signal-safe and touches only the child. If the benchmark dies
+        // without running its cleanup, the daemon gets SIGTERM instead of running on forever
+        // (the flag survives nsenter's exec of portguard).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(bin)
             .args(["run", "--iface", GW_IF, "--persist", "--no-metrics", "--interval", "1"])
