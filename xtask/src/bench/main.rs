@@ -7,6 +7,7 @@
 //! - `cases`: the frames; `cost`: ns/packet by case and tool.
 //! - `probes`: one-primitive programs (clock, map lookups), to explain the cost.
 //! - `flood`: distinct sources, repeat 1; `memory`: map memory.
+//! - `userspace`: `portguard stats`/`status` on a full table, and the daemon's CPU and memory.
 //! - `report`: the Markdown; `plot`: the PNG.
 
 // The shared helpers of xtask (this binary is built only for `cargo xtask bench`, with the
@@ -25,6 +26,7 @@ mod peers;
 mod plot;
 mod probes;
 mod report;
+mod userspace;
 
 use std::{
     os::fd::{AsFd as _, OwnedFd},
@@ -56,6 +58,12 @@ pub struct Args {
     /// Passes of each tool over the flood (interleaved); the median is reported.
     #[arg(long, default_value_t = 3)]
     flood_rounds: usize,
+    /// Skip the userspace section (`portguard stats` timings, the daemon's CPU and memory).
+    #[arg(long)]
+    skip_userspace: bool,
+    /// Seconds the daemon is measured for in each userspace scenario (after a 3 s warm-up).
+    #[arg(long, default_value_t = 20)]
+    daemon_seconds: u64,
     /// Where to write the report (default: BENCHMARKS.md at the repo root; the plot goes to
     /// bench/cost.png beside it).
     #[arg(long)]
@@ -117,8 +125,8 @@ pub fn run(args: Args) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks load XDP programs and make a network namespace: run as root");
     }
-    if args.rounds == 0 || args.flood_rounds == 0 || args.repeat == 0 {
-        bail!("--repeat, --rounds and --flood-rounds must be at least 1");
+    if args.rounds == 0 || args.flood_rounds == 0 || args.repeat == 0 || args.daemon_seconds == 0 {
+        bail!("--repeat, --rounds, --flood-rounds and --daemon-seconds must be at least 1");
     }
     let started = Instant::now();
     let machine = report::Machine::probe();
@@ -165,6 +173,12 @@ pub fn run(args: Args) -> Result<()> {
     let flood = run_flood(&args, xf_fd.as_fd(), floor_fd.as_fd())?;
     let xf_label = format!("{} {} (program {})", XDP_FILTER, xf.version, xf.name);
     drop(xf);
+    // After xdp-filter is gone: the fewer programs and namespaces about, the quieter.
+    let userspace = if args.skip_userspace {
+        None
+    } else {
+        Some(userspace::measure(std::time::Duration::from_secs(args.daemon_seconds))?)
+    };
 
     let elapsed = started.elapsed();
     let out = args.out.clone().unwrap_or_else(|| root().join("BENCHMARKS.md"));
@@ -182,6 +196,7 @@ pub fn run(args: Args) -> Result<()> {
         flood: &flood,
         pg_maps: &pg_maps,
         xf_maps: &xf_maps,
+        userspace: userspace.as_ref(),
         plot: plotted.is_ok().then_some("bench/cost.png"),
         elapsed,
         args: &args,
