@@ -136,12 +136,7 @@ impl Maps {
     /// The settings the maps hold now.
     pub fn settings(&self) -> Result<Settings> {
         let c = self.config()?;
-        let mut ports = Vec::new();
-        for (port, v) in self.ports.iter().enumerate() {
-            if v.context("reading PORTS")? == PORT_GUARDED {
-                ports.push(port as u16);
-            }
-        }
+        let ports = self.guarded_ports()?;
         let mut allow = Vec::new();
         for k in self.allow_v4.keys() {
             let k = k.context("reading ALLOW_V4")?;
@@ -171,6 +166,32 @@ impl Maps {
             allow,
             admit_per_slice: None,
         })
+    }
+
+    /// The guarded ports: one batched read of the 65,536-entry table (a few syscalls rather than
+    /// 65,536), entry by entry where the kernel has no batch reads for arrays.
+    fn guarded_ports(&self) -> Result<Vec<u16>> {
+        let raw = &self.all.iter().find(|(n, _)| *n == map_names::PORTS).context("PORTS")?.1;
+        if let Ok((keys, values)) =
+            sys::lookup_batch(raw.fd().as_fd(), 4, 1, PORT_TABLE_ENTRIES as usize)
+            && values.len() == PORT_TABLE_ENTRIES as usize
+        {
+            let mut ports = Vec::new();
+            for (k, v) in keys.chunks_exact(4).zip(values.iter()) {
+                if *v == PORT_GUARDED {
+                    let idx = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                    ports.push(u16::try_from(idx).context("PORTS has an index past 65535")?);
+                }
+            }
+            return Ok(ports);
+        }
+        let mut ports = Vec::new();
+        for (port, v) in self.ports.iter().enumerate() {
+            if v.context("reading PORTS")? == PORT_GUARDED {
+                ports.push(port as u16);
+            }
+        }
+        Ok(ports)
     }
 
     /// Moves the maps from `old` to `new` settings in place: no reload, counters kept. Ports
