@@ -401,10 +401,10 @@ impl Guard {
 
     /// The id of the program attached now.
     pub fn program_id(&mut self) -> Result<u32> {
-        if let Some(dir) = &self.pin_dir {
-            if let Ok(fd) = sys::obj_get(&dir.join(LINK)) {
-                return Ok(sys::xdp_link_info(fd.as_fd())?.0);
-            }
+        if let Some(dir) = &self.pin_dir
+            && let Ok(fd) = sys::obj_get(&dir.join(LINK))
+        {
+            return Ok(sys::xdp_link_info(fd.as_fd())?.0);
         }
         Ok(self.program()?.info()?.id())
     }
