@@ -20,6 +20,7 @@ enum Command {
     Run(cmd::run::Args),
     Lab(cmd::lab::Args),
     Check(cmd::check::Args),
+    Top(cmd::top::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Lab(a) => cmd::lab::run(a),
+        Command::Top(a) => cmd::top::run(a),
         // check has its own exit codes: 0 clean, 1 found, 2 error.
         Command::Check(a) => return cmd::check::run(a),
     };
