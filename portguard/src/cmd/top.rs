@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let mut model = Model::new(pins);
     let mut ui = Ui::new(args.iface.clone());
-    model.refresh(ui.iface.as_deref());
+    model.refresh(ui.iface.as_deref(), interval);
     settle(&model, &mut ui);
     if let Some(want) = &args.iface
         && ui.iface.as_ref() != Some(want)
@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut dirty = true;
     while !term::stop_requested() {
         if Instant::now() >= next_tick {
-            model.refresh(ui.iface.as_deref());
+            model.refresh(ui.iface.as_deref(), interval);
             settle(&model, &mut ui);
             // Behind (a suspended process, a slow read): skip the missed ticks rather than
             // catching up in a burst.
@@ -93,7 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     Action::Redraw => dirty = true,
                     Action::Refresh => {
                         // The new interface's sources now, not up to an interval later.
-                        model.refresh(ui.iface.as_deref());
+                        model.refresh(ui.iface.as_deref(), interval);
                         settle(&model, &mut ui);
                         next_tick = Instant::now() + interval;
                         dirty = true;

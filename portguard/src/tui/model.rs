@@ -7,6 +7,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -21,6 +22,8 @@ use crate::{
     settings::{Mode, Settings},
 };
 
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// Samples kept for the sparklines: two minutes at the default 1 s interval.
 pub const HISTORY: usize = 120;
 
@@ -30,6 +33,14 @@ pub const HISTORY: usize = 120;
 /// mode, the protocols or the direction), after `top` changes them itself, and this often in
 /// case only the ports or the allowlist changed.
 const SETTINGS_EVERY: Duration = Duration::from_secs(60);
+
+/// The share of a core that reading and merging the source table may take. A full table
+/// (65,536 sources) costs several ms of CPU per read, kernel copy included: when one read costs
+/// more than this share of the interval, the table is read every few ticks instead (the counters
+/// above it still every tick), and the view says how often.
+const SOURCES_BUDGET: f64 = 0.01;
+/// However costly the table, it is read at least this often (in ticks).
+const SOURCES_MAX_SPACING: u32 = 30;
 
 /// One source as shown.
 #[derive(Clone, Debug)]
@@ -98,7 +109,15 @@ pub struct Iface {
     pub passes: History,
     /// The sources at the last refresh where this interface was on screen, unsorted.
     pub rows: Vec<Row>,
-    prev_packets: Option<(HashMap<IpAddr, u64>, Instant)>,
+    /// Changes whenever `rows` is replaced, so the view knows when to select again.
+    pub generation: u64,
+    /// Packets per source at the previous read, keyed by the address as 128 bits (cheaper to
+    /// hash than an `IpAddr`; still SipHash, since the addresses are chosen by whoever probes).
+    prev_packets: Option<(HashMap<u128, u64>, Instant)>,
+    /// Ticks between reads of the source table (1 unless it is costly, see `SOURCES_BUDGET`).
+    pub sources_every: u32,
+    /// Ticks to go before the next read.
+    sources_wait: u32,
 }
 
 impl Iface {
@@ -119,7 +138,10 @@ impl Iface {
             drops: History::default(),
             passes: History::default(),
             rows: Vec::new(),
+            generation: 0,
             prev_packets: None,
+            sources_every: 1,
+            sources_wait: 0,
         }
     }
 
@@ -151,8 +173,8 @@ impl Iface {
         }
     }
 
-    /// Reads the counters; the source table only when `with_sources`.
-    fn refresh(&mut self, started_ns: u64, with_sources: bool) {
+    /// Reads the counters; the source table only when `with_sources` (and when due).
+    fn refresh(&mut self, started_ns: u64, with_sources: bool, interval: Duration) {
         let Some(g) = self.guard.as_mut() else { return };
         let at = Instant::now();
         let config = self.config.as_ref().and_then(|c| c.get(&0, 0).ok());
@@ -184,8 +206,14 @@ impl Iface {
             // Off screen: per-source rates would span more than one interval when it comes
             // back, so start over then.
             self.prev_packets = None;
+            self.sources_wait = 0;
             return;
         }
+        if self.sources_wait > 0 {
+            self.sources_wait -= 1;
+            return;
+        }
+        let cpu = thread_cpu();
         match g.sources() {
             Ok(sources) => {
                 let prev = self.prev_packets.take();
@@ -194,8 +222,9 @@ impl Iface {
                 self.rows = sources
                     .into_iter()
                     .map(|s| {
-                        packets.insert(s.addr, s.stats.packets);
-                        let before = prev.as_ref().map(|(p, _)| p.get(&s.addr).copied());
+                        let k = addr_bits(s.addr);
+                        packets.insert(k, s.stats.packets);
+                        let before = prev.as_ref().map(|(p, _)| p.get(&k).copied());
                         let rate = match (before, dt) {
                             (Some(b), Some(dt)) => Some(
                                 s.stats.packets.saturating_sub(b.unwrap_or(0)) as f64
@@ -212,9 +241,16 @@ impl Iface {
                     })
                     .collect();
                 self.prev_packets = Some((packets, at));
+                // Unique across interfaces and their re-openings, so that no two row sets
+                // ever share one.
+                self.generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
             }
             Err(e) => self.error = Some(one_line(&e)),
         }
+        let cost = thread_cpu().saturating_sub(cpu).as_secs_f64();
+        let spacing = (cost / (SOURCES_BUDGET * interval.as_secs_f64())).ceil();
+        self.sources_every = (spacing as u32).clamp(1, SOURCES_MAX_SPACING);
+        self.sources_wait = self.sources_every - 1;
     }
 
     /// Switches between drop and count in place, from the settings the maps hold now (another
@@ -233,6 +269,21 @@ impl Iface {
         self.last_config = self.config.as_ref().and_then(|c| c.get(&0, 0).ok());
         Ok(true)
     }
+}
+
+fn addr_bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+        IpAddr::V6(v6) => v6.to_bits(),
+    }
+}
+
+/// CPU time of this thread, user and kernel: what a read of the source table really costs.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; the clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A second handle on an interface's pinned CONFIG (`Guard` keeps its own private).
@@ -260,7 +311,7 @@ impl Model {
 
     /// Re-lists the guarded interfaces (guards come and go while `top` runs) and reads their
     /// counters; `shown` is the interface on screen, whose sources are read.
-    pub fn refresh(&mut self, shown: Option<&str>) {
+    pub fn refresh(&mut self, shown: Option<&str>, interval: Duration) {
         match self.pins.guarded() {
             Ok(names) => {
                 self.error = None;
@@ -278,7 +329,7 @@ impl Model {
         for i in &mut self.ifaces {
             i.open(&self.pins);
             let on_screen = shown.as_deref() == Some(i.name.as_str());
-            i.refresh(self.started_ns, on_screen);
+            i.refresh(self.started_ns, on_screen, interval);
         }
     }
 

@@ -1,6 +1,8 @@
 //! What the person at the keyboard chose, and what each key does. Kept apart from drawing and
 //! from the maps so that the key handling can be tested without a terminal.
 
+use std::cell::RefCell;
+
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::{settings::Mode, tui::model::Row};
@@ -76,6 +78,19 @@ pub struct Ui {
     pub iface: Option<String>,
     /// One line for the footer: the outcome of the last action.
     pub notice: Option<String>,
+    /// The last selection, as row indices: between two reads of a large table nothing in it
+    /// changes, and selecting among 65,536 rows on every tick would cost more than the rest of
+    /// the tick. Interior mutability because drawing only borrows the `Ui`.
+    cache: RefCell<Option<(CacheKey, Vec<usize>, usize)>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct CacheKey {
+    iface: String,
+    generation: u64,
+    sort: SortBy,
+    filter: String,
+    limit: usize,
 }
 
 impl Ui {
@@ -86,6 +101,7 @@ impl Ui {
             prompt: Prompt::None,
             iface,
             notice: None,
+            cache: RefCell::new(None),
         }
     }
 
@@ -137,6 +153,8 @@ impl Ui {
     }
 
     fn normal_key(&mut self, k: KeyEvent, names: &[&str], mode: Option<Mode>) -> Action {
+        // The last outcome stays on screen until the next key.
+        let had_notice = self.notice.take().is_some();
         match k.code {
             KeyCode::Char('q') | KeyCode::Char('Q') => Action::Quit,
             KeyCode::Char('s') => {
@@ -151,7 +169,6 @@ impl Ui {
                 let at = names.iter().position(|n| Some(*n) == self.iface.as_deref());
                 let next = at.map_or(0, |i| (i + 1) % names.len());
                 self.iface = Some(names[next].to_string());
-                self.notice = None;
                 Action::Refresh
             }
             KeyCode::Char('/') => {
@@ -160,7 +177,6 @@ impl Ui {
             }
             KeyCode::Esc => {
                 self.filter.clear();
-                self.notice = None;
                 Action::Redraw
             }
             KeyCode::Char('m') => {
@@ -179,34 +195,85 @@ impl Ui {
                 self.prompt = Prompt::Help;
                 Action::Redraw
             }
+            _ if had_notice => Action::Redraw,
             _ => Action::Nothing,
         }
     }
 
-    /// The rows to show: filtered, then sorted.
-    pub fn visible<'a>(&self, rows: &'a [Row]) -> Vec<&'a Row> {
+    /// The first `limit` rows to show, filtered and sorted, and how many match in all. Only
+    /// the rows that fit are sorted: a full table is 65,536 sources, and the rest are
+    /// partitioned away in linear time.
+    pub fn visible<'a>(&self, rows: &'a [Row], limit: usize) -> (Vec<&'a Row>, usize) {
+        let (idx, matching) = self.select(rows, limit);
+        (idx.into_iter().map(|i| &rows[i]).collect(), matching)
+    }
+
+    /// `visible` for the rows of `iface` as of its `generation` (bumped at every read), reusing
+    /// the previous selection when nothing it depends on changed.
+    pub fn visible_cached<'a>(
+        &self,
+        iface: &str,
+        generation: u64,
+        rows: &'a [Row],
+        limit: usize,
+    ) -> (Vec<&'a Row>, usize) {
+        let key = CacheKey {
+            iface: iface.to_string(),
+            generation,
+            sort: self.sort,
+            filter: self.filter.clone(),
+            limit,
+        };
+        let mut cache = self.cache.borrow_mut();
+        let (idx, matching) = match cache.as_ref() {
+            Some((k, idx, matching)) if *k == key => (idx.clone(), *matching),
+            _ => {
+                let (idx, matching) = self.select(rows, limit);
+                *cache = Some((key, idx.clone(), matching));
+                (idx, matching)
+            }
+        };
+        (idx.into_iter().filter_map(|i| rows.get(i)).collect(), matching)
+    }
+
+    fn select(&self, rows: &[Row], limit: usize) -> (Vec<usize>, usize) {
         let needle = self.filter.to_ascii_lowercase();
-        let mut out: Vec<&Row> = rows
-            .iter()
-            .filter(|r| needle.is_empty() || r.addr.to_string().contains(&needle))
-            .collect();
-        let rate = |r: &Row| r.rate.unwrap_or(0.0);
+        let mut out: Vec<usize> = if needle.is_empty() {
+            (0..rows.len()).collect()
+        } else {
+            (0..rows.len()).filter(|i| rows[*i].addr.to_string().contains(&needle)).collect()
+        };
+        let matching = out.len();
+        let order = self.order();
+        let by = |a: &usize, b: &usize| order(&rows[*a], &rows[*b]);
+        if limit == 0 {
+            out.clear();
+        } else if out.len() > limit {
+            out.select_nth_unstable_by(limit - 1, by);
+            out.truncate(limit);
+        }
+        out.sort_unstable_by(by);
+        (out, matching)
+    }
+
+    /// A total order (the address breaks ties), so the screen does not shuffle equal rows.
+    fn order(&self) -> fn(&Row, &Row) -> std::cmp::Ordering {
         match self.sort {
             SortBy::Packets => {
-                out.sort_by(|a, b| b.stats.packets.cmp(&a.stats.packets).then(a.addr.cmp(&b.addr)))
+                |a, b| b.stats.packets.cmp(&a.stats.packets).then(a.addr.cmp(&b.addr))
             }
-            SortBy::Rate => out.sort_by(|a, b| {
+            SortBy::Rate => |a, b| {
+                let rate = |r: &Row| r.rate.unwrap_or(0.0);
                 rate(b)
                     .total_cmp(&rate(a))
                     .then(b.stats.packets.cmp(&a.stats.packets))
                     .then(a.addr.cmp(&b.addr))
-            }),
-            SortBy::LastSeen => out.sort_by(|a, b| {
-                b.stats.last_seen_ns.cmp(&a.stats.last_seen_ns).then(a.addr.cmp(&b.addr))
-            }),
-            SortBy::Address => out.sort_by_key(|r| r.addr),
+            },
+            SortBy::LastSeen => {
+                |a, b| b.stats.last_seen_ns.cmp(&a.stats.last_seen_ns).then(a.addr.cmp(&b.addr))
+            }
+            SortBy::Address => |a, b| a.addr.cmp(&b.addr),
         }
-        out
     }
 }
 
@@ -234,7 +301,7 @@ mod tests {
             vec![row("198.18.0.3", 31, 1), row("198.18.0.2", 5, 3), row("2001:db8::3", 3, 2)];
         let mut ui = Ui::new(None);
         let order = |ui: &Ui| -> Vec<String> {
-            ui.visible(&rows).iter().map(|r| r.addr.to_string()).collect()
+            ui.visible(&rows, 10).0.iter().map(|r| r.addr.to_string()).collect()
         };
         assert_eq!(order(&ui), ["198.18.0.3", "198.18.0.2", "2001:db8::3"]);
         ui.key(key('s'), &[], None);
@@ -245,6 +312,11 @@ mod tests {
         assert_eq!(order(&ui), ["198.18.0.2", "198.18.0.3", "2001:db8::3"]);
         ui.key(key('s'), &[], None);
         assert_eq!(ui.sort, SortBy::Packets);
+        let (top, all) = ui.visible(&rows, 2);
+        assert_eq!(all, 3);
+        assert_eq!(top.iter().map(|r| r.stats.packets).collect::<Vec<_>>(), [31, 5]);
+        let (top, all) = ui.visible(&rows, 0);
+        assert_eq!((top.len(), all), (0, 3));
     }
 
     #[test]
@@ -255,9 +327,9 @@ mod tests {
         for c in "DB8".chars() {
             ui.key(key(c), &[], None);
         }
-        assert_eq!(ui.visible(&rows).len(), 2, "not applied before Enter");
+        assert_eq!(ui.visible(&rows, 10).1, 2, "not applied before Enter");
         ui.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), &[], None);
-        assert_eq!(ui.visible(&rows).len(), 1);
+        assert_eq!(ui.visible(&rows, 10).1, 1);
         ui.key(key('/'), &[], None);
         ui.key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), &[], None);
         assert_eq!(ui.filter, "");

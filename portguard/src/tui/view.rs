@@ -45,7 +45,7 @@ pub fn draw(f: &mut Frame, model: &Model, ui: &Ui, interval: Duration) {
             let [panel_area, table_area] =
                 Layout::vertical([Constraint::Length(PANEL), Constraint::Fill(1)]).areas(body);
             panel(f, panel_area, iface);
-            sources(f, table_area, iface, ui);
+            sources(f, table_area, iface, ui, interval);
         }
     }
     footer_line(f, footer, ui);
@@ -207,20 +207,26 @@ fn panel(f: &mut Frame, area: Rect, i: &Iface) {
     );
 }
 
-fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui) {
-    let rows = ui.visible(&i.rows);
+fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui, interval: Duration) {
+    let shown = area.height.saturating_sub(3) as usize;
+    let (rows, matching) = ui.visible_cached(&i.name, i.generation, &i.rows, shown);
     let count = if ui.filter.is_empty() {
         format!(" sources: {} ", i.rows.len())
     } else {
-        format!(" sources: {} of {} match \"{}\" ", rows.len(), i.rows.len(), ui.filter)
+        format!(" sources: {matching} of {} match \"{}\" ", i.rows.len(), ui.filter)
     };
     let new = i.rows.iter().filter(|r| r.new).count();
     let mut title = vec![Span::raw(count).bold()];
     if new > 0 {
         title.push(Span::styled(format!("{new} new "), Style::new().yellow()));
     }
+    if i.sources_every > 1 {
+        // A large table is read less often than the counters (see model::SOURCES_BUDGET).
+        let every = interval * i.sources_every;
+        title.push(Span::raw(format!("read every {} ", secs(every))).dim());
+    }
     let block = Block::bordered().title(Line::from(title));
-    if rows.is_empty() {
+    if matching == 0 {
         let text = if i.rows.is_empty() { "no sources yet" } else { "no source matches" };
         f.render_widget(Paragraph::new(text).alignment(Alignment::Center).block(block), area);
         return;
@@ -231,8 +237,7 @@ fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui) {
     let inner_width = area.width.saturating_sub(2);
     let fixed: u16 = 1 + 7 + 7 + 7 + 6 + 6 + 7;
     let rest = inner_width.saturating_sub(fixed);
-    let shown = area.height.saturating_sub(3) as usize;
-    let longest = rows.iter().take(shown).map(|r| r.addr.to_string().len()).max().unwrap_or(0);
+    let longest = rows.iter().map(|r| r.addr.to_string().len()).max().unwrap_or(0);
     let addr = (longest as u16).clamp(15, rest.saturating_sub(12).max(15));
     let widths = [
         Constraint::Length(1),
@@ -248,7 +253,6 @@ fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui) {
     let age = |ns: u64| clock::short(clock::age(ns, now));
     let body: Vec<TableRow> = rows
         .iter()
-        .take(shown)
         .map(|r| {
             let st = &r.stats;
             let cells = [
