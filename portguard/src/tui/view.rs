@@ -211,20 +211,22 @@ fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui, interval: Duration) {
     let shown = area.height.saturating_sub(3) as usize;
     let (rows, matching) = ui.visible_cached(&i.name, i.generation, &i.rows, shown);
     let count = if ui.filter.is_empty() {
-        format!(" sources: {} ", i.rows.len())
+        format!(" sources: {}", i.rows.len())
     } else {
-        format!(" sources: {matching} of {} match \"{}\" ", i.rows.len(), ui.filter)
+        format!(" sources: {matching} of {} match \"{}\"", i.rows.len(), ui.filter)
     };
-    let new = i.rows.iter().filter(|r| r.new).count();
     let mut title = vec![Span::raw(count).bold()];
+    let new = i.rows.iter().filter(|r| r.new).count();
     if new > 0 {
-        title.push(Span::styled(format!("{new} new "), Style::new().yellow()));
+        title.push(Span::raw(", "));
+        title.push(Span::styled(format!("{new} new"), Style::new().yellow()));
     }
     if i.sources_every > 1 {
         // A large table is read less often than the counters (see model::SOURCES_BUDGET).
         let every = interval * i.sources_every;
-        title.push(Span::raw(format!("read every {} ", secs(every))).dim());
+        title.push(Span::raw(format!(", read every {}", secs(every))).dim());
     }
+    title.push(Span::raw(" "));
     let block = Block::bordered().title(Line::from(title));
     if matching == 0 {
         let text = if i.rows.is_empty() { "no sources yet" } else { "no source matches" };
