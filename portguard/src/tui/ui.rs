@@ -163,7 +163,8 @@ impl Ui {
             }
             KeyCode::Char('i') | KeyCode::Tab => {
                 if names.len() < 2 {
-                    self.notice = Some("only one interface is guarded".to_string());
+                    let why = if names.is_empty() { "nothing" } else { "only one interface" };
+                    self.notice = Some(format!("{why} is guarded"));
                     return Action::Redraw;
                 }
                 let at = names.iter().position(|n| Some(*n) == self.iface.as_deref());
