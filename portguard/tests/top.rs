@@ -34,6 +34,8 @@ struct Fixture {
     /// Released before the lab goes (its interfaces take the links with them).
     lab: Option<Lab>,
     sessions: Vec<String>,
+    /// The `portguard top` processes started, to make sure none outlives the test.
+    pids: Vec<u32>,
 }
 
 impl Fixture {
@@ -46,7 +48,14 @@ impl Fixture {
         let root = PathBuf::from(format!("/sys/fs/bpf/pgtest-top-{pid}-{n}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let mut f = Fixture { name, root, guards: Vec::new(), lab: None, sessions: Vec::new() };
+        let mut f = Fixture {
+            name,
+            root,
+            guards: Vec::new(),
+            lab: None,
+            sessions: Vec::new(),
+            pids: Vec::new(),
+        };
         if guarded {
             f.lab = Some(Lab::create(&f.name).unwrap());
             f.guard(GW_IF);
@@ -151,6 +160,10 @@ impl Fixture {
         ]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
         self.sessions.push(s.clone());
+        // `exec` in the command: the pane's process is portguard itself.
+        if let Ok(pid) = self.pane(&s, "#{pane_pid}").parse() {
+            self.pids.push(pid);
+        }
         s
     }
 
@@ -211,11 +224,35 @@ impl Drop for Fixture {
         for s in &self.sessions {
             let _ = self.tmux(&["kill-session", "-t", s]);
         }
+        // Closing the terminal ends top (see `hang_up_ends_it`); should it not, it must not
+        // outlive the test.
+        for pid in &self.pids {
+            if !exits_within(*pid, Duration::from_secs(3)) {
+                // SAFETY: a signal to a process this fixture started and that is still running.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+        }
         for g in self.guards.drain(..) {
             let _ = g.release(false);
         }
         let _ = std::fs::remove_dir_all(&self.root);
         // The lab goes last, with the field.
+    }
+}
+
+/// Whether `pid` is gone (or no longer portguard: the pid was reused) within `timeout`.
+fn exits_within(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("portguard"));
+        if !alive {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -440,6 +477,18 @@ fn sigterm_restores_the_terminal() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(f.wait_exit(&s), "0");
     assert!(!f.screen(&s).contains("portguard top"), "the alternate screen is left");
+}
+
+/// Its terminal going away (tmux kill-session, a dropped ssh connection) ends it: no process
+/// is left behind spinning on a dead terminal.
+#[test]
+fn hang_up_ends_it() {
+    let mut f = Fixture::new(true);
+    let s = f.top(100, 30, "");
+    f.wait_screen(&s, "the view", |sc| sc.contains("portguard top"));
+    let pid: u32 = f.pane(&s, "#{pane_pid}").parse().unwrap();
+    assert!(f.tmux(&["kill-session", "-t", &s]).status.success());
+    assert!(exits_within(pid, Duration::from_secs(3)), "top outlived its terminal");
 }
 
 /// Under 2% of a core at the default 1 s refresh, measured from /proc/PID/stat over 10 s once

@@ -18,7 +18,7 @@ use portguard::{
         view,
     },
 };
-use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 
 /// Live view of the guarded interfaces and the sources knocking on them.
 #[derive(clap::Args, Clone, Debug)]
@@ -31,8 +31,8 @@ pub struct Args {
     pub iface: Option<String>,
 }
 
-/// The longest the loop sleeps: signals do not interrupt crossterm's poll, so this bounds how
-/// late a SIGTERM is noticed.
+/// The longest the loop sleeps. Signals (SIGTERM, SIGINT, SIGHUP, and SIGWINCH for resizes)
+/// interrupt the wait at once; this only bounds how stale the check for them can get.
 const WAKE: Duration = Duration::from_millis(250);
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -58,10 +58,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     term::catch_signals().context("catching SIGTERM and SIGINT")?;
+    term::exit_on_stop_after(Duration::from_secs(2));
     let mut screen = Screen::enter().context("setting up the terminal")?;
     let mut next_tick = Instant::now() + interval;
     let mut dirty = true;
-    while !term::stop_requested() {
+    'run: while !term::stop_requested() {
         if Instant::now() >= next_tick {
             model.refresh(ui.iface.as_deref(), interval);
             settle(&model, &mut ui);
@@ -75,46 +76,71 @@ pub fn run(args: Args) -> Result<ExitCode> {
             dirty = false;
         }
         let wait = next_tick.saturating_duration_since(Instant::now()).min(WAKE);
-        if !event::poll(wait)? {
-            continue;
+        if term::wait_input(wait) == term::Input::Gone {
+            break;
         }
-        match event::read()? {
-            Event::Key(k) if k.kind == KeyEventKind::Press => {
-                let names: Vec<&str> = model.ifaces.iter().map(|i| i.name.as_str()).collect();
-                let mode = ui
-                    .iface
-                    .as_deref()
-                    .and_then(|n| model.get(n))
-                    .and_then(|i| i.settings.as_ref())
-                    .map(|s| s.mode);
-                match ui.key(k, &names, mode) {
-                    Action::Quit => break,
-                    Action::Nothing => {}
-                    Action::Redraw => dirty = true,
-                    Action::Refresh => {
-                        // The new interface's sources now, not up to an interval later.
-                        model.refresh(ui.iface.as_deref(), interval);
-                        settle(&model, &mut ui);
-                        next_tick = Instant::now() + interval;
-                        dirty = true;
-                    }
-                    Action::SetMode { iface, to } => {
-                        ui.notice = Some(match model.get_mut(&iface).map(|i| i.set_mode(to)) {
-                            Some(Ok(true)) => format!("{iface}: now {}", mode_name(to)),
-                            Some(Ok(false)) => format!("{iface}: already {}", mode_name(to)),
-                            Some(Err(e)) => format!("{iface}: {}", one_line(&e)),
-                            None => format!("{iface} is no longer guarded"),
-                        });
-                        dirty = true;
+        // Everything crossterm has now: keys, and resizes (it learns of them from SIGWINCH,
+        // which also cut the wait short).
+        while event::poll(Duration::ZERO)? {
+            match event::read()? {
+                Event::Key(k) if k.kind == KeyEventKind::Press => {
+                    match key(&mut model, &mut ui, k, interval) {
+                        Step::Quit => break 'run,
+                        Step::Redraw => dirty = true,
+                        Step::Refreshed => {
+                            next_tick = Instant::now() + interval;
+                            dirty = true;
+                        }
+                        Step::Nothing => {}
                     }
                 }
+                Event::Resize(..) => dirty = true,
+                _ => {}
             }
-            Event::Resize(..) => dirty = true,
-            _ => {}
         }
     }
     drop(screen);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the loop does after a key.
+enum Step {
+    Nothing,
+    Redraw,
+    /// Read the maps out of turn (the interface on screen changed): the next tick is due one
+    /// interval from now.
+    Refreshed,
+    Quit,
+}
+
+fn key(model: &mut Model, ui: &mut Ui, k: KeyEvent, interval: Duration) -> Step {
+    let names: Vec<&str> = model.ifaces.iter().map(|i| i.name.as_str()).collect();
+    let mode = ui
+        .iface
+        .as_deref()
+        .and_then(|n| model.get(n))
+        .and_then(|i| i.settings.as_ref())
+        .map(|s| s.mode);
+    match ui.key(k, &names, mode) {
+        Action::Quit => Step::Quit,
+        Action::Nothing => Step::Nothing,
+        Action::Redraw => Step::Redraw,
+        Action::Refresh => {
+            // The new interface's sources now, not up to an interval later.
+            model.refresh(ui.iface.as_deref(), interval);
+            settle(model, ui);
+            Step::Refreshed
+        }
+        Action::SetMode { iface, to } => {
+            ui.notice = Some(match model.get_mut(&iface).map(|i| i.set_mode(to)) {
+                Some(Ok(true)) => format!("{iface}: now {}", mode_name(to)),
+                Some(Ok(false)) => format!("{iface}: already {}", mode_name(to)),
+                Some(Err(e)) => format!("{iface}: {}", one_line(&e)),
+                None => format!("{iface} is no longer guarded"),
+            });
+            Step::Redraw
+        }
+    }
 }
 
 fn settle(model: &Model, ui: &mut Ui) {

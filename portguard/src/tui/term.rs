@@ -7,6 +7,8 @@ use std::{
         Once,
         atomic::{AtomicBool, Ordering},
     },
+    thread,
+    time::Duration,
 };
 
 use ratatui::{
@@ -51,6 +53,51 @@ pub fn catch_signals() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the terminal has for us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Bytes to read: crossterm parses them into keys.
+    Ready,
+    /// Nothing before the timeout, or a signal arrived (see `stop_requested`).
+    Idle,
+    /// The terminal hung up (tmux kill-session, a closed ssh connection).
+    Gone,
+}
+
+/// Waits up to `timeout` for input on stdin (crossterm reads keys from stdin when it is a
+/// terminal, which `top` requires). This wait is ours rather than crossterm's because
+/// crossterm 0.29 spins forever in its poll once the terminal hangs up (every read returns 0
+/// and its read loop never ends), which would leave a process burning a core after its tmux
+/// session or ssh connection is gone: here a hang-up is seen, and `top` exits.
+pub fn wait_input(timeout: Duration) -> Input {
+    let mut fd = libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one pollfd that outlives the call.
+    let r = unsafe { libc::poll(&mut fd, 1, ms) };
+    if r <= 0 {
+        // 0: the timeout; -1: EINTR from a signal, which the caller looks at next.
+        return Input::Idle;
+    }
+    if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        return Input::Gone;
+    }
+    Input::Ready
+}
+
+/// Once a stop was requested, gives the normal way out `grace` to finish, then restores the
+/// terminal and exits from this thread: a last resort should the main thread be stuck in a
+/// library call (see `wait_input`) when the signal comes.
+pub fn exit_on_stop_after(grace: Duration) {
+    thread::spawn(move || {
+        while !stop_requested() {
+            thread::sleep(Duration::from_millis(250));
+        }
+        thread::sleep(grace);
+        restore();
+        std::process::exit(0);
+    });
 }
 
 /// Leaves raw mode and the alternate screen and shows the cursor. Harmless when already done:
