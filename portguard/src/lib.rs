@@ -8,6 +8,7 @@
 //! - `privileges`: the capability check that runs before anything is loaded.
 //! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
 //! - `check`: which sockets use a guarded port, and which processes own them.
+//! - `tui`: `portguard top`, the live full-screen view over the pinned maps.
 //! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
 //! - `frames`: hand-built frames; `fuzz`: random and mutated ones from the same shapes.
 //! - `reference`: the verdict semantics as plain Rust, which the differential test compares
@@ -30,3 +31,4 @@ pub mod reference;
 pub mod report;
 pub mod settings;
 mod sys;
+pub mod tui;

@@ -23,6 +23,7 @@ enum Command {
     Set(cmd::set::Args),
     Detach(cmd::detach::Args),
     Check(cmd::check::Args),
+    Top(cmd::top::Args),
     Lab(cmd::lab::Args),
     Completions(cmd::completions::Args),
     /// Print the man page (roff), e.g. `portguard man > portguard.1`.
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::Lab(a) => cmd::lab::run(a),
         Command::Completions(a) => cmd::completions::run::<Cli>(a),
         Command::Man => cmd::completions::man::<Cli>(),
+        Command::Top(a) => cmd::top::run(a),
         // check has its own exit codes: 0 clean, 1 found, 2 error.
         Command::Check(a) => return cmd::check::run(a),
     };

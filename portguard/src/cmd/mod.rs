@@ -6,3 +6,4 @@ pub mod run;
 pub mod set;
 pub mod stats;
 pub mod status;
+pub mod top;
