@@ -164,7 +164,13 @@ impl Maps {
                 _ => Direction::Dst,
             },
             allow,
-            admit_per_slice: None,
+            // A budget other than the one derived from the table is an override to keep.
+            admit_per_slice: {
+                let cpus = aya::util::online_cpus().map_or(1, |c| c.len()) as u32;
+                let derived = portguard_common::admit_per_slice(self.meta()?.capacity, cpus);
+                (self.meta()?.capacity != 0 && c.admit_per_slice != derived)
+                    .then_some(c.admit_per_slice)
+            },
         })
     }
 
