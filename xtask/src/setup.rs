@@ -8,7 +8,9 @@ use crate::util::{output, sh, succeeds};
 
 /// Debian packages: iproute2 (the namespace lab), xdp-tools (the peer the benchmarks measure),
 /// netsniff-ng (trafgen), nftables and iptables (peers), bpftool (inspection), tmux (terminal
-/// tests), fonts-dejavu-core (the text in the benchmark plot).
+/// tests), fonts-dejavu-core (the text in the benchmark plot), systemd (systemd-analyze for the
+/// unit file checks), util-linux (nsenter, setpriv), python3 (a real child process in the
+/// `check` tests).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "xdp-tools",
@@ -18,6 +20,9 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "tmux",
     "fonts-dejavu-core",
+    "systemd",
+    "util-linux",
+    "python3",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
