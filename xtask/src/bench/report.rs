@@ -606,9 +606,11 @@ fn veth_section(s: &mut String, v: Option<&Veth>) {
          softirq column of /proc/stat summed over all {cores} CPUs during the window ÷ the \
          packets; *busy ns/packet*: user + nice + system + irq + softirq the same way (the \
          sender's own work included). /proc/stat counts in ticks of {tick} ms. The range is the \
-         lowest and highest softirq figure over the rounds.\n",
+         lowest and highest softirq figure over the rounds. Measurements repeated because \
+         trafgen stopped early (an EAGAIN from its TX ring, fatal to it): {retries}.\n",
         cores = v.cores,
         tick = 1000 / v.clock_tick_hz.max(1),
+        retries = v.retries,
     );
     let _ = writeln!(
         s,
@@ -641,12 +643,17 @@ fn veth_section(s: &mut String, v: Option<&Veth>) {
         .iter()
         .filter(|r| matches!(r.tool, Tool::PgNative | Tool::PgGeneric))
         .map(|r| {
-            let ratio = base(r.random).map_or(f64::NAN, |b| r.softirq_ns / b.softirq_ns);
+            let b = base(r.random);
+            let ratio = b.map_or(f64::NAN, |b| r.softirq_ns / b.softirq_ns);
+            // Medians a hair apart say little when the rounds spread further than that.
+            let overlap =
+                b.is_some_and(|b| r.softirq_min <= b.softirq_max && b.softirq_min <= r.softirq_max);
             format!(
-                "{}, {} source: {ratio:.2}× {}",
+                "{}, {} source: {ratio:.3}× {}{}",
                 r.tool.name(),
                 if r.random { "random" } else { "fixed" },
-                met(ratio, 1.0)
+                met(ratio, 1.0),
+                if overlap { " (the two rows' ranges overlap: within the noise)" } else { "" }
             )
         })
         .collect();

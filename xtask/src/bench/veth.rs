@@ -92,6 +92,8 @@ pub struct Row {
 pub struct Veth {
     pub seconds: u64,
     pub rounds: usize,
+    /// Measurements repeated because trafgen stopped early.
+    pub retries: usize,
     /// USER_HZ: /proc/stat counts in 1/this s.
     pub clock_tick_hz: u64,
     pub cores: usize,
@@ -111,6 +113,7 @@ pub fn measure(seconds: u64, rounds: usize) -> Result<Veth> {
     let bin = userspace::build_portguard()?;
     let pid = std::process::id();
     userspace::remove_stale(LAB_PREFIX);
+    TempFile::remove_stale();
     let lab = Lab::create(&format!("{LAB_PREFIX}{pid}")).context("creating the lab namespaces")?;
     let listener = Listener::bind(&lab.gw)?;
     listener.check_reachable(&lab)?;
@@ -120,14 +123,22 @@ pub fn measure(seconds: u64, rounds: usize) -> Result<Veth> {
     let hz = userspace::clock_ticks()?;
 
     let window = Duration::from_secs(seconds);
+    let mut retries = 0;
     let mut samples: Vec<Vec<Sample>> = CASES.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (k, &(tool, rnd)) in CASES.iter().enumerate() {
             let what = format!("{} ({} source)", tool.name(), if rnd { "random" } else { "fixed" });
             eprintln!("bench: veth round {}/{rounds}: {what}, {seconds} s", round + 1);
             let conf = if rnd { &random } else { &fixed };
-            let s = one(&lab, &bin, pid, tool, &conf.path, window, hz, &listener)
-                .with_context(|| format!("measuring {what} on veth"))?;
+            let s = loop {
+                match one(&lab, &bin, pid, tool, &conf.path, window, hz, &listener) {
+                    Err(e) if e.is::<TrafgenExited>() && retries < MAX_RETRIES => {
+                        retries += 1;
+                        eprintln!("bench: warning: {e:#}; measuring {what} again");
+                    }
+                    r => break r.with_context(|| format!("measuring {what} on veth"))?,
+                }
+            };
             samples[k].push(s);
         }
     }
@@ -156,6 +167,7 @@ pub fn measure(seconds: u64, rounds: usize) -> Result<Veth> {
     Ok(Veth {
         seconds,
         rounds,
+        retries,
         clock_tick_hz: hz,
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         nft: version(Command::new("nft").arg("--version")),
@@ -415,10 +427,22 @@ impl Trafgen {
                 Ok(())
             });
         }
-        // trafgen leaves the machine's socket memory limits and IRQ affinities alone.
+        // trafgen leaves the machine's socket memory limits and IRQ affinities alone. With the
+        // default send buffer, a flush of its default TX ring can fail with EAGAIN, which
+        // trafgen treats as fatal: a ring of 64 frames keeps a flush within the buffer.
         let child = cmd
             .args(["-s", "INT", "-k", "2", &bound, "taskset", "-c", "0", "trafgen"])
-            .args(["--dev", OUT_IF, "--cpus", "1", "--no-sock-mem", "--notouch-irq", "--conf"])
+            .args([
+                "--dev",
+                OUT_IF,
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+                "--notouch-irq",
+                "--ring-size",
+                "128KiB",
+                "--conf",
+            ])
             .arg(conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -431,7 +455,8 @@ impl Trafgen {
     fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait().context("polling trafgen")? {
             let log = std::fs::read_to_string(&self.log.path).unwrap_or_default();
-            bail!("trafgen exited early ({status}): {}", log.trim());
+            let why = format!("trafgen exited early ({status}): {}", log.trim());
+            return Err(TrafgenExited(why).into());
         }
         Ok(())
     }
@@ -460,6 +485,22 @@ impl Drop for Trafgen {
         }
     }
 }
+
+/// trafgen stopped before the window closed (it dies on the odd EAGAIN from its TX ring):
+/// the measurement is repeated.
+#[derive(Debug)]
+struct TrafgenExited(String);
+
+impl std::fmt::Display for TrafgenExited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TrafgenExited {}
+
+/// Measurements repeated at most this many times in a run, in case trafgen stops early.
+const MAX_RETRIES: usize = 3;
 
 /// A UDP socket on 198.18.0.1:2745 in the gateway namespace: what no tool let through.
 struct Listener {
@@ -510,10 +551,28 @@ struct TempFile {
 }
 
 impl TempFile {
+    const PREFIX: &str = "pgbench-veth-";
+
     fn write(name: &str, text: &str) -> Result<TempFile> {
-        let path = std::env::temp_dir().join(format!("pgbench-veth-{}-{name}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("{}{}-{name}", Self::PREFIX, std::process::id()));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(TempFile { path })
+    }
+}
+
+impl TempFile {
+    /// Those of runs killed before they could remove them (their pid is gone).
+    fn remove_stale() {
+        let dir = std::env::temp_dir();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(Self::PREFIX) else { continue };
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
