@@ -584,7 +584,7 @@ fn veth_section(s: &mut String, v: Option<&Veth>) {
          element, the nearest nftables has to portguard's per-source table ({nft}); the same \
          chain with a plain `udp dport 2745 counter drop`; and `iptables -t raw -A PREROUTING \
          -p udp --dport 2745 -j DROP` ({ipt}). Each measurement: the tool installed, trafgen \
-         started, 1 s of warm-up, a {secs} s window, trafgen stopped, the tool removed (the \
+         started, 1 s of warm-up, a window of {secs} s, trafgen stopped, the tool removed (the \
          daemon by SIGINT, which detaches; `nft delete table`; `iptables -t raw -F`). The \
          tools are interleaved in every round, {rounds} rounds, medians reported.\n",
         port = 2745,
