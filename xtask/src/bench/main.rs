@@ -8,6 +8,7 @@
 //! - `probes`: one-primitive programs (clock, map lookups), to explain the cost.
 //! - `flood`: distinct sources, repeat 1; `memory`: map memory.
 //! - `userspace`: `portguard stats`/`status` on a full table, and the daemon's CPU and memory.
+//! - `veth`: end to end, trafgen through a veth pair into portguard, nftables and iptables.
 //! - `report`: the Markdown; `plot`: the PNG.
 
 // The shared helpers of xtask (this binary is built only for `cargo xtask bench`, with the
@@ -27,6 +28,7 @@ mod plot;
 mod probes;
 mod report;
 mod userspace;
+mod veth;
 
 use std::{
     os::fd::{AsFd as _, OwnedFd},
@@ -64,6 +66,15 @@ pub struct Args {
     /// Seconds the daemon is measured for in each userspace scenario (after a 3 s warm-up).
     #[arg(long, default_value_t = 20)]
     daemon_seconds: u64,
+    /// Skip the end-to-end section (trafgen through a veth pair into each dropping tool).
+    #[arg(long)]
+    skip_veth: bool,
+    /// Seconds of each end-to-end measurement (after a 1 s warm-up).
+    #[arg(long, default_value_t = 8)]
+    veth_seconds: u64,
+    /// Rounds of the end-to-end measurements (tools interleaved); the median is reported.
+    #[arg(long, default_value_t = 2)]
+    veth_rounds: usize,
     /// Where to write the report (default: BENCHMARKS.md at the repo root; the plot goes to
     /// bench/cost.png beside it).
     #[arg(long)]
@@ -125,8 +136,17 @@ pub fn run(args: Args) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks load XDP programs and make a network namespace: run as root");
     }
-    if args.rounds == 0 || args.flood_rounds == 0 || args.repeat == 0 || args.daemon_seconds == 0 {
-        bail!("--repeat, --rounds, --flood-rounds and --daemon-seconds must be at least 1");
+    if args.rounds == 0
+        || args.flood_rounds == 0
+        || args.repeat == 0
+        || args.daemon_seconds == 0
+        || args.veth_seconds == 0
+        || args.veth_rounds == 0
+    {
+        bail!(
+            "--repeat, --rounds, --flood-rounds, --daemon-seconds, --veth-seconds and \
+             --veth-rounds must be at least 1"
+        );
     }
     let started = Instant::now();
     let machine = report::Machine::probe();
@@ -179,6 +199,11 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         Some(userspace::measure(std::time::Duration::from_secs(args.daemon_seconds))?)
     };
+    let veth = if args.skip_veth {
+        None
+    } else {
+        Some(veth::measure(args.veth_seconds, args.veth_rounds)?)
+    };
 
     let elapsed = started.elapsed();
     let out = args.out.clone().unwrap_or_else(|| root().join("BENCHMARKS.md"));
@@ -197,6 +222,7 @@ pub fn run(args: Args) -> Result<()> {
         pg_maps: &pg_maps,
         xf_maps: &xf_maps,
         userspace: userspace.as_ref(),
+        veth: veth.as_ref(),
         plot: plotted.is_ok().then_some("bench/cost.png"),
         elapsed,
         args: &args,

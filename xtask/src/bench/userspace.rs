@@ -91,7 +91,7 @@ pub fn measure(window: Duration) -> Result<Userspace> {
     // The pid keeps our namespaces and pin roots apart from anyone else's run on this machine:
     // Lab::create removes leftovers of the same name, which must only ever be our own.
     let pid = std::process::id();
-    remove_stale();
+    remove_stale(LAB_PREFIX);
     let lab = Lab::create(&format!("{LAB_PREFIX}{pid}")).context("creating the lab namespaces")?;
 
     eprintln!("bench: userspace: filling a table with {FULL} sources");
@@ -115,7 +115,7 @@ pub fn measure(window: Duration) -> Result<Userspace> {
 }
 
 /// The release binary, built the way `cargo xtask demo` builds it (a no-op when up to date).
-fn build_portguard() -> Result<PathBuf> {
+pub(super) fn build_portguard() -> Result<PathBuf> {
     sh(cargo().args(["build", "--release", "--package", "portguard"]))?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
@@ -127,19 +127,19 @@ fn build_portguard() -> Result<PathBuf> {
 }
 
 /// Our namespaces are `<LAB_PREFIX><pid>-gw`/`-out`, our pin roots `<PIN_PREFIX><pid>-<tag>`.
-const LAB_PREFIX: &str = "pgbench-us";
+pub(super) const LAB_PREFIX: &str = "pgbench-us";
 const PIN_PREFIX: &str = "/sys/fs/bpf/pgbench-user-";
 
-/// What a run killed before its cleanup could run (SIGKILL, Ctrl-C) left: namespaces and pin
-/// roots whose pid is gone. Those of live runs are left alone.
-fn remove_stale() {
+/// What a run killed before its cleanup could run (SIGKILL, Ctrl-C) left: namespaces named
+/// `<lab_prefix><pid>-…` and pin roots whose pid is gone. Those of live runs are left alone.
+pub(super) fn remove_stale(lab_prefix: &str) {
     let dead = |rest: &str| {
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
         !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
     };
     for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.strip_prefix(LAB_PREFIX).is_some_and(dead) {
+        if name.strip_prefix(lab_prefix).is_some_and(dead) {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
         }
     }
@@ -154,18 +154,18 @@ fn remove_stale() {
 
 /// A bpffs root of our own. Dropping it detaches whatever is still pinned under it and
 /// removes it, whatever went wrong before.
-struct PinRoot {
-    pins: Pins,
+pub(super) struct PinRoot {
+    pub(super) pins: Pins,
 }
 
 impl PinRoot {
-    fn new(pid: u32, tag: &str) -> PinRoot {
+    pub(super) fn new(pid: u32, tag: &str) -> PinRoot {
         let root = PinRoot { pins: Pins::new(format!("{PIN_PREFIX}{pid}-{tag}")) };
         root.clean();
         root
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.pins.root
     }
 
@@ -299,13 +299,20 @@ fn timing(
 
 /// `portguard run` in the lab's gateway namespace. Dropping it stops it (SIGTERM, then
 /// SIGKILL if it lingers) and removes its log.
-struct Daemon {
+pub(super) struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn spawn(bin: &Path, ns: &str, root: &PinRoot, tag: &str) -> Result<Daemon> {
+    /// `portguard run --iface pg-wan --no-metrics` and then `args`.
+    pub(super) fn spawn(
+        bin: &Path,
+        ns: &str,
+        root: &PinRoot,
+        tag: &str,
+        args: &[&str],
+    ) -> Result<Daemon> {
         let log =
             std::env::temp_dir().join(format!("pgbench-user-{}-{tag}.log", std::process::id()));
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -327,7 +334,8 @@ impl Daemon {
         let child = cmd
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(bin)
-            .args(["run", "--iface", GW_IF, "--persist", "--no-metrics", "--interval", "1"])
+            .args(["run", "--iface", GW_IF, "--no-metrics"])
+            .args(args)
             .env(ROOT_ENV, root.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -337,11 +345,11 @@ impl Daemon {
         Ok(Daemon { child, log })
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn log_tail(&self) -> String {
+    pub(super) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines()
             .rev()
@@ -354,7 +362,7 @@ impl Daemon {
     }
 
     /// Fails if it has exited: whatever it measured afterwards would not be the daemon.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(super) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait().context("polling the daemon")? {
             bail!("portguard run exited early ({status}): {}", self.log_tail());
         }
@@ -362,16 +370,24 @@ impl Daemon {
     }
 
     /// SIGTERM, and its exit status within `STOP_TIMEOUT`.
-    fn stop(&mut self) -> Result<std::process::ExitStatus> {
+    pub(super) fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// `sig`, and its exit status within `STOP_TIMEOUT`.
+    pub(super) fn signal(&mut self, sig: libc::c_int) -> Result<std::process::ExitStatus> {
         // SAFETY: signalling our own child, which has not been reaped.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.pid() as i32, sig) };
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().context("waiting for the daemon")? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("portguard run did not stop within {} s of SIGTERM", STOP_TIMEOUT.as_secs());
+                bail!(
+                    "portguard run did not stop within {} s of signal {sig}",
+                    STOP_TIMEOUT.as_secs()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -404,7 +420,7 @@ fn daemon_cost(
     // Left in place, owner cleared: the daemon adopts it (program replaced, maps kept).
     g.release(true).context("leaving the guard in place")?;
 
-    let mut d = Daemon::spawn(bin, &lab.gw, &root, tag)?;
+    let mut d = Daemon::spawn(bin, &lab.gw, &root, tag, &["--persist", "--interval", "1"])?;
     wait_adopted(&mut d, &root)?;
     thread::sleep(WARMUP);
     d.check_alive()?;
@@ -453,7 +469,7 @@ fn daemon_cost(
 }
 
 /// Until the daemon owns the guard (META's owner is its pid), or it dies, or the time is up.
-fn wait_adopted(d: &mut Daemon, root: &PinRoot) -> Result<()> {
+pub(super) fn wait_adopted(d: &mut Daemon, root: &PinRoot) -> Result<()> {
     let deadline = Instant::now() + ADOPT_TIMEOUT;
     loop {
         d.check_alive()?;
@@ -472,7 +488,7 @@ fn wait_adopted(d: &mut Daemon, root: &PinRoot) -> Result<()> {
     }
 }
 
-fn clock_ticks() -> Result<u64> {
+pub(super) fn clock_ticks() -> Result<u64> {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t <= 0 {
