@@ -11,7 +11,7 @@ use crate::{
     clock,
     counters::Rates,
     guard::{Attached, Source},
-    settings::{Direction, Mode, Protocol, Settings},
+    settings::Settings,
 };
 
 /// How the source table is ordered.
@@ -188,7 +188,7 @@ pub fn line(v: &Snapshot) -> String {
          fragments_followed={} untracked={} sources={} drop_rate={:.1}",
         v.iface,
         attached_str(v.attached),
-        mode_str(v.settings.mode),
+        v.settings.mode.as_str(),
         t.seen,
         t.matched,
         t.dropped,
@@ -217,28 +217,6 @@ pub fn new_source_line(iface: &str, s: &Source) -> String {
         protocol_names(s.stats.protocols).join("+"),
         s.stats.packets
     )
-}
-
-pub fn mode_str(m: Mode) -> &'static str {
-    match m {
-        Mode::Drop => "drop",
-        Mode::Count => "count",
-    }
-}
-
-pub fn direction_str(d: Direction) -> &'static str {
-    match d {
-        Direction::Dst => "dst",
-        Direction::Src => "src",
-        Direction::Both => "both",
-    }
-}
-
-pub fn protocol_str(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
 }
 
 /// TOTALS in JSON.
@@ -338,7 +316,7 @@ impl InterfaceJson {
         InterfaceJson {
             iface: v.iface.clone(),
             xdp_mode: attached_str(v.attached),
-            mode: mode_str(v.settings.mode),
+            mode: v.settings.mode.as_str(),
             ports: v.settings.ports.clone(),
             totals: TotalsJson::from(&v.totals),
             drop_rate_pps: (v.rates.dropped * 10.0).round() / 10.0,

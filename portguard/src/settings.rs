@@ -22,6 +22,15 @@ pub enum Mode {
     Count,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Drop => "drop",
+            Mode::Count => "count",
+        }
+    }
+}
+
 /// Which port of a packet is compared with the guarded set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +44,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The name used in output and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Dst => "dst",
+            Direction::Src => "src",
+            Direction::Both => "both",
+        }
+    }
+
     pub fn bits(self) -> u8 {
         match self {
             Direction::Dst => DIR_DST,
@@ -53,6 +71,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
     pub fn bit(self) -> u8 {
         match self {
             Protocol::Tcp => PROTO_TCP,
@@ -171,27 +196,16 @@ impl Settings {
         }
     }
 
+    /// "tcp+udp dst": what the ports apply to.
+    pub fn scope(&self) -> String {
+        let protos: Vec<&str> = self.protocols.iter().map(|p| p.as_str()).collect();
+        format!("{} {}", protos.join("+"), self.direction.as_str())
+    }
+
     /// One line for logs and headers: "drop tcp+udp dst port 2745".
     pub fn summary(&self) -> String {
-        let protos: Vec<&str> = self
-            .protocols
-            .iter()
-            .map(|p| match p {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-            })
-            .collect();
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
-        let dir = match self.direction {
-            Direction::Dst => "dst",
-            Direction::Src => "src",
-            Direction::Both => "dst|src",
-        };
-        let mode = match self.mode {
-            Mode::Drop => "drop",
-            Mode::Count => "count",
-        };
-        let mut s = format!("{mode} {} {dir} port {}", protos.join("+"), ports.join(","));
+        let mut s = format!("{} {} port {}", self.mode.as_str(), self.scope(), ports.join(","));
         if !self.allow.is_empty() {
             let a: Vec<String> = self.allow.iter().map(Cidr::to_string).collect();
             s.push_str(&format!(", allow {}", a.join(",")));

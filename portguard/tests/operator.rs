@@ -421,7 +421,7 @@ fn config_file_flags_override_and_sighup_reloads() {
             && stderr.contains("line 2: unknown field `portz`"),
         "{stderr}"
     );
-    assert!(stderr.contains("reloaded: drop tcp+udp dst|src port 2745"), "{stderr}");
+    assert!(stderr.contains("reloaded: drop tcp+udp both port 2745"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

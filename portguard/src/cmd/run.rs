@@ -363,7 +363,7 @@ fn status_line(watched: &[Watched]) -> String {
                 "{} ({}, {}): {} dropped",
                 w.iface,
                 w.guard.attached.map_or("?", |a| a.as_str()),
-                report::mode_str(w.guard.settings().mode),
+                w.guard.settings().mode.as_str(),
                 t.dropped
             )
         })
@@ -481,7 +481,7 @@ pub async fn watch(
                 ifaces.push(portguard::metrics::IfaceMetrics {
                     iface: w.iface.clone(),
                     xdp_mode: w.guard.attached.map_or("unknown", |a| a.as_str()).into(),
-                    mode: report::mode_str(v.settings.mode).into(),
+                    mode: v.settings.mode.as_str().into(),
                     totals: v.totals,
                     tracked: v.tracked,
                     capacity: w.guard.meta().map(|m| m.capacity).unwrap_or(0),

@@ -6,12 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use portguard::{
-    clock,
-    guard::Guard,
-    pins::Pins,
-    report::{direction_str, mode_str, protocol_str},
-};
+use portguard::{clock, guard::Guard, pins::Pins};
 use serde::Serialize;
 
 /// Show which interfaces are guarded and how.
@@ -54,10 +49,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let s = g.settings().clone();
         out.push(Status {
             xdp_mode: g.attached.map_or("unknown", |a| a.as_str()),
-            mode: mode_str(s.mode),
+            mode: s.mode.as_str(),
             ports: s.ports.clone(),
-            protocols: s.protocols.iter().map(|p| protocol_str(*p)).collect(),
-            direction: direction_str(s.direction),
+            protocols: s.protocols.iter().map(|p| p.as_str()).collect(),
+            direction: s.direction.as_str(),
             allow: s.allow.iter().map(ToString::to_string).collect(),
             program_id: g.program_id().unwrap_or(0),
             guarded_since: clock::rfc3339(UNIX_EPOCH + Duration::from_secs(meta.since_unix)),

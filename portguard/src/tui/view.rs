@@ -17,7 +17,7 @@ use ratatui::{
 
 use crate::{
     clock, report,
-    settings::{Direction, Mode, Protocol, Settings},
+    settings::Mode,
     tui::{
         MIN_HEIGHT, MIN_WIDTH, NOTHING_GUARDED, fmt,
         model::{Iface, Model},
@@ -111,31 +111,6 @@ fn nothing(f: &mut Frame, area: Rect, model: &Model) {
     );
 }
 
-fn mode_str(m: Mode) -> &'static str {
-    match m {
-        Mode::Drop => "drop",
-        Mode::Count => "count",
-    }
-}
-
-/// "tcp+udp dst": what the ports apply to.
-fn scope(s: &Settings) -> String {
-    let protos: Vec<&str> = s
-        .protocols
-        .iter()
-        .map(|p| match p {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-        .collect();
-    let dir = match s.direction {
-        Direction::Dst => "dst",
-        Direction::Src => "src",
-        Direction::Both => "dst|src",
-    };
-    format!("{} {dir}", protos.join("+"))
-}
-
 fn panel(f: &mut Frame, area: Rect, i: &Iface) {
     let block = Block::bordered().title(Line::from(format!(" {} ", i.name)).bold());
     let inner = block.inner(area);
@@ -154,7 +129,7 @@ fn panel(f: &mut Frame, area: Rect, i: &Iface) {
             line.extend([
                 Span::raw("action "),
                 action,
-                Span::raw(format!("  ports {}  {}", ports.join(","), scope(s))),
+                Span::raw(format!("  ports {}  {}", ports.join(","), s.scope())),
             ]);
             if !s.allow.is_empty() {
                 line.push(Span::raw(format!("  allow {}", s.allow.len())));
@@ -342,7 +317,7 @@ fn confirm(f: &mut Frame, area: Rect, iface: &str, to: Mode) {
         Mode::Count => "matched packets will pass, only counted",
     };
     let text = vec![
-        Line::from(format!("Switch {iface} to {}?", mode_str(to))).bold(),
+        Line::from(format!("Switch {iface} to {}?", to.as_str())).bold(),
         Line::from(what),
         Line::from(""),
         Line::from("y: switch    n: keep as is"),
