@@ -197,8 +197,10 @@ pub struct Admission {
 }
 const _: () = assert!(size_of::<Admission>() == 16);
 
-/// SOURCES key: the source address, network order, IPv4 as `::ffff:a.b.c.d`.
-#[repr(C)]
+/// SOURCES key: the source address, network order, IPv4 as `::ffff:a.b.c.d`. Aligned to 8 so
+/// that the XDP program can build it on the stack with word stores (the verifier refuses
+/// misaligned stack access).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     pub addr: [u8; 16],
@@ -379,7 +381,8 @@ pub const XDP_MODE_GENERIC: u8 = 2;
 
 /// FRAGMENTS key: one fragmented datagram whose first fragment matched. Fields mirror the
 /// kernel's reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), `proto` = 0.
-#[repr(C)]
+/// Aligned to 8, as `SourceKey`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
     pub src: [u8; 16],

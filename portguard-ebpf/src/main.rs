@@ -122,30 +122,41 @@ fn follow(key: &FragmentKey, totals: &mut Totals) -> u32 {
 
 #[inline(always)]
 fn allowlisted(allow: u8, ip: &Ip) -> bool {
-    // Keys built from words, not with Key::new: its packed struct becomes a memmove call.
+    // LPM keys are packed (a 4-byte prefix length, then the address). They are built in
+    // 8-aligned buffers with one volatile store per 4-byte word: left free, LLVM merges the
+    // stores into misaligned 8-byte ones, which the verifier refuses on the stack.
     if ip.v6 {
         if allow & ALLOW_HAS_V6 == 0 {
             return false;
         }
+        #[repr(C, align(8))]
+        struct K([u32; 6]);
         let a = ip.v6_src();
         let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        // SAFETY: Key<[u8; 16]> is a packed 4-byte prefix length and 16 bytes: 20 bytes.
-        let key: Key<[u8; 16]> =
-            unsafe { core::mem::transmute::<[u32; 5], _>([128u32, w(0), w(4), w(8), w(12)]) };
-        ALLOW_V6.get(&key).is_some()
+        let mut k = K([0; 6]);
+        for (i, v) in [128, w(0), w(4), w(8), w(12)].into_iter().enumerate() {
+            // SAFETY: in bounds of the local array.
+            unsafe { core::ptr::write_volatile(&mut k.0[i], v) };
+        }
+        // SAFETY: Key<[u8; 16]> is 20 packed bytes, here at the start of a 24-byte buffer.
+        let key = unsafe { &*(k.0.as_ptr() as *const Key<[u8; 16]>) };
+        ALLOW_V6.get(key).is_some()
     } else {
         if allow & ALLOW_HAS_V4 == 0 {
             return false;
         }
+        #[repr(C, align(8))]
+        struct K([u32; 2]);
         let a = ip.v4_src();
-        let p = 32u32.to_ne_bytes();
-        // SAFETY: Key<[u8; 4]> is a packed 4-byte prefix length and 4 bytes: 8 bytes.
-        let key: Key<[u8; 4]> = unsafe {
-            core::mem::transmute::<u64, _>(u64::from_ne_bytes([
-                p[0], p[1], p[2], p[3], a[0], a[1], a[2], a[3],
-            ]))
-        };
-        ALLOW_V4.get(&key).is_some()
+        let mut k = K([0; 2]);
+        // SAFETY: in bounds of the local array.
+        unsafe {
+            core::ptr::write_volatile(&mut k.0[0], 32);
+            core::ptr::write_volatile(&mut k.0[1], u32::from_ne_bytes(a));
+        }
+        // SAFETY: Key<[u8; 4]> is 8 packed bytes.
+        let key = unsafe { &*(k.0.as_ptr() as *const Key<[u8; 4]>) };
+        ALLOW_V4.get(key).is_some()
     }
 }
 
