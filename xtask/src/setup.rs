@@ -66,6 +66,20 @@ fn nightly_sysroot() -> Result<PathBuf> {
 }
 
 fn rust_src() -> Result<()> {
+    // clippy lints both sides (`cargo xtask lint`); rustup's default profile has it, a minimal
+    // one does not.
+    for toolchain in ["stable", NIGHTLY] {
+        if !succeeds(Command::new("cargo").args([&format!("+{toolchain}"), "clippy", "--version"]))
+        {
+            sh(Command::new("rustup").args([
+                "component",
+                "add",
+                "clippy",
+                "--toolchain",
+                toolchain,
+            ]))?;
+        }
+    }
     if nightly_sysroot()?.join("lib/rustlib/src/rust/library/core").is_dir() {
         return Ok(());
     }
