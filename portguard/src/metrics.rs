@@ -110,8 +110,7 @@ pub fn render(s: &Snapshot) -> String {
         capacity.get_or_create(&il).set(i.capacity as i64);
         for src in &i.top {
             let addr = src.addr.to_string();
-            let what = report::what(&src.stats);
-            let direction = what.split(' ').next().unwrap_or("probing");
+            let direction = report::direction_word(&src.stats);
             let sl = labels(&[("iface", &i.iface), ("source", &addr), ("direction", direction)]);
             src_packets.get_or_create(&sl).inc_by(src.stats.packets);
             src_bytes.get_or_create(&sl).inc_by(src.stats.bytes);

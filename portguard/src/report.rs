@@ -102,7 +102,8 @@ pub fn what(stats: &SourceStats) -> String {
     }
 }
 
-fn direction_word(stats: &SourceStats) -> &'static str {
+/// "probing", "answering" or "both": the direction as JSON and metrics label it.
+pub fn direction_word(stats: &SourceStats) -> &'static str {
     match (stats.directions & DIR_DST != 0, stats.directions & DIR_SRC != 0) {
         (true, true) => "both",
         (false, true) => "answering",

@@ -16,7 +16,7 @@ use portguard::{
     clock,
     config::FileConfig,
     counters,
-    guard::{Acquired, AttachMode, Guard},
+    guard::{Acquired, AttachMode, Attached, Guard},
     pins::Pins,
     privileges,
     report::{self, InterfaceJson, SortBy},
@@ -232,7 +232,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let notifier = Notifier::from_env();
-    notifier.ready(&status_line(&watched));
+    notifier.ready(&status_now(&watched));
     let shared = portguard::metrics::Shared::default();
     let server = listener.map(|l| {
         if let Ok(a) = l.local_addr() {
@@ -353,22 +353,27 @@ pub struct Service<'a> {
     pub metrics: Option<portguard::metrics::Shared>,
 }
 
-/// systemd's one-line STATUS.
-fn status_line(watched: &[Watched]) -> String {
-    let parts: Vec<String> = watched
-        .iter()
-        .map(|w| {
-            let t = w.guard.totals().unwrap_or_default();
+/// systemd's one-line STATUS, from each interface's name, XDP mode, action and drops.
+fn status_line<'a>(items: impl Iterator<Item = (&'a str, Option<Attached>, Mode, u64)>) -> String {
+    let parts: Vec<String> = items
+        .map(|(iface, attached, mode, dropped)| {
             format!(
-                "{} ({}, {}): {} dropped",
-                w.iface,
-                w.guard.attached.map_or("?", |a| a.as_str()),
-                w.guard.settings().mode.as_str(),
-                t.dropped
+                "{iface} ({}, {}): {dropped} dropped",
+                attached.map_or("?", |a| a.as_str()),
+                mode.as_str()
             )
         })
         .collect();
     format!("guarding {}", parts.join("; "))
+}
+
+/// The status line read fresh from the maps (at start and reload; each interval uses its
+/// snapshot instead).
+fn status_now(watched: &[Watched]) -> String {
+    status_line(watched.iter().map(|w| {
+        let dropped = w.guard.totals().map_or(0, |t| t.dropped);
+        (w.iface.as_str(), w.guard.attached, w.guard.settings().mode, dropped)
+    }))
 }
 
 /// Local sockets on guarded ports, every this many intervals (a netlink dump and a /proc walk).
@@ -400,7 +405,7 @@ pub async fn watch(
             _ = sighup.recv() => {
                 service.notifier.reloading();
                 reload(watched, args, &mut plan);
-                service.notifier.ready(&status_line(watched));
+                service.notifier.ready(&status_now(watched));
                 continue;
             }
             _ = watchdog.tick() => {
@@ -429,6 +434,8 @@ pub async fn watch(
         }
         let mut snaps = Vec::new();
         let mut news = Vec::new();
+        // The top sources by packets, for the metrics, from the same read of the table.
+        let mut tops = Vec::new();
         for w in watched.iter_mut() {
             w.guard.follow_changes()?;
             w.guard.flush_log();
@@ -461,6 +468,12 @@ pub async fn watch(
             w.prev = totals;
             w.prev_at = now;
             w.prev_packets = sources.iter().map(|s| (s.addr, s.stats.packets)).collect();
+            if service.metrics.is_some() {
+                let mut top = sources.clone();
+                top.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));
+                top.truncate(plan.metrics_top);
+                tops.push(top);
+            }
             snaps.push(report::Snapshot {
                 iface: w.iface.clone(),
                 attached: w.guard.attached,
@@ -471,13 +484,12 @@ pub async fn watch(
                 sources: ranked,
             });
         }
-        service.notifier.status(&status_line(watched));
+        service.notifier.status(&status_line(
+            snaps.iter().map(|v| (v.iface.as_str(), v.attached, v.settings.mode, v.totals.dropped)),
+        ));
         if let Some(shared) = &service.metrics {
             let mut ifaces = Vec::new();
-            for (w, v) in watched.iter().zip(&snaps) {
-                let mut top = w.guard.sources().unwrap_or_default();
-                top.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));
-                top.truncate(plan.metrics_top);
+            for ((w, v), top) in watched.iter().zip(&snaps).zip(tops) {
                 ifaces.push(portguard::metrics::IfaceMetrics {
                     iface: w.iface.clone(),
                     xdp_mode: w.guard.attached.map_or("unknown", |a| a.as_str()).into(),
@@ -601,10 +613,7 @@ fn local_sockets(ports: &[u16]) -> Option<Vec<portguard::metrics::LocalSocket>> 
         .iter()
         .map(|k| {
             let port = if ports.contains(&k.local_port) { k.local_port } else { k.remote_port };
-            let protocol = serde_json::to_value(k.protocol)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let protocol = k.protocol.as_str().to_string();
             portguard::metrics::LocalSocket { port, protocol, state: k.state.clone() }
         })
         .collect();
