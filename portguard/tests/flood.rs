@@ -17,6 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::PinRoot;
 use portguard::lab::{self, GW_IF, Lab};
 use serde_json::Value;
 
@@ -46,19 +49,9 @@ fn sustained_spoofed_source_flood() {
     let seconds: u64 =
         std::env::var("PORTGUARD_FLOOD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let lab = Lab::create(&format!("pgflood{}", std::process::id())).unwrap();
-    let root = format!("/sys/fs/bpf/pgtest-flood-{}", std::process::id());
     // Removes the pins however the test ends (a failed assertion included).
-    struct Pins(String);
-    impl Drop for Pins {
-        fn drop(&mut self) {
-            let _ = Command::new(env!("CARGO_BIN_EXE_portguard"))
-                .args(["detach", "--all"])
-                .env("PORTGUARD_PIN_ROOT", &self.0)
-                .output();
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _pins = Pins(root.clone());
+    let pins = PinRoot::new("flood");
+    let root = pins.0.clone();
     let capacity = 65_536u64;
     let mut daemon = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.gw))
@@ -246,5 +239,4 @@ fn sustained_spoofed_source_flood() {
     let _ = daemon.wait();
     assert!(!err.contains("ERROR"), "{err}");
     let _ = std::fs::remove_file(conf_path);
-    let _ = std::fs::remove_dir_all(&root);
 }

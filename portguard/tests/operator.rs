@@ -15,6 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{PinRoot, wait_until};
 use portguard::lab::{self, GW_IF, Lab, Listeners};
 use serde_json::Value;
 
@@ -24,6 +27,7 @@ static N: AtomicU32 = AtomicU32::new(0);
 struct Fixture {
     lab: Lab,
     root: PathBuf,
+    _pins: PinRoot,
     children: Vec<Child>,
     /// Each child's stderr so far, read as it comes (the daemon logs there).
     logs: Vec<Arc<Mutex<String>>>,
@@ -44,24 +48,19 @@ fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
     buf
 }
 
-/// Polls `cond` until it holds or 20 s pass (the machine may be busy: no fixed sleeps).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 impl Fixture {
     fn new() -> Fixture {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let lab = Lab::create(&format!("pgo{}-{n}", std::process::id())).unwrap();
-        let root = PathBuf::from(format!("/sys/fs/bpf/pgtest-op-{}-{n}", std::process::id()));
-        Fixture { lab, root, children: Vec::new(), logs: Vec::new(), outs: Vec::new() }
+        let pins = PinRoot::new(&format!("op-{n}"));
+        Fixture {
+            lab,
+            root: pins.0.clone(),
+            _pins: pins,
+            children: Vec::new(),
+            logs: Vec::new(),
+            outs: Vec::new(),
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -167,15 +166,11 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // The pin root is cleaned by its own guard, after the children are gone.
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(env!("CARGO_BIN_EXE_portguard"))
-            .args(["detach", "--all"])
-            .env("PORTGUARD_PIN_ROOT", &self.root)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

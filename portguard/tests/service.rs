@@ -16,25 +16,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{PinRoot, wait_until};
 use portguard::lab::{self, GW_IF, Lab, Listeners};
 use serde_json::Value;
 
 static N: AtomicU32 = AtomicU32::new(0);
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 struct Fixture {
     lab: Lab,
     root: PathBuf,
+    _pins: PinRoot,
     children: Vec<Child>,
 }
 
@@ -42,8 +35,8 @@ impl Fixture {
     fn new() -> Fixture {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let lab = Lab::create(&format!("pgs{}-{n}", std::process::id())).unwrap();
-        let root = PathBuf::from(format!("/sys/fs/bpf/pgtest-svc-{}-{n}", std::process::id()));
-        Fixture { lab, root, children: Vec::new() }
+        let pins = PinRoot::new(&format!("svc-{n}"));
+        Fixture { lab, root: pins.0.clone(), _pins: pins, children: Vec::new() }
     }
 
     fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
@@ -90,15 +83,11 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // The pin root is cleaned by its own guard, after the children are gone.
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(env!("CARGO_BIN_EXE_portguard"))
-            .args(["detach", "--all"])
-            .env("PORTGUARD_PIN_ROOT", &self.root)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
