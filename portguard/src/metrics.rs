@@ -20,7 +20,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{guard::Source, report};
+use crate::counters::Source;
 
 /// The default endpoint: loopback only; exposing it is a deliberate choice (`--metrics`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
@@ -110,7 +110,7 @@ pub fn render(s: &Snapshot) -> String {
         capacity.get_or_create(&il).set(i.capacity as i64);
         for src in &i.top {
             let addr = src.addr.to_string();
-            let direction = report::direction_word(&src.stats);
+            let direction = src.stats.directions.word();
             let sl = labels(&[("iface", &i.iface), ("source", &addr), ("direction", direction)]);
             src_packets.get_or_create(&sl).inc_by(src.stats.packets);
             src_bytes.get_or_create(&sl).inc_by(src.stats.bytes);
@@ -265,7 +265,7 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portguard_common::SourceStats;
+    use crate::{counters::SourceStats, wire::Directions};
 
     #[test]
     fn renders_openmetrics() {
@@ -288,7 +288,7 @@ mod tests {
                     stats: SourceStats {
                         packets: 4,
                         bytes: 240,
-                        directions: 1,
+                        directions: Directions(portguard_common::DIR_DST),
                         last_port: 2745,
                         ..SourceStats::default()
                     },

@@ -151,3 +151,13 @@ pub fn try_lock(dir: &Path) -> Result<Option<Lock>> {
     }
     Ok(Some(Lock(f)))
 }
+
+/// Removes a guard's pins and its directory: the link first, so that the program is detached
+/// whatever happens next.
+pub fn remove_guard(dir: &Path) -> Result<()> {
+    let _ = fs::remove_file(dir.join(LINK));
+    for name in portguard_common::map_names::ALL {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}

@@ -1,5 +1,4 @@
-//! What an admin asks portguard to do, validated, and its translation into the program's
-//! CONFIG and PORTS contents.
+//! What an admin asks portguard to do, validated. `wire.rs` turns it into map contents.
 
 use std::{
     fmt,
@@ -7,10 +6,7 @@ use std::{
     str::FromStr,
 };
 
-use portguard_common::{
-    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DEFAULT_PORT, DIR_DST, DIR_SRC,
-    PROTO_TCP, PROTO_UDP,
-};
+use portguard_common::DEFAULT_PORT;
 
 /// What happens to a matched packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -52,14 +48,6 @@ impl Direction {
             Direction::Both => "both",
         }
     }
-
-    pub fn bits(self) -> u8 {
-        match self {
-            Direction::Dst => DIR_DST,
-            Direction::Src => DIR_SRC,
-            Direction::Both => DIR_DST | DIR_SRC,
-        }
-    }
 }
 
 /// Guarded L4 protocols.
@@ -83,13 +71,6 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
-        }
-    }
-
-    pub fn bit(self) -> u8 {
-        match self {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
         }
     }
 }
@@ -183,31 +164,10 @@ impl Settings {
         Settings { ports: Vec::new(), allow: Vec::new(), ..Settings::default() }
     }
 
-    /// The CONFIG entry these settings become, for a source table of `capacity` entries on
-    /// `cpus` CPUs.
-    pub fn config(&self, capacity: u32, cpus: u32) -> Config {
-        let mut allow = 0;
-        for c in &self.allow {
-            allow |= if c.addr.is_ipv4() { ALLOW_HAS_V4 } else { ALLOW_HAS_V6 };
-        }
-        Config {
-            action: match self.mode {
-                Mode::Drop => ACTION_DROP,
-                Mode::Count => ACTION_COUNT,
-            },
-            protocols: self.protocols.iter().fold(0, |b, p| b | p.bit()),
-            direction: self.direction.bits(),
-            allow,
-            admit_per_slice: self
-                .admit_per_slice
-                .unwrap_or_else(|| portguard_common::admit_per_slice(capacity, cpus)),
-        }
-    }
-
     /// "tcp+udp dst": what the ports apply to.
     pub fn scope(&self) -> String {
-        let protos: Vec<&str> = self.protocols.iter().map(|p| p.as_str()).collect();
-        format!("{} {}", protos.join("+"), self.direction.as_str())
+        let protos: crate::wire::Protocols = self.protocols.iter().copied().collect();
+        format!("{protos} {}", self.direction.as_str())
     }
 
     /// One line for logs and headers: "drop tcp+udp dst port 2745".
@@ -251,14 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn default_config_drops_tcp_and_udp_to_2745() {
-        let s = Settings::default();
-        let c = s.config(65_536, 2);
-        assert_eq!(c.admit_per_slice, 274);
-        assert_eq!(c.action, ACTION_DROP);
-        assert_eq!(c.protocols, PROTO_TCP | PROTO_UDP);
-        assert_eq!(c.direction, DIR_DST);
-        assert_eq!(c.allow, 0);
-        assert_eq!(s.summary(), "drop tcp+udp dst port 2745");
+    fn default_settings_drop_tcp_and_udp_to_2745() {
+        assert_eq!(Settings::default().summary(), "drop tcp+udp dst port 2745");
     }
 }

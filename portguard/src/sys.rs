@@ -104,6 +104,7 @@ pub fn xdp_link_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
         info: info.as_mut_ptr() as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: [u64; 8] and [u32; 16] are the same 64 bytes, and every bit pattern is valid.
     let words: [u32; 16] = unsafe { std::mem::transmute(info) };
     Ok((words[2], words[4]))
 }
@@ -140,5 +141,6 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
 }

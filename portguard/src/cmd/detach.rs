@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use portguard::{guard::Guard, pins::Pins};
+use portguard::{guard, pins::Pins};
 
 /// Stop guarding: detach the program and remove its pinned state (counters are lost).
 #[derive(clap::Args, Clone, Debug)]
@@ -19,7 +19,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let pins = Pins::default();
-    let targets = if args.all { pins.guarded()? } else { args.ifaces.clone() };
+    let targets = super::args::targets(&pins, if args.all { &[] } else { &args.ifaces })?;
     if targets.is_empty() {
         println!("nothing is guarded");
         return Ok(ExitCode::SUCCESS);
@@ -31,7 +31,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     for iface in &targets {
-        Guard::detach_pinned(&pins, iface)?;
+        guard::detach_pinned(&pins, iface)?;
         println!("detached {iface}");
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use portguard::{clock, guard::Guard, pins::Pins};
+use portguard::{clock, guard::View, pins::Pins};
 use serde::Serialize;
 
 /// Show which interfaces are guarded and how.
@@ -44,11 +44,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let pins = Pins::default();
     let mut out = Vec::new();
     for iface in pins.guarded()? {
-        let mut g = Guard::open(&pins, &iface)?;
+        let g = View::open(&pins, &iface)?;
         let meta = g.meta()?;
         let s = g.settings().clone();
         out.push(Status {
-            xdp_mode: g.attached.map_or("unknown", |a| a.as_str()),
+            xdp_mode: g.attached().map_or("unknown", |a| a.as_str()),
             mode: s.mode.as_str(),
             ports: s.ports.clone(),
             protocols: s.protocols.iter().map(|p| p.as_str()).collect(),

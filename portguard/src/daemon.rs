@@ -1,0 +1,493 @@
+//! The daemon: the guards `portguard run` (and `portguard lab`) holds, kept up every interval.
+//!
+//! [`Daemon::start`] acquires every interface of a [`Plan`] (all or nothing). [`Daemon::tick`]
+//! does the housekeeping — follows interfaces that go away and come back, picks up settings
+//! changed by other processes, makes room in the source tables, scans for local sockets on
+//! guarded ports — and returns what it read as a [`Tick`]. [`serve`] runs the loop: signals,
+//! ticks, output, systemd notifications and the metrics endpoint. Rendering is `report.rs`'s.
+
+use std::{
+    collections::HashMap,
+    io::{IsTerminal as _, Write as _},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use portguard_common::Totals;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    check, clock,
+    config::{Flags, Plan},
+    counters::{self, Source},
+    guard::{Acquired, Attached, Owner, View},
+    metrics::{self, IfaceMetrics, LocalSocket},
+    notify::Notifier,
+    pins::Pins,
+    report::{self, Snapshot, SortBy},
+};
+
+/// Local sockets on guarded ports, every this many intervals (a netlink dump and a /proc walk).
+const SOCKET_SCAN_EVERY: u64 = 10;
+
+/// How this process holds one guard.
+enum Held {
+    /// It attached the program and keeps it there.
+    Owner(Box<Owner>),
+    /// Another live portguard owns it: this one only reads.
+    Watcher(View),
+    /// It owned it, and the interface went away: the counters are kept, and it is acquired
+    /// again when the interface returns.
+    Gone(View),
+}
+
+impl Held {
+    fn view(&self) -> &View {
+        match self {
+            Held::Owner(o) => o.view(),
+            Held::Watcher(v) | Held::Gone(v) => v,
+        }
+    }
+
+    fn view_mut(&mut self) -> &mut View {
+        match self {
+            Held::Owner(o) => o.view_mut(),
+            Held::Watcher(v) | Held::Gone(v) => v,
+        }
+    }
+
+    fn attached(&self) -> Option<Attached> {
+        match self {
+            Held::Owner(o) => Some(o.attached()),
+            Held::Watcher(v) | Held::Gone(v) => v.attached(),
+        }
+    }
+}
+
+/// One interface of the plan.
+struct Guarded {
+    held: Held,
+    iface: String,
+    prev: Totals,
+    prev_at: Instant,
+    /// Packets per source at the previous tick: rates, and which sources are new.
+    prev_packets: HashMap<IpAddr, u64>,
+}
+
+impl Guarded {
+    /// `fresh`: this process just attached it, so every source in the table is news, even one
+    /// that arrived between the attachment and this call. Otherwise (adopted, watched) the
+    /// sources already there are not.
+    fn new(held: Held, fresh: bool) -> Result<Guarded> {
+        let v = held.view();
+        let known = if fresh { HashMap::new() } else { packets(&v.sources()?) };
+        Ok(Guarded {
+            iface: v.iface().to_string(),
+            prev: if fresh { Totals::default() } else { v.totals()? },
+            prev_at: Instant::now(),
+            prev_packets: known,
+            held,
+        })
+    }
+
+    /// An owner notices its interface going away (deleted, replaced: the XDP link dies with
+    /// it) and guards it again, with the same maps and counters, once it is back.
+    fn follow_interface(mut self, pins: &Pins, plan: &Plan) -> Guarded {
+        self.held = match self.held {
+            Held::Owner(o) if !o.view().link_alive() => {
+                log::warn!(
+                    "{} went away (deleted or replaced): its counters are kept; it is guarded \
+                     again as soon as it returns",
+                    self.iface
+                );
+                Held::Gone((*o).into_view())
+            }
+            held => held,
+        };
+        let Held::Gone(v) = &self.held else { return self };
+        if crate::guard::ifindex(&self.iface).is_err() {
+            return self;
+        }
+        let (settings, capacity) = (v.settings().clone(), v.capacity());
+        match Owner::acquire(pins, &self.iface, Some(&settings), capacity, plan.xdp_mode) {
+            Ok(Acquired::Attached(o) | Acquired::Adopted(o)) => {
+                log::info!(
+                    "{} is back: guarding it again ({} XDP), counters kept",
+                    self.iface,
+                    o.attached().as_str()
+                );
+                self.held = Held::Owner(Box::new(o));
+            }
+            Ok(Acquired::Watching(v, pid)) => {
+                log::warn!("{}: another portguard (pid {pid}) guards it now: watching", self.iface);
+                self.held = Held::Watcher(v);
+            }
+            Err(e) => log::warn!("{}: not guarded again yet: {e:#}", self.iface),
+        }
+        self
+    }
+
+    /// Releases what this process owns: detached, or left in place with `persist`. Returns
+    /// whether it owned anything.
+    fn finish(self, persist: bool) -> bool {
+        let Held::Owner(o) = self.held else { return false };
+        if let Err(e) = (*o).release(persist) {
+            log::error!("{}: {e:#}", self.iface);
+        }
+        true
+    }
+}
+
+fn packets(sources: &[Source]) -> HashMap<IpAddr, u64> {
+    sources.iter().map(|s| (s.addr, s.stats.packets)).collect()
+}
+
+/// What one tick read.
+pub struct Tick {
+    pub snaps: Vec<Snapshot>,
+    /// Per interface, the sources that appeared since the previous tick.
+    pub news: Vec<(String, Vec<Source>)>,
+    /// Per interface, the top sources by packets for the metrics.
+    pub tops: Vec<Vec<Source>>,
+}
+
+pub struct Daemon {
+    guards: Vec<Guarded>,
+    plan: Plan,
+    flags: Flags,
+    pins: Pins,
+    ticks: u64,
+    /// Sockets on guarded ports at the last scan; None before the first or when it failed.
+    sockets: Option<Vec<LocalSocket>>,
+}
+
+impl Daemon {
+    /// Acquires every interface of `plan`, or none: what this call attached is undone when a
+    /// later interface fails.
+    pub fn start(plan: Plan, flags: Flags, pins: Pins) -> Result<Daemon> {
+        let mut guards = Vec::new();
+        for iface in &plan.ifaces {
+            let acquired =
+                Owner::acquire(&pins, iface, Some(&plan.settings), plan.sources, plan.xdp_mode);
+            let fresh = matches!(acquired, Ok(Acquired::Attached(_)));
+            let held = match acquired {
+                Ok(Acquired::Attached(o)) => {
+                    log::info!(
+                        "guarding {iface} ({} XDP): {}",
+                        o.attached().as_str(),
+                        o.view().settings().summary()
+                    );
+                    Held::Owner(Box::new(o))
+                }
+                Ok(Acquired::Adopted(o)) => {
+                    log::info!(
+                        "adopted the guard left on {iface} ({} XDP), counters kept: {}",
+                        o.attached().as_str(),
+                        o.view().settings().summary()
+                    );
+                    Held::Owner(Box::new(o))
+                }
+                Ok(Acquired::Watching(v, pid)) => {
+                    log::warn!(
+                        "{iface} is already guarded by a running portguard (pid {pid}): watching \
+                         it; its settings are unchanged (use `portguard set` to change them)"
+                    );
+                    Held::Watcher(v)
+                }
+                Err(e) => {
+                    // All or nothing: undo what this run attached.
+                    for g in guards {
+                        Guarded::finish(g, false);
+                    }
+                    return Err(e);
+                }
+            };
+            guards.push(Guarded::new(held, fresh)?);
+        }
+        Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The housekeeping of one interval, and what it read. None when nothing is left to watch
+    /// (every guard was detached by another process).
+    pub fn tick(&mut self) -> Result<Option<Tick>> {
+        self.ticks += 1;
+        self.guards.retain(|g| {
+            let there = g.held.view().still_pinned();
+            if !there {
+                log::warn!("{} was detached by another process: no longer watching it", g.iface);
+            }
+            there
+        });
+        if self.guards.is_empty() {
+            log::info!("nothing left to watch");
+            return Ok(None);
+        }
+        let (pins, plan) = (&self.pins, &self.plan);
+        self.guards = self.guards.drain(..).map(|g| g.follow_interface(pins, plan)).collect();
+        let mut tick = Tick { snaps: Vec::new(), news: Vec::new(), tops: Vec::new() };
+        for g in &mut self.guards {
+            g.held.view_mut().follow_changes()?;
+            if let Held::Owner(o) = &mut g.held {
+                o.flush_log();
+            }
+            let v = g.held.view();
+            let totals = v.totals()?;
+            let sources = v.sources()?;
+            if let Held::Owner(o) = &mut g.held {
+                let removed = o.make_room(&sources);
+                if removed > 0 {
+                    log::info!(
+                        "{}: source table nearly full: forgot the {removed} sources seen least recently",
+                        g.iface
+                    );
+                }
+            }
+            let v = g.held.view();
+            let now = Instant::now();
+            let dt = now - g.prev_at;
+            let ranked = report::rank(
+                &sources,
+                Some((&g.prev_packets, dt)),
+                clock::monotonic_ns(),
+                SortBy::Packets,
+                self.plan.top,
+            );
+            // Only the table's current contents are remembered, so memory stays bounded by its
+            // capacity whatever a flood does.
+            let fresh =
+                sources.iter().filter(|s| !g.prev_packets.contains_key(&s.addr)).copied().collect();
+            tick.news.push((g.iface.clone(), fresh));
+            let mut top = sources.clone();
+            top.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));
+            top.truncate(self.plan.metrics_top);
+            tick.tops.push(top);
+            tick.snaps.push(Snapshot {
+                iface: g.iface.clone(),
+                netns: self.plan.netns.clone(),
+                attached: g.held.attached(),
+                settings: v.settings().clone(),
+                totals,
+                rates: counters::rates(&g.prev, &totals, dt),
+                tracked: sources.len(),
+                capacity: v.capacity(),
+                sources: ranked,
+            });
+            g.prev = totals;
+            g.prev_at = now;
+            g.prev_packets = packets(&sources);
+        }
+        Ok(Some(tick))
+    }
+
+    /// Scans this host's sockets on the guarded ports every SOCKET_SCAN_EVERY ticks (the first
+    /// tick included), and logs what changed.
+    fn scan_sockets(&mut self) {
+        if !(self.ticks - 1).is_multiple_of(SOCKET_SCAN_EVERY) {
+            return;
+        }
+        let sockets = local_sockets(&self.plan.settings.ports);
+        if self.sockets.is_some() && sockets != self.sockets {
+            log::warn!(
+                "sockets on guarded ports on this host changed: {}",
+                describe_sockets(&sockets)
+            );
+        } else if self.sockets.is_none() && sockets.as_ref().is_some_and(|s| !s.is_empty()) {
+            log::warn!(
+                "this host uses a guarded port: {} (see `portguard check`)",
+                describe_sockets(&sockets)
+            );
+        }
+        self.sockets = sockets;
+    }
+
+    /// SIGHUP: re-reads the config file and applies it to the interfaces this process owns. A
+    /// broken file leaves the running configuration as it is.
+    pub fn reload(&mut self) {
+        if self.flags.config.is_none() {
+            log::info!("SIGHUP: no --config file to re-read");
+            return;
+        }
+        let new = match Plan::load(&self.flags) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("SIGHUP: keeping the running configuration: {e:#}");
+                return;
+            }
+        };
+        if new.ifaces != self.plan.ifaces {
+            log::warn!(
+                "SIGHUP: a change of interfaces takes a restart; applying the other settings"
+            );
+        }
+        for g in &mut self.guards {
+            let Held::Owner(o) = &mut g.held else { continue };
+            match o.view_mut().apply(&new.settings).context("applying the new settings") {
+                Ok(()) => log::info!("{}: reloaded: {}", g.iface, new.settings.summary()),
+                Err(e) => log::error!("{}: {e:#}", g.iface),
+            }
+        }
+        self.plan =
+            Plan { ifaces: self.plan.ifaces.clone(), netns: self.plan.netns.clone(), ..new };
+    }
+
+    /// The totals of every guard, added up.
+    pub fn totals(&self) -> Result<Totals> {
+        let all = self.guards.iter().map(|g| g.held.view().totals()).collect::<Result<Vec<_>>>()?;
+        Ok(counters::sum(all))
+    }
+
+    /// systemd's one-line STATUS, read fresh from the maps.
+    pub fn status_now(&self) -> String {
+        status_line(self.guards.iter().map(|g| {
+            let v = g.held.view();
+            let dropped = v.totals().map_or(0, |t| t.dropped);
+            (g.iface.as_str(), g.held.attached(), v.settings().mode, dropped)
+        }))
+    }
+
+    /// Releases what this process owns: detached, or left in place with `persist`.
+    pub fn finish(self) {
+        let persist = self.plan.persist;
+        let mut names = Vec::new();
+        for g in self.guards {
+            let iface = g.iface.clone();
+            if g.finish(persist) {
+                names.push(iface);
+            }
+        }
+        if names.is_empty() {
+            return;
+        }
+        if persist {
+            log::info!(
+                "left {} guarded (persist): `portguard detach` removes it",
+                names.join(", ")
+            );
+        } else {
+            log::info!("detached from {}", names.join(", "));
+        }
+    }
+}
+
+/// systemd's one-line STATUS, from each interface's name, XDP mode, action and drops.
+fn status_line<'a>(
+    items: impl Iterator<Item = (&'a str, Option<Attached>, crate::settings::Mode, u64)>,
+) -> String {
+    let parts: Vec<String> = items
+        .map(|(iface, attached, mode, dropped)| {
+            format!(
+                "{iface} ({}, {}): {dropped} dropped",
+                attached.map_or("?", |a| a.as_str()),
+                mode.as_str()
+            )
+        })
+        .collect();
+    format!("guarding {}", parts.join("; "))
+}
+
+/// Sockets on this host using a guarded port, as metrics see them; None if the scan failed.
+fn local_sockets(ports: &[u16]) -> Option<Vec<LocalSocket>> {
+    let report = check::scan(ports, None).ok()?;
+    let mut v: Vec<_> = report
+        .sockets
+        .iter()
+        .map(|k| {
+            let port = if ports.contains(&k.local_port) { k.local_port } else { k.remote_port };
+            LocalSocket { port, protocol: k.protocol.as_str().to_string(), state: k.state.clone() }
+        })
+        .collect();
+    v.sort();
+    Some(v)
+}
+
+fn describe_sockets(s: &Option<Vec<LocalSocket>>) -> String {
+    match s {
+        None => "unknown (scan failed)".into(),
+        Some(v) if v.is_empty() => "none".into(),
+        Some(v) => v
+            .iter()
+            .map(|k| format!("{} {} {}", k.protocol, k.port, k.state))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// What the daemon tells the outside world besides its output: systemd and Prometheus.
+pub struct Service<'a> {
+    pub notifier: &'a Notifier,
+    pub metrics: Option<metrics::Shared>,
+}
+
+/// Runs `daemon` until SIGINT, SIGTERM, `duration`, or nothing left to watch: a tick every
+/// interval, its output on stdout, SIGHUP reloads, systemd and metrics kept informed.
+pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<'_>) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let period = Duration::from_secs_f64(daemon.plan.interval);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let tty = std::io::stdout().is_terminal() && !daemon.plan.json;
+    // Without a watchdog the timer is parked far away.
+    let wd_period = service.notifier.watchdog_period().unwrap_or(Duration::from_secs(86_400));
+    let mut watchdog = tokio::time::interval(wd_period);
+    service.notifier.ready(&daemon.status_now());
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                service.notifier.reloading();
+                daemon.reload();
+                service.notifier.ready(&daemon.status_now());
+                continue;
+            }
+            _ = watchdog.tick() => {
+                if service.notifier.watchdog_period().is_some() {
+                    service.notifier.watchdog();
+                }
+                continue;
+            }
+            _ = interval.tick() => {}
+        }
+        let Some(tick) = daemon.tick()? else { break };
+        service.notifier.status(&status_line(
+            tick.snaps
+                .iter()
+                .map(|v| (v.iface.as_str(), v.attached, v.settings.mode, v.totals.dropped)),
+        ));
+        if let Some(shared) = &service.metrics {
+            daemon.scan_sockets();
+            let ifaces = tick
+                .snaps
+                .iter()
+                .zip(&tick.tops)
+                .map(|(v, top)| IfaceMetrics {
+                    iface: v.iface.clone(),
+                    xdp_mode: v.attached.map_or("unknown", |a| a.as_str()).into(),
+                    mode: v.settings.mode.as_str().into(),
+                    totals: v.totals,
+                    tracked: v.tracked,
+                    capacity: v.capacity,
+                    top: top.clone(),
+                })
+                .collect();
+            if let Ok(mut s) = shared.lock() {
+                s.ifaces = ifaces;
+                s.sockets = daemon.sockets.clone();
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        report::print_tick(&mut out, &tick, tty, daemon.plan.json)?;
+        let _ = out.flush();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    Ok(())
+}
