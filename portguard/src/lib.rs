@@ -13,11 +13,14 @@
 //! - `frames`: hand-built frames; `fuzz`: random and mutated ones from the same shapes.
 //! - `reference`: the verdict semantics as plain Rust, which the differential test compares
 //!   with the program.
+//! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
+//!   `capture`: pcapng files of matched packets.
 
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod counters;
+pub mod fingerprint;
 pub mod frames;
 pub mod fuzz;
 pub mod guard;

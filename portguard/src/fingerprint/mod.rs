@@ -1,0 +1,201 @@
+//! What is probing port 2745: a tool label with the evidence behind it, a p0f signature, and
+//! p0f's own verdict when its database is installed.
+//!
+//! - `features`: what one packet tells (the plain struct, the 64-byte kernel layout, a frame
+//!   parser for tests and captures);
+//! - `rules`: the rule table (`packaging/portguard.fp`), its parser and evaluator;
+//! - `p0f`: p0f 3.09b signatures and matching against a p0f.fp;
+//! - `evidence`: per-source accumulation (labels change as SYNs arrive; relations between a
+//!   source's consecutive packets).
+//!
+//! The order of precedence, decided once here: a tool rule (class scanner, worm or misc) that
+//! matches always wins, whatever p0f says; then a p0f tool signature (`!`); then "OS stack"
+//! from an `os` rule or an exact p0f OS match; otherwise "unknown". A fuzzy p0f match alone
+//! is not enough to call a sender an OS stack: p0f's fuzzy answer for nmap over IPv6 is
+//! "Linux".
+
+pub mod evidence;
+pub mod features;
+pub mod p0f;
+pub mod rules;
+
+use std::{fmt, path::Path};
+
+pub use evidence::{Evidence, SourceTable, Summary};
+pub use features::{Features, FeaturesRaw, FrameError, Transport};
+pub use p0f::{P0fDb, P0fMatch};
+pub use rules::{Class, RuleSet};
+
+/// The label of an ordinary operating system's stack.
+pub const OS_STACK: &str = "OS stack";
+/// The label when nothing matched.
+pub const UNKNOWN: &str = "unknown";
+
+/// What one packet says about its sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// "nmap", "masscan", ..., `OS_STACK` or `UNKNOWN`.
+    pub label: String,
+    /// `None` for unknown.
+    pub class: Option<Class>,
+    /// For an OS stack: which one (p0f's label when it matched exactly, else the rule's).
+    pub os: Option<String>,
+    /// Why, in one sentence.
+    pub evidence: String,
+    /// The matching rule's specificity (0 for unknown).
+    pub specificity: u8,
+    /// The p0f signature of a TCP SYN.
+    pub signature: Option<String>,
+    /// p0f's verdict, when a database is loaded and it matched (even when a rule won).
+    pub p0f: Option<P0fMatch>,
+    /// The rule that decided (`FILE:LINE`), if one did.
+    pub rule: Option<String>,
+    /// The deciding rule compared this packet with the source's previous one.
+    pub uses_prev: bool,
+}
+
+impl Verdict {
+    /// The label with the OS when there is one: "OS stack (Linux 2.2.x-3.x)".
+    pub fn display_label(&self) -> String {
+        match &self.os {
+            Some(os) => format!("{} ({os})", self.label),
+            None => self.label.clone(),
+        }
+    }
+
+    /// A tool (scanner, worm, misc) rather than an OS stack or unknown.
+    pub fn is_tool(&self) -> bool {
+        matches!(self.class, Some(Class::Scanner | Class::Worm | Class::Misc))
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.display_label(), self.evidence)
+    }
+}
+
+/// The rule table and, optionally, a p0f database.
+#[derive(Clone, Debug, Default)]
+pub struct Fingerprinter {
+    pub rules: RuleSet,
+    pub p0f: Option<P0fDb>,
+}
+
+impl Fingerprinter {
+    pub fn new(rules: RuleSet, p0f: Option<P0fDb>) -> Fingerprinter {
+        Fingerprinter { rules, p0f }
+    }
+
+    /// The shipped rules, the admin's extra rule files in order, and p0f's database when the
+    /// given one (or Debian's) exists. Errors are one line, naming file and line.
+    pub fn load(extra_rules: &[&Path], p0f_db: Option<&Path>) -> Result<Fingerprinter, String> {
+        let mut rules = RuleSet::builtin();
+        for p in extra_rules {
+            rules.extend(RuleSet::load(p).map_err(|e| e.to_string())?);
+        }
+        let p0f = match p0f_db {
+            Some(p) => Some(P0fDb::load(p).map_err(|e| e.to_string())?),
+            None => P0fDb::load_default().transpose().map_err(|e| e.to_string())?,
+        };
+        Ok(Fingerprinter { rules, p0f })
+    }
+
+    /// Classifies one packet on its own.
+    pub fn classify(&self, f: &Features) -> Verdict {
+        self.classify_with(f, None)
+    }
+
+    /// Classifies a packet given the previous one from the same source and transport (for
+    /// the rules' `prev.*` relations; see `Evidence`).
+    pub fn classify_with(&self, f: &Features, prev: Option<&Features>) -> Verdict {
+        let tcp = f.transport == Transport::Tcp;
+        let signature = tcp.then(|| p0f::signature(f));
+        let p0f =
+            if tcp && f.is_syn() { self.p0f.as_ref().and_then(|db| db.lookup(f)) } else { None };
+        let matches = self.rules.evaluate(f, prev);
+        // The most specific rule of a class; the first in file order among equals.
+        let best = |os: bool| {
+            matches.iter().filter(|m| (m.rule.class == Class::Os) == os).fold(
+                None,
+                |best: Option<&rules::RuleMatch>, m| match best {
+                    Some(b) if b.rule.specificity >= m.rule.specificity => Some(b),
+                    _ => Some(m),
+                },
+            )
+        };
+        let p0f_note = match &p0f {
+            Some(m) => format!("; p0f: {m}"),
+            None if self.p0f.is_some() && tcp => "; p0f: ???".to_string(),
+            None => String::new(),
+        };
+        let verdict =
+            |label: &str, class, os, evidence: String, spec, rule: Option<&rules::Rule>| Verdict {
+                label: label.to_string(),
+                class,
+                os,
+                evidence,
+                specificity: spec,
+                signature: signature.clone(),
+                p0f: p0f.clone(),
+                rule: rule.map(|r| r.origin.clone()),
+                uses_prev: rule.is_some_and(|r| r.uses_prev()),
+            };
+        if let Some(m) = best(false) {
+            let r = m.rule;
+            return verdict(
+                &r.label,
+                Some(r.class),
+                None,
+                m.evidence.clone(),
+                r.specificity,
+                Some(r),
+            );
+        }
+        if let Some(m) = p0f.as_ref().filter(|m| m.is_tool()) {
+            return verdict(
+                &m.label,
+                Some(Class::Scanner),
+                None,
+                format!(
+                    "p0f tool signature (line {}): {}",
+                    m.line,
+                    signature.as_deref().unwrap_or("")
+                ),
+                10,
+                None,
+            );
+        }
+        let exact_os = p0f.as_ref().filter(|m| !m.is_tool() && !m.fuzzy);
+        if let Some(m) = best(true) {
+            let r = m.rule;
+            let os = exact_os.map(|p| p.label.clone()).unwrap_or_else(|| r.label.clone());
+            return verdict(
+                OS_STACK,
+                Some(Class::Os),
+                Some(os),
+                format!("{}{p0f_note}", m.evidence),
+                r.specificity,
+                Some(r),
+            );
+        }
+        if let Some(m) = exact_os {
+            return verdict(
+                OS_STACK,
+                Some(Class::Os),
+                Some(m.label.clone()),
+                format!("p0f signature {}{p0f_note}", signature.as_deref().unwrap_or("")),
+                20,
+                None,
+            );
+        }
+        let what = match &signature {
+            Some(s) => format!("no rule matched signature {s}"),
+            None => format!(
+                "no rule matched a UDP datagram (TTL {}, {} payload bytes)",
+                f.ttl, f.payload_len
+            ),
+        };
+        verdict(UNKNOWN, None, None, format!("{what}{p0f_note}"), 0, None)
+    }
+}
