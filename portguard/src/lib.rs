@@ -16,6 +16,7 @@
 //! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
 //!   `capture`: pcapng files of matched packets.
 
+pub mod capture;
 pub mod check;
 pub mod clock;
 pub mod config;
