@@ -102,13 +102,14 @@ impl Evidence {
         let r = rank(v.class, v.specificity);
         let idx = self.tally(&v);
         // A relation claims the previous packet too: move it here if it had a weaker label.
-        if v.uses_prev {
-            if let Some((_, pidx, prank)) = slot {
-                if pidx != idx && prank < r && self.tallies[pidx].count > 0 {
-                    self.tallies[pidx].count -= 1;
-                    self.tallies[idx].count += 1;
-                }
-            }
+        if v.uses_prev
+            && let Some((_, pidx, prank)) = slot
+            && pidx != idx
+            && prank < r
+            && self.tallies[pidx].count > 0
+        {
+            self.tallies[pidx].count -= 1;
+            self.tallies[idx].count += 1;
         }
         self.packets += 1;
         if v.signature.is_some() {
@@ -248,6 +249,7 @@ mod tests {
         Fingerprinter::new(RuleSet::builtin(), None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn syn(
         src: u8,
         ttl: u8,

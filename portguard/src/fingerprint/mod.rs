@@ -199,3 +199,91 @@ impl Fingerprinter {
         verdict(UNKNOWN, None, None, format!("{what}{p0f_note}"), 0, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        features::{tcp_flags::SYN, testframes::*},
+        *,
+    };
+
+    const DB: &str = "classes = win,unix,other\n[tcp:request]\n\
+        label = s:unix:Linux:3.11 and newer\n\
+        sig   = *:64:0:*:mss*20,10:mss,sok,ts,nop,ws:df,id+:0\n\
+        label = g:unix:Linux:2.2.x-3.x (barebone)\n\
+        sig   = *:64:0:*:*,0:mss:df,id+:0\n\
+        label = s:!:NMap:OS detection\n\
+        sys   = @unix,@win\n\
+        sig   = *:64-:0:265:512,0:mss,sok,ts:ack+:0\n";
+
+    fn fp() -> Fingerprinter {
+        Fingerprinter::new(RuleSet::builtin(), Some(P0fDb::parse(DB, "t.fp").unwrap()))
+    }
+
+    fn frame(ttl: u8, df: bool, ack: u32, win: u16, opts: &[u8]) -> Features {
+        let f =
+            tcp4([198, 18, 0, 9], [198, 18, 0, 1], ttl, 77, df, 4000, 2745, 5, ack, SYN, win, opts);
+        Features::from_frame(&f).unwrap()
+    }
+
+    #[test]
+    fn a_tool_rule_beats_what_p0f_says() {
+        // nmap's SYN over IPv6: p0f calls it Linux (fuzzy); the rule names nmap and p0f's
+        // opinion is kept beside it.
+        let mut f = frame(255, false, 0, 1024, &[2, 4, 5, 0xb4]);
+        f.version = 6;
+        f.dst_v4 = None;
+        f.ip_id = 0;
+        let v = fp().classify(&f);
+        assert_eq!(v.label, "nmap");
+        assert_eq!(v.class, Some(Class::Scanner));
+        assert!(v.p0f.as_ref().is_some_and(|m| m.label.starts_with("Linux") && m.fuzzy));
+        assert!(v.rule.as_deref().is_some_and(|r| r.starts_with("portguard.fp")));
+    }
+
+    #[test]
+    fn os_stack_only_without_a_tool_and_never_from_a_fuzzy_guess() {
+        let fp = fp();
+        // An exact p0f OS match and the Linux rule: OS stack, named by p0f.
+        let linux = frame(64, true, 0, 29200, &{
+            let mut o = linux_opts(9);
+            *o.last_mut().unwrap() = 10;
+            o
+        });
+        let v = fp.classify(&linux);
+        assert_eq!((v.label.as_str(), v.os.as_deref()), (OS_STACK, Some("Linux 3.11 and newer")));
+        assert_eq!(v.display_label(), "OS stack (Linux 3.11 and newer)");
+        assert!(v.evidence.contains("p0f: Linux 3.11 and newer"), "{}", v.evidence);
+        // No rule, and only a fuzzy p0f guess (a Cisco-like SYN): unknown, p0f's guess noted.
+        let v = fp.classify(&frame(255, false, 0, 4128, &[2, 4, 5, 0xb4]));
+        assert_eq!(v.label, UNKNOWN);
+        assert!(v.evidence.contains("(generic, fuzzy)"), "{}", v.evidence);
+        assert_eq!(v.signature.as_deref(), Some("4:255+0:0:1460:4128,0:mss::0"));
+        // A p0f tool signature no rule knows: named after p0f, as a scanner.
+        let probe =
+            frame(50, false, 0x0100_0000, 512, &[2, 4, 1, 9, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0]);
+        let v = fp.classify(&probe);
+        assert_eq!((v.label.as_str(), v.class), ("NMap OS detection", Some(Class::Scanner)));
+        // Without a p0f database: the rule alone still says OS stack.
+        let bare = Fingerprinter::new(RuleSet::builtin(), None);
+        let v = bare.classify(&linux);
+        assert_eq!((v.label.as_str(), v.os.as_deref()), (OS_STACK, Some("Linux")));
+    }
+
+    #[test]
+    fn extra_rule_files_load_after_the_shipped_ones() {
+        let dir = std::env::temp_dir().join(format!("pgfp-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mine = dir.join("mine.fp");
+        std::fs::write(&mine, "[our scanner]\nclass = misc\nspecificity = 99\nmatch = syn && sport == 4000\nevidence = our own audit scanner\n").unwrap();
+        let p0f = dir.join("p0f.fp");
+        std::fs::write(&p0f, DB).unwrap();
+        let fp = Fingerprinter::load(&[mine.as_path()], Some(&p0f)).unwrap();
+        assert_eq!(fp.classify(&frame(64, false, 0, 512, &[])).label, "our scanner");
+        let bad = dir.join("bad.fp");
+        std::fs::write(&bad, "[x]\nclass = scanner\nmatch = ttl ==\n").unwrap();
+        let e = Fingerprinter::load(&[bad.as_path()], Some(&p0f)).unwrap_err();
+        assert!(e.contains("bad.fp:3:") && !e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

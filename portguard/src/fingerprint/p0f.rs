@@ -587,7 +587,7 @@ impl P0fDb {
             let win_ok = match s.win {
                 Win::Any => true,
                 Win::Exact(w) => w == f.window,
-                Win::Mod(m) => f.window % m == 0,
+                Win::Mod(m) => f.window.is_multiple_of(m),
                 Win::Mss(n) => multi == Some((n, false)),
                 Win::Mtu(n) => multi == Some((n, true)),
             };
@@ -609,9 +609,7 @@ impl P0fDb {
         }
         let s = fmatch?;
         // No fuzzy matches for userland tools, as in p0f.
-        if self.labels[s.label].class.is_none() {
-            return None;
-        }
+        self.labels[s.label].class.as_ref()?;
         Some(self.answer(s, f, true))
     }
 

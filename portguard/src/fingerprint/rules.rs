@@ -561,14 +561,12 @@ impl Parser {
             return self.unary();
         }
         let mut lhs = self.level(l + 1)?;
-        if l == CMP_LEVEL {
-            if matches!(self.peek(), Some(Tok::Ident(s)) if s == "in") {
-                self.at += 1;
-                return self.membership(lhs);
-            }
+        if l == CMP_LEVEL && matches!(self.peek(), Some(Tok::Ident(s)) if s == "in") {
+            self.at += 1;
+            return self.membership(lhs);
         }
         loop {
-            let Some(&(_, op)) = LEVELS[l].iter().find(|(s, _)| self.peek() == Some(&Tok::Op(*s)))
+            let Some(&(_, op)) = LEVELS[l].iter().find(|(s, _)| self.peek() == Some(&Tok::Op(s)))
             else {
                 return Ok(lhs);
             };
@@ -577,7 +575,7 @@ impl Parser {
             lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs));
             if l == CMP_LEVEL {
                 // `a == b == c` is a mistake, as in Rust.
-                if LEVELS[l].iter().any(|(s, _)| self.peek() == Some(&Tok::Op(*s))) {
+                if LEVELS[l].iter().any(|(s, _)| self.peek() == Some(&Tok::Op(s))) {
                     return Err("comparisons cannot be chained; use && between them".into());
                 }
                 return Ok(lhs);
