@@ -329,7 +329,8 @@ fn parse_sig(val: &str) -> Result<Sig, String> {
         if let Some(base) = t.strip_suffix('-') {
             (num::<u32>(base, "initial TTL")?, true)
         } else if let Some((a, b)) = t.split_once('+') {
-            (num::<u32>(a, "initial TTL")? + num::<u32>(b, "TTL distance")?, false)
+            let sum = num::<u32>(a, "initial TTL")?.checked_add(num::<u32>(b, "TTL distance")?);
+            (sum.ok_or_else(|| format!("bogus initial TTL '{t}'"))?, false)
         } else {
             (num::<u32>(t, "initial TTL")?, false)
         }
@@ -850,6 +851,11 @@ sig   = *:64:0:*:bogus
             ("[tcp:request\n", 1, "malformed section"),
             ("[tcp:request]\nwhat\n", 2, "name = value"),
             ("[tcp:request]\nfoo = 1\n", 2, "unknown field"),
+            (
+                "classes = unix\n[tcp:request]\nlabel = s:unix:L:\nsig = 4:4000000000+4000000000:0:*:*,*:::0\n",
+                4,
+                "TTL",
+            ),
         ];
         for (text, line, what) in cases {
             let e = P0fDb::parse(text, "p.fp").unwrap_err().to_string();
@@ -858,6 +864,36 @@ sig   = *:64:0:*:bogus
                 "{text:?} -> {e}"
             );
             assert!(!e.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn mangled_databases_and_frames_never_panic() {
+        // Every line of the test database, cut and spliced at every byte: an error or a
+        // database, never a panic; every database answers lookups.
+        let probes = [linux(64, 64240, 7), linux(255, 1024, 0), linux(1, 0, 15)];
+        let lines: Vec<&str> = DB.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            for cut in 0..=l.len() {
+                for tail in ["", ":", ",", "*", "+9", "-", "?99"] {
+                    let mut text = lines[..i].join("\n");
+                    text.push('\n');
+                    text.push_str(&l[..cut]);
+                    text.push_str(tail);
+                    if let Ok(db) = P0fDb::parse(&text, "m.fp") {
+                        for p in &probes {
+                            let _ = db.lookup(p);
+                        }
+                    }
+                }
+            }
+        }
+        // Signatures of odd packets: no panic, one line.
+        for ttl in [0u8, 1, 32, 33, 64, 65, 128, 129, 255] {
+            for win in [0u16, 1, 1448, 65535] {
+                let s = signature(&linux(ttl, win, 14));
+                assert!(!s.contains('\n') && s.split(':').count() == 8, "{s}");
+            }
         }
     }
 

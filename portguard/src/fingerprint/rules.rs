@@ -505,7 +505,14 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     at: usize,
+    /// Nesting of `!` and parentheses, bounded so that no rule can exhaust the stack.
+    depth: usize,
 }
+
+/// Limits on one expression (tokens, nesting): far beyond any sensible rule, and what keeps the
+/// recursive parser, type check and evaluator within the stack.
+const MAX_TOKENS: usize = 1024;
+const MAX_DEPTH: usize = 64;
 
 /// Binary operators by precedence level, loosest first (as in Rust).
 const LEVELS: &[&[(&str, BinOp)]] = &[
@@ -632,10 +639,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
-        if self.eat("!") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
-        }
-        self.primary()
+        self.depth += 1;
+        let e = if self.depth > MAX_DEPTH {
+            Err(format!("expression nested more than {MAX_DEPTH} deep"))
+        } else if self.eat("!") {
+            self.unary().map(|e| Expr::Not(Box::new(e)))
+        } else {
+            self.primary()
+        };
+        self.depth -= 1;
+        e
     }
 
     fn primary(&mut self) -> Result<Expr, String> {
@@ -768,7 +781,10 @@ fn parse_expr(s: &str) -> Result<Expr, String> {
     if toks.is_empty() {
         return Err("empty expression".into());
     }
-    let mut p = Parser { toks, at: 0 };
+    if toks.len() > MAX_TOKENS {
+        return Err(format!("expression longer than {MAX_TOKENS} tokens"));
+    }
+    let mut p = Parser { toks, at: 0, depth: 0 };
     let e = p.level(0)?;
     if p.at != p.toks.len() {
         return Err(format!("unexpected {}", p.here()));
@@ -1187,6 +1203,8 @@ mod tests {
             ("[a]\nclass = os\nmatch = bswap32(options)\n", 3, "wrong arguments"),
             ("[a]\nclass = os\nmatch = ttl + \\\n", 3, "continued line ends"),
             ("[a]\nclass = os\nmatch = 99999999999999999999 == ttl\n", 3, "bad number"),
+            (&format!("[a]\nclass = os\nmatch = {}ttl\n", "(".repeat(200)), 3, "nested more than"),
+            (&format!("[a]\nclass = os\nmatch = ttl{}\n", " + 1".repeat(600)), 3, "longer than"),
         ];
         for (text, line, what) in cases {
             let e = RuleSet::parse(text, "my.fp").unwrap_err();
