@@ -73,6 +73,8 @@ evidence    = window {window} with a single option MSS {mss} and no DF (nmap's r
 class       = scanner
 specificity = 40
 ; nmap -sU to a port without a payload template: an empty datagram, no DF, random TTL.
+; Weak on its own (an empty datagram without DF from a BSD stack 5-27 hops away would match
+; too; rare on 2745), hence the low specificity; the rule below sharpens it.
 match       = udp && version == 4 && payload_len == 0 && !df && ttl in 37..=59
 match       = udp && version == 6 && payload_len == 0 && ttl == 255 && !flow
 evidence    = empty UDP datagram, no DF or flow label, TTL {ttl} (nmap -sU)

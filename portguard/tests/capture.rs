@@ -16,11 +16,20 @@ fn tool(name: &str) -> bool {
     Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-fn tmp(name: &str) -> PathBuf {
+/// A scratch directory, removed however the test ends.
+struct Tmp(PathBuf);
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("pgfp-capture-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Tmp(d)
 }
 
 /// Four packets on two interfaces: IPv4 and IPv6 TCP SYNs, a UDP datagram, a long frame cut
@@ -79,7 +88,7 @@ fn tshark_reads_interfaces_addresses_ports_and_comments() {
         return;
     }
     let dir = tmp("tshark");
-    let path = dir.join("c.pcapng");
+    let path = dir.0.join("c.pcapng");
     write_sample(&path);
     let out = Command::new("tshark")
         .args(["-n", "-r"])
@@ -118,7 +127,6 @@ fn tshark_reads_interfaces_addresses_ports_and_comments() {
     assert_eq!((rows[3][5], rows[3][6]), ("442", "128"));
     // No warnings about the file itself.
     assert!(!stderr.contains("appears to be damaged") && !stderr.contains("cut short"), "{stderr}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -128,7 +136,7 @@ fn tcpdump_reads_it_too() {
         return;
     }
     let dir = tmp("tcpdump");
-    let path = dir.join("c.pcapng");
+    let path = dir.0.join("c.pcapng");
     write_sample(&path);
     let out = Command::new("tcpdump").args(["-nn", "-r"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -142,7 +150,6 @@ fn tcpdump_reads_it_too() {
     // A filter works on it as on any capture.
     let out = Command::new("tcpdump").args(["-nn", "-r"]).arg(&path).arg("ip6").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -152,7 +159,7 @@ fn rotated_files_each_open_on_their_own() {
         return;
     }
     let dir = tmp("rotate");
-    let path = dir.join("r.pcapng");
+    let path = dir.0.join("r.pcapng");
     let mut r = Rotating::create(&path, &[Interface::new("pg-wan")], 256, 2_000, 3).unwrap();
     let syn = Frame::tcp4([198, 18, 0, 5], [198, 18, 0, 1], 1, 2745).syn().build();
     for _ in 0..150 {
@@ -179,5 +186,4 @@ fn rotated_files_each_open_on_their_own() {
         "{total} packets kept, {} rotations",
         r.rotations()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -128,6 +128,24 @@ const EXPECT: &[Expect] = &[
     },
 ];
 
+/// A scratch directory, removed however the test ends.
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new(name: &str) -> Tmp {
+        let d = std::env::temp_dir().join(format!("pgfp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Tmp(d)
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
@@ -240,8 +258,7 @@ fn signatures_and_labels_agree_with_p0f() {
         return;
     }
     let db = P0fDb::load_default().expect("p0f is installed but its database is not").unwrap();
-    let dir = std::env::temp_dir().join(format!("pgfp-p0f-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Tmp::new("p0f");
     let mut compared = 0;
     let mut failures = Vec::new();
     for exp in EXPECT {
@@ -254,7 +271,7 @@ fn signatures_and_labels_agree_with_p0f() {
                 (f.src, f.sport, label, p0f::signature(&f))
             })
             .collect();
-        for row in run_p0f(&path, &dir.join("p0f.log")) {
+        for row in run_p0f(&path, &dir.0.join("p0f.log")) {
             compared += 1;
             if !ours.contains(&row) {
                 let mine: Vec<_> = ours.iter().filter(|o| o.0 == row.0 && o.1 == row.1).collect();
@@ -262,7 +279,6 @@ fn signatures_and_labels_agree_with_p0f() {
             }
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(compared >= 20, "p0f logged only {compared} SYNs");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -466,11 +482,9 @@ fn real_tools_live() {
         return;
     }
     let lab = NetLab::create();
-    let work = std::env::temp_dir().join(format!("pgfp-live-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let pcap = work.join("all.pcap");
-    let blocklist = work.join("zmap-blocklist");
+    let work = Tmp::new("live");
+    let pcap = work.0.join("all.pcap");
+    let blocklist = work.0.join("zmap-blocklist");
     // zmap refuses to scan without a blocklist, and its default one covers 198.18.0.0/15.
     std::fs::write(&blocklist, "0.0.0.0/8\n").unwrap();
     let bl = blocklist.to_str().unwrap();
@@ -671,7 +685,6 @@ fn real_tools_live() {
         .filter(|e| !e.sources.iter().any(|s| summaries.contains_key(*s)))
         .map(|e| e.tool)
         .collect();
-    std::fs::remove_dir_all(&work).unwrap();
     assert!(missing.is_empty(), "no packets from: {}", missing.join(", "));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

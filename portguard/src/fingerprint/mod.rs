@@ -13,6 +13,13 @@
 //! from an `os` rule or an exact p0f OS match; otherwise "unknown". A fuzzy p0f match alone
 //! is not enough to call a sender an OS stack: p0f's fuzzy answer for nmap over IPv6 is
 //! "Linux".
+//!
+//! Wiring, for the daemon: at start, `Fingerprinter::load(&extra_rule_files, p0f_db_flag)`
+//! (the shipped table is compiled in; `/etc/p0f/p0f.fp` is used when present); per feature
+//! record read from the XDP program's ring buffer, `Features::from_raw(source, &raw)` then
+//! `SourceTable::observe(&fingerprinter, &features)`, which returns the packet's `Verdict`
+//! and the source's `Summary` (label, "N of M agreed", other labels seen); `forget` a source
+//! when SOURCES evicts it.
 
 pub mod evidence;
 pub mod features;
