@@ -66,3 +66,22 @@ pub fn root_or_skip() -> bool {
     eprintln!("skipped: needs root (it loads XDP programs and makes network namespaces)");
     false
 }
+
+/// Whether a tool `cargo xtask setup` installs is here. Tests that need one start with
+/// `if !tool_or_skip("tshark") { return; }`: without it they say so in one line and pass,
+/// unless PORTGUARD_REQUIRE_ROOT is set (`cargo xtask test`, after setup), where a missing tool
+/// is a failure.
+pub fn tool_or_skip(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v \"$0\"", name])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return true;
+    }
+    if std::env::var_os("PORTGUARD_REQUIRE_ROOT").is_some() {
+        panic!("{name} is missing: `cargo xtask setup` installs it");
+    }
+    eprintln!("skipped: {name} is not installed (cargo xtask setup installs it)");
+    false
+}

@@ -11,17 +11,21 @@
 //! - `table`: upkeep of the per-source table (what to forget when it fills).
 //! - `report`: rendering for people and machines; `metrics`: Prometheus; `notify`: systemd.
 //! - `check`: which sockets use a guarded port, and which processes own them.
+//! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
+//!   `capture`: pcapng files of matched packets.
 //! - `tui`: `portguard top`.
 //! - `lab`: network namespaces joined by veth pairs, for `portguard lab` and the tests.
 //! - `privileges`, `clock`, `error`, `sys`: the capability check, time, typed errors, and the
 //!   bpf(2) commands aya does not wrap.
 
+pub mod capture;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod error;
+pub mod fingerprint;
 pub mod guard;
 pub mod lab;
 pub mod maps;
