@@ -30,6 +30,8 @@ pub mod guard;
 pub mod lab;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
+pub mod netns;
 pub mod notify;
 pub mod pins;
 pub mod privileges;

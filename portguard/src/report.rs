@@ -12,7 +12,7 @@ use crate::{
     clock,
     counters::{Rates, Source},
     daemon::Tick,
-    guard::Attached,
+    guard::{Attached, Health},
     settings::Settings,
 };
 
@@ -41,7 +41,10 @@ pub struct Snapshot {
     pub iface: String,
     /// The network namespace of the interface, when it is not this process's own.
     pub netns: Option<String>,
+    /// The XDP mode the kernel runs the program in (None: not guarded, or not known).
     pub attached: Option<Attached>,
+    /// What the kernel says of the guard now.
+    pub health: Health,
     pub settings: Settings,
     pub totals: Totals,
     pub rates: Rates,

@@ -49,3 +49,15 @@ pub fn some_targets(pins: &Pins, named: &[String]) -> Result<Vec<String>> {
     }
     Ok(all)
 }
+
+/// The longest `--duration`: a year (and a sane bound for a timer).
+const MAX_DURATION: f64 = 365.0 * 86_400.0;
+
+/// `--duration SECONDS`: finite, above zero, at most a year. Checked before anything is loaded.
+pub fn duration(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || v <= 0.0 || v > MAX_DURATION {
+        return Err(format!("'{s}': give a number of seconds above 0 and at most {MAX_DURATION}"));
+    }
+    Ok(v)
+}

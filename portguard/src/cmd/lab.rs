@@ -56,6 +56,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         top: 10,
         json: false,
         persist: false,
+        detach_on_exit: true,
         metrics: None,
         metrics_chosen: false,
         metrics_top: 10,
@@ -92,8 +93,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let traffic =
             traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked")).and_then(|r| r);
         let dropped = daemon.totals().map(|t| t.dropped);
-        daemon.finish();
+        let finished = daemon.finish();
         served?;
+        finished?;
         traffic.context("traffic")?;
         Ok((sent.load(Ordering::Relaxed), dropped?))
     });

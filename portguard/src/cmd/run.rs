@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use portguard::{
     config::{Flags, Plan},
-    daemon::{self, Daemon, Service},
+    daemon::{self, Daemon, Service, Stopped},
     guard::AttachMode,
     metrics,
     notify::Notifier,
@@ -54,8 +54,12 @@ pub struct Args {
     /// restarts and upgrades without a gap. `portguard detach` removes it.
     #[arg(long)]
     pub persist: bool,
+    /// Detach on exit even a guard this run adopted (one left in place by an earlier run or a
+    /// stopped service, which otherwise stays in place).
+    #[arg(long)]
+    pub detach_on_exit: bool,
     /// Stop by itself after this many seconds (default: run until SIGINT or SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = super::args::duration)]
     pub duration: Option<f64>,
     /// Serve Prometheus metrics on this address [default: 127.0.0.1:9745].
     #[arg(long, value_name = "ADDR", conflicts_with = "no_metrics")]
@@ -85,6 +89,7 @@ impl Args {
             top: self.top,
             json: self.json,
             persist: self.persist,
+            detach_on_exit: self.detach_on_exit,
             metrics: self.metrics,
             no_metrics: self.no_metrics,
             metrics_top: self.metrics_top,
@@ -129,6 +134,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(s) = server {
         s.abort();
     }
-    daemon.finish();
-    result.map(|()| ExitCode::SUCCESS)
+    // Whatever ended the loop, what this process owns is released (or left in place) first.
+    let finished = daemon.finish();
+    match result? {
+        Stopped::Asked => finished.map(|()| ExitCode::SUCCESS),
+        Stopped::Detached => finished.map(|()| ExitCode::from(daemon::EXIT_DETACHED)),
+    }
 }
