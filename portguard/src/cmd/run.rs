@@ -6,13 +6,15 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use portguard::{
     config::{Flags, Plan},
-    daemon::{self, Daemon, Service, Stopped},
+    daemon::{self, Daemon, Service, Signals, Stopped},
     guard::AttachMode,
     metrics,
     notify::Notifier,
     pins::Pins,
     privileges,
 };
+
+use portguard_common::{MAX_SOURCE_CAPACITY, MIN_SOURCE_CAPACITY};
 
 use super::args::SettingsArgs;
 
@@ -34,8 +36,9 @@ pub struct Args {
     /// XDP attach mode [default: auto].
     #[arg(long = "xdp-mode", value_enum)]
     pub xdp_mode: Option<AttachMode>,
-    /// Capacity of the per-source table [default: 65536].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    /// Capacity of the per-source table, 256 to 1048576 [default: 65536].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32)
+        .range(MIN_SOURCE_CAPACITY as i64..=MAX_SOURCE_CAPACITY as i64))]
     pub sources: Option<u32>,
     /// New sources admitted into the table per CPU per 67 ms slice [default: paced so that a
     /// flood turns the table over no faster than once in 8 s].
@@ -105,6 +108,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         portguard::guard::ifindex(iface)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = rt.block_on(async { Signals::take() })?;
     // Bound before anything is attached: a taken port is an early error with nothing to undo.
     let listener = match plan.metrics {
         Some(addr) => match rt.block_on(metrics::bind(addr)) {
@@ -129,7 +133,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rt.spawn(metrics::serve(l, shared.clone()))
     });
     let service = Service { notifier: &notifier, metrics: Some(shared) };
-    let result = rt.block_on(daemon::serve(&mut daemon, args.duration, service));
+    let result = rt.block_on(daemon::serve(&mut daemon, signals, args.duration, service));
     notifier.stopping();
     if let Some(s) = server {
         s.abort();
