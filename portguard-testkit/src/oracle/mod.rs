@@ -1,0 +1,5 @@
+//! The kernel as the oracle (issue #12, part 2).
+pub mod cases;
+pub mod netlab;
+pub mod packet;
+pub mod vlan;
