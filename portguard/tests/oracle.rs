@@ -107,10 +107,7 @@ fn reproducers() {
         let mut all: Vec<_> =
             repro::all(0).into_iter().filter(|r| r.emulated_vlans == emulated).collect();
         for (i, r) in all.iter_mut().enumerate() {
-            r.case.id = i as u32;
-            r.case.dgram.id = i as u32;
-            r.case.dgram.l4.seq = i as u32;
-            r.case.dgram.l4.sport = portguard_testkit::oracle::netlab::sport(i as u32);
+            r.case = r.case.renumbered(i as u32);
         }
         let cases: Vec<_> = all.iter().map(|r| r.case.clone()).collect();
         let cfg = Config { emulate_vlans: emulated, ..Config::default() };
@@ -151,4 +148,35 @@ fn reproducers() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Replays cases of a run by id: `PORTGUARD_FUZZ_SEED=S PORTGUARD_ORACLE_CASES=12,345 cargo
+/// test -p portguard --test oracle -- --ignored replay --nocapture`. The cases are rebuilt from
+/// the seed and renumbered from 0 (their frames then carry the new ids, nothing else changes).
+#[test]
+#[ignore = "a tool: replays the cases named in PORTGUARD_ORACLE_CASES"]
+fn replay() {
+    if !root_or_skip() {
+        return;
+    }
+    let ids: Vec<u32> = std::env::var("PORTGUARD_ORACLE_CASES")
+        .expect("PORTGUARD_ORACLE_CASES: case ids, comma-separated")
+        .split(',')
+        .map(|s| s.trim().parse().expect("a case id"))
+        .collect();
+    let cfg = Config { seed: seed(), ..Config::default() };
+    let cases: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let c = portguard_testkit::oracle::run::case(cfg.seed, &cfg.guarded, cfg.control, id);
+            eprintln!("case #{id} (replayed as #{i}): {:?}", c.labels);
+            c.renumbered(i as u32)
+        })
+        .collect();
+    let report = check_cases(&cfg, &cases).unwrap();
+    eprintln!("{}", report.render());
+    for (i, r) in report.results.iter().enumerate() {
+        eprintln!("case #{} -> {r:?}", ids[i]);
+    }
 }

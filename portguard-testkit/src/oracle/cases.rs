@@ -109,6 +109,20 @@ fn locate(f: &[u8], l: &Layout, field: Field) -> Option<(usize, usize)> {
 }
 
 impl Case {
+    /// The same case under another id (the id is in its sequence number, source port, IP
+    /// identification and payload).
+    pub fn renumbered(&self, id: u32) -> Case {
+        let mut c = self.clone();
+        let old_sport = sport(self.id);
+        c.id = id;
+        c.dgram.id = id;
+        c.dgram.l4.seq = id;
+        if c.dgram.l4.sport == old_sport {
+            c.dgram.l4.sport = sport(id);
+        }
+        c
+    }
+
     /// The frames of this case for the addresses `w`, in send order.
     pub fn frames(&self, w: &Wire) -> Vec<Vec<u8>> {
         let built = self.dgram.build(w);

@@ -176,7 +176,7 @@ fn listener(port: u16, udp: bool, v6: bool) -> io::Result<Listener> {
     check(r, "bind")?;
     if !udp {
         // SAFETY: plain listen(2). Connections never complete (no one ACKs the SYN-ACKs).
-        check(unsafe { libc::listen(raw, 4096) }, "listen")?;
+        check(unsafe { libc::listen(raw, 65_535) }, "listen")?;
     }
     Ok(Listener { fd, port, udp, v6 })
 }
@@ -418,6 +418,7 @@ pub struct Received {
     pub port: u16,
     pub v6: bool,
     pub source: Vec<u8>,
+    pub source_port: u16,
     pub payload: Vec<u8>,
 }
 
@@ -443,19 +444,20 @@ pub fn drain_udp(listeners: &[Listener], out: &mut Vec<Received>) {
             if r < 0 {
                 break;
             }
-            let source = if l.v6 {
+            let (source, source_port) = if l.v6 {
                 // SAFETY: an AF_INET6 socket fills a sockaddr_in6.
                 let a = unsafe { *(&sa as *const _ as *const libc::sockaddr_in6) };
-                a.sin6_addr.s6_addr.to_vec()
+                (a.sin6_addr.s6_addr.to_vec(), u16::from_be(a.sin6_port))
             } else {
                 // SAFETY: an AF_INET socket fills a sockaddr_in.
                 let a = unsafe { *(&sa as *const _ as *const libc::sockaddr_in) };
-                a.sin_addr.s_addr.to_ne_bytes().to_vec()
+                (a.sin_addr.s_addr.to_ne_bytes().to_vec(), u16::from_be(a.sin_port))
             };
             out.push(Received {
                 port: l.port,
                 v6: l.v6,
                 source,
+                source_port,
                 payload: buf[..r as usize].to_vec(),
             });
         }

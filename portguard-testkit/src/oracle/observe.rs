@@ -46,7 +46,11 @@ impl Observations {
     }
 
     pub fn udp(&mut self, r: Received) {
-        match (phase_of(r.v6, &r.source), find_id(&r.payload)) {
+        // The payload's marker; failing that (an overlapping fragment that won reassembly can
+        // overwrite it) the source host and port, as for TCP replies.
+        let host = r.source.last().copied().unwrap_or(0);
+        let id = find_id(&r.payload).or_else(|| id_from_port(host, r.source_port));
+        match (phase_of(r.v6, &r.source), id) {
             (Some(p), Some(id)) => self.by_case.entry((p, id)).or_default().udp.push(r.port),
             _ => self.unattributed += 1,
         }

@@ -624,16 +624,24 @@ fn piece_bytes(data: &[u8], p: &Piece, seg_at: usize, proto: Proto) -> Vec<u8> {
         None => {}
         Some(Rewrite::Invert) => b.iter_mut().for_each(|x| *x = !*x),
         Some(Rewrite::Dport(new)) => {
-            // Ports are at seg_at..seg_at + 4 of the fragmentable part.
+            // Ports are at seg_at..seg_at + 4 of the fragmentable part. The checksum is kept
+            // valid by adjusting the checksum field when this piece holds it; otherwise (a TCP
+            // piece shorter than 18 bytes) the rewritten version's checksum is left wrong. The
+            // source port is never touched: another case may own the 4-tuple it would make.
             if seg_at >= p.start && seg_at + 4 <= end {
                 let at = seg_at - p.start;
-                let sport = u16::from_be_bytes([b[at], b[at + 1]]);
-                let dport = u16::from_be_bytes([b[at + 2], b[at + 3]]);
-                // Keep sport + dport (ones-complement) constant: the checksum stays valid.
-                let sport = ones_add(sport, ones_sub(dport, new));
-                b[at..at + 2].copy_from_slice(&sport.to_be_bytes());
+                let old = u16::from_be_bytes([b[at + 2], b[at + 3]]);
                 b[at + 2..at + 4].copy_from_slice(&new.to_be_bytes());
-                let _ = proto;
+                let ck = at + if proto == Proto::Tcp { 16 } else { 6 };
+                if ck + 2 <= b.len() {
+                    let c = u16::from_be_bytes([b[ck], b[ck + 1]]);
+                    if !(proto == Proto::Udp && c == 0) {
+                        let sum = ones_add(!c, ones_sub(new, old));
+                        let c = !sum;
+                        let c = if c == 0 && proto == Proto::Udp { 0xffff } else { c };
+                        b[ck..ck + 2].copy_from_slice(&c.to_be_bytes());
+                    }
+                }
             }
         }
     }
@@ -816,11 +824,16 @@ mod tests {
         let w = wire();
         let mut d = syn(false, vec![]);
         let seg = d.segment(&w);
-        d.pieces =
-            Some(vec![Piece { start: 0, end: 8, more: true, rewrite: Some(Rewrite::Dport(8080)) }]);
+        d.pieces = Some(vec![Piece {
+            start: 0,
+            end: 24,
+            more: true,
+            rewrite: Some(Rewrite::Dport(8080)),
+        }]);
         let f = &d.build(&w)[0].0;
         let mut new = seg.clone();
-        new[..8].copy_from_slice(&f[34..42]);
+        new[..24].copy_from_slice(&f[34..58]);
+        assert_eq!(new[..2], seg[..2], "the source port stays");
         assert_eq!(u16::from_be_bytes([new[2], new[3]]), 8080);
         let mut z = new.clone();
         z[16] = 0;

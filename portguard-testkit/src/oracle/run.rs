@@ -118,6 +118,7 @@ pub struct Counted {
 pub struct Class {
     pub key: String,
     pub cases: u64,
+    pub links: BTreeSet<String>,
     pub mutations: BTreeSet<String>,
     /// The smallest member: case id, labels, frames (hex), and what was learnt about it.
     pub example_id: u32,
@@ -184,6 +185,9 @@ pub struct Report {
     pub by_shape: BTreeMap<String, Row>,
     pub by_link: BTreeMap<String, Row>,
     pub by_mutation: BTreeMap<String, Row>,
+    /// Unmutated, unfragmented cases to a guarded port, by what their headers contain (an
+    /// IPv6 extension-header kind, an IPv4 option): which ones the kernel ever delivers.
+    pub by_element: BTreeMap<String, Row>,
     /// Delivered to a guarded port through portguard in drop mode.
     pub violations: Vec<Class>,
     /// Count mode: delivered but not matched.
@@ -194,6 +198,8 @@ pub struct Report {
     pub double: u64,
     /// Control-port deliveries lost in drop mode.
     pub collateral: Vec<Class>,
+    /// Cases drop mode let through but count mode matched, or the other way round.
+    pub inconsistent: Vec<Class>,
     /// Cases whose deliveries differ between phase A and count mode.
     pub count_mode_changed: u64,
     /// Where the reference's reading disagrees with the kernel.
@@ -434,19 +440,66 @@ fn classify(
 ) {
     let c = classes.entry(key.clone()).or_insert_with(|| Class { key, ..Class::default() });
     c.cases += 1;
+    c.links.insert(case.labels.link.clone());
     c.mutations.insert(case.labels.mutation.clone());
     let bytes: usize = frames.iter().map(Vec::len).sum();
-    // Prefer unmutated reproducers, then the shortest.
-    let score = |mutated: bool, bytes: usize| (mutated as usize) << 20 | bytes;
+    // Prefer unmutated reproducers, then the kernel alone (no emulated VLANs), then untagged,
+    // then the shortest.
     let mutated = case.labels.mutation != "none";
-    if c.example_frames.is_empty() || score(mutated, bytes) < c.example_bytes {
+    let emulated = case.labels.link.contains("emulated");
+    let tagged = case.labels.link != "untagged";
+    let score =
+        (mutated as usize) << 22 | (emulated as usize) << 21 | (tagged as usize) << 20 | bytes;
+    if c.example_frames.is_empty() || score < c.example_bytes {
         c.example_id = case.id;
-        c.example_bytes = score(mutated, bytes);
+        c.example_bytes = score;
         c.example_detail = format!(
             "{} | {} | {} | {} | {detail}",
             case.labels.shape, case.labels.link, case.labels.mutation, case.labels.detail
         );
         c.example_frames = frames.iter().map(|f| hex(f)).collect();
+    }
+}
+
+/// What a case's headers are made of, by kind: IPv6 extension headers (a hop-by-hop header
+/// anywhere but first is its own kind) and IPv4 options.
+fn elements(c: &Case) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    match &c.dgram.net {
+        Net::V6 { exts, .. } => {
+            for (i, e) in exts.iter().enumerate() {
+                let name = e.name();
+                let name = if i > 0 && name.starts_with("hbh") {
+                    format!("{name} not first")
+                } else {
+                    name
+                };
+                out.insert(format!("v6 ext {name}"));
+            }
+            if exts.len() > 8 {
+                out.insert("v6 chain deeper than 8".into());
+            }
+        }
+        Net::V4 { options } => {
+            for o in options {
+                let name = format!("{o:?}");
+                let name = name.split([' ', '{']).next().unwrap_or("").to_string();
+                out.insert(format!("v4 option {name}"));
+            }
+        }
+    }
+    out
+}
+
+/// Why a frame is misread, in the reference's words: the distinct malformed readings among a
+/// case's frames ("Ports" and "Fragment" readings say nothing about the cause).
+fn cause(documented: &[(String, Outcome)]) -> String {
+    let m: BTreeSet<&str> =
+        documented.iter().map(|(r, _)| r.as_str()).filter(|r| r.starts_with("Malformed")).collect();
+    if m.is_empty() {
+        "no malformed reading".into()
+    } else {
+        m.into_iter().collect::<Vec<_>>().join("+")
     }
 }
 
@@ -574,6 +627,7 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
     let mut reference = Reference::new(&settings(cfg, Mode::Drop));
     let (mut violations, mut missed, mut collateral, mut refclasses) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut inconsistent = BTreeMap::new();
     let none = Obs::default();
     for c in cases {
         let a = obs.get(PHASE_A, c.id).unwrap_or(&none);
@@ -619,12 +673,11 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
         let ref_drops =
             documented.iter().any(|(_, o)| matches!(o, Outcome::Dropped | Outcome::FollowedDrop));
         let readings = distinct(documented.iter().map(|(r, _)| r.clone()).collect());
+        let why = cause(&documented);
         if row.kernel == 1 && !ref_drops {
-            let key = format!(
-                "reference passes what the kernel delivers: {} | {} | {readings}",
-                c.labels.shape, c.labels.link
-            );
-            classify(&mut refclasses, key, c, &frames_a, String::new());
+            let key =
+                format!("reference passes what the kernel delivers: {why} | {}", c.labels.shape);
+            classify(&mut refclasses, key, c, &frames_a, format!("readings {readings}"));
         }
         // A doubt is refuted only where the doubtful frame was needed: not when another copy
         // of its bytes (a duplicate, an overlapping rewrite) could have completed the datagram.
@@ -635,16 +688,15 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
                 doubts.iter().cloned().collect::<Vec<_>>().join(","),
                 c.labels.shape
             );
-            classify(&mut refclasses, key, c, &frames_a, readings.clone());
+            classify(&mut refclasses, key, c, &frames_a, format!("readings {readings}"));
         }
         if row.through == 1 || row.missed == 1 {
             let frames_b = c.frames(&lab.wire(PHASE_B, c.id));
             let outcomes = distinct(program_outcomes(&mut g, &frames_b)?);
-            let key = format!(
-                "{} | {} | portguard: {outcomes} | reference: {readings}",
-                c.labels.shape, c.labels.link
+            let key = format!("{why} | {}", c.labels.shape);
+            let detail = format!(
+                "portguard (BPF_PROG_TEST_RUN): {outcomes}; reference: {readings}; kernel (phase A): {a:?}; through portguard: {b:?}"
             );
-            let detail = format!("kernel (phase A): {a:?}; through portguard: {b:?}");
             if row.through == 1 {
                 classify(&mut violations, key.clone(), c, &frames_b, detail.clone());
             }
@@ -654,7 +706,10 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
         }
         if row.collateral == 1 {
             let frames_b = c.frames(&lab.wire(PHASE_B, c.id));
-            let key = format!("{} | {} | {}", c.labels.shape, c.labels.link, c.labels.mutation);
+            // The fragment plan's extras (+rewrite-ports, +duplicate, ...) are what matter.
+            let extras: Vec<&str> =
+                c.labels.detail.split(' ').filter(|w| w.contains('+')).collect();
+            let key = format!("{} | {}", c.labels.shape, extras.join(" "));
             classify(
                 &mut collateral,
                 key,
@@ -662,6 +717,14 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
                 &frames_b,
                 format!("kernel: {a:?}; with portguard: {b:?}"),
             );
+        }
+        // Drop and count mode must see the same frames the same way: a case that got through
+        // in drop mode is one count mode did not match, and the other way round.
+        if row.through != row.missed {
+            let frames_b = c.frames(&lab.wire(PHASE_B, c.id));
+            let key = format!("{} | {}", c.labels.shape, c.labels.link);
+            let detail = format!("drop mode: {b:?}; count mode: {cc:?}, counted {counted:?}");
+            classify(&mut inconsistent, key, c, &frames_b, detail);
         }
         if row.over == 1 {
             *report
@@ -674,6 +737,15 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
         report.by_link.entry(c.labels.link.clone()).or_default().add(&row);
         let m = c.labels.mutation.split(" (").next().unwrap_or("").to_string();
         report.by_mutation.entry(m).or_default().add(&row);
+        if c.mutation.is_none()
+            && c.labels.mutation == "none"
+            && c.dgram.pieces.is_none()
+            && guarded.contains(&c.dgram.l4.dport)
+        {
+            for e in elements(c) {
+                report.by_element.entry(e).or_default().add(&row);
+            }
+        }
     }
     // What the kernel does with each reproducer, alone (once per case: a replay of the same
     // frames from the same source would meet the first replay's reassembly state).
@@ -696,6 +768,7 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
     report.violations = violations.into_values().collect();
     report.missed = missed.into_values().collect();
     report.collateral = collateral.into_values().collect();
+    report.inconsistent = inconsistent.into_values().collect();
     report.reference = refclasses.into_values().collect();
     let snmp1 = lab.snmp()?;
     let delta = |k: &str| snmp1.get(k).unwrap_or(&0).saturating_sub(*snmp0.get(k).unwrap_or(&0));
@@ -730,16 +803,20 @@ impl Report {
             && self.phases[2].unsynced == 0
     }
 
+    /// Columns: cases, their frames, cases the kernel delivered to a guarded port, delivered
+    /// through portguard (drop), control-port deliveries lost (drop), count-mode misses and
+    /// over-counts.
     fn table(out: &mut String, title: &str, rows: &BTreeMap<String, Row>) {
+        let w = rows.keys().map(String::len).chain([title.len()]).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "  {title:<34} {:>7} {:>7} {:>8} {:>8} {:>10} {:>7} {:>7}",
+            "  {title:<w$} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6} {:>6}",
             "cases", "frames", "kernel", "through", "collateral", "missed", "over"
         );
         for (k, r) in rows {
             let _ = writeln!(
                 out,
-                "  {k:<34} {:>7} {:>7} {:>8} {:>8} {:>10} {:>7} {:>7}",
+                "  {k:<w$} {:>7} {:>7} {:>7} {:>7} {:>10} {:>6} {:>6}",
                 r.cases, r.frames, r.kernel, r.through, r.collateral, r.missed, r.over
             );
         }
@@ -753,9 +830,10 @@ impl Report {
         for c in classes {
             let _ = writeln!(
                 out,
-                "- {} [{} cases; mutations: {}]",
+                "- {} [{} cases; links: {}; mutations: {}]",
                 c.key,
                 c.cases,
+                c.links.iter().cloned().collect::<Vec<_>>().join(", "),
                 c.mutations.iter().cloned().collect::<Vec<_>>().join(", ")
             );
             let _ = writeln!(out, "  reproducer: case #{} ({})", c.example_id, c.example_detail);
@@ -821,6 +899,7 @@ impl Report {
         Report::table(&mut out, "shape", &self.by_shape);
         Report::table(&mut out, "link layer", &self.by_link);
         Report::table(&mut out, "mutation", &self.by_mutation);
+        Report::table(&mut out, "element (plain cases to a guarded port)", &self.by_element);
         Report::classes(
             &mut out,
             "VIOLATIONS: delivered to a guarded port through portguard (drop mode)",
@@ -831,6 +910,11 @@ impl Report {
             &mut out,
             "collateral: control-port deliveries lost in drop mode",
             &self.collateral,
+        );
+        Report::classes(
+            &mut out,
+            "drop and count mode disagree (through in one, matched in the other)",
+            &self.inconsistent,
         );
         Report::classes(&mut out, "reference disagreements with the kernel", &self.reference);
         if !self.over.is_empty() {
