@@ -623,27 +623,26 @@ fn piece_bytes(data: &[u8], p: &Piece, seg_at: usize, proto: Proto) -> Vec<u8> {
     match p.rewrite {
         None => {}
         Some(Rewrite::Invert) => b.iter_mut().for_each(|x| *x = !*x),
-        Some(Rewrite::Dport(new)) => {
-            // Ports are at seg_at..seg_at + 4 of the fragmentable part. The checksum is kept
-            // valid by adjusting the checksum field when this piece holds it; otherwise (a TCP
-            // piece shorter than 18 bytes) the rewritten version's checksum is left wrong. The
-            // source port is never touched: another case may own the 4-tuple it would make.
-            if seg_at >= p.start && seg_at + 4 <= end {
-                let at = seg_at - p.start;
-                let old = u16::from_be_bytes([b[at + 2], b[at + 3]]);
-                b[at + 2..at + 4].copy_from_slice(&new.to_be_bytes());
-                let ck = at + if proto == Proto::Tcp { 16 } else { 6 };
-                if ck + 2 <= b.len() {
-                    let c = u16::from_be_bytes([b[ck], b[ck + 1]]);
-                    if !(proto == Proto::Udp && c == 0) {
-                        let sum = ones_add(!c, ones_sub(new, old));
-                        let c = !sum;
-                        let c = if c == 0 && proto == Proto::Udp { 0xffff } else { c };
-                        b[ck..ck + 2].copy_from_slice(&c.to_be_bytes());
-                    }
+        // Ports are at seg_at..seg_at + 4 of the fragmentable part. The checksum is kept valid
+        // by adjusting the checksum field when this piece holds it; otherwise (a TCP piece
+        // shorter than 18 bytes) the rewritten version's checksum is left wrong. The source
+        // port is never touched: another case may own the 4-tuple it would make.
+        Some(Rewrite::Dport(new)) if seg_at >= p.start && seg_at + 4 <= end => {
+            let at = seg_at - p.start;
+            let old = u16::from_be_bytes([b[at + 2], b[at + 3]]);
+            b[at + 2..at + 4].copy_from_slice(&new.to_be_bytes());
+            let ck = at + if proto == Proto::Tcp { 16 } else { 6 };
+            if ck + 2 <= b.len() {
+                let c = u16::from_be_bytes([b[ck], b[ck + 1]]);
+                if !(proto == Proto::Udp && c == 0) {
+                    let sum = ones_add(!c, ones_sub(new, old));
+                    let c = !sum;
+                    let c = if c == 0 && proto == Proto::Udp { 0xffff } else { c };
+                    b[ck..ck + 2].copy_from_slice(&c.to_be_bytes());
                 }
             }
         }
+        Some(Rewrite::Dport(_)) => {}
     }
     b
 }
