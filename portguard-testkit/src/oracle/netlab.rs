@@ -14,7 +14,7 @@
 //!   IPv6 (wildcard addresses, so a datagram to any local address counts).
 //! - Sysctls on the gateway, and why: reassembly timeouts of 5 s (so that incomplete datagrams
 //!   do not pile up over a long run; every case's fragments arrive within milliseconds) and a
-//!   64 MB reassembly memory limit (so that the limit never decides a case); no SYN-ACK
+//!   256 MB reassembly memory limit (so that the limit never decides a case); no SYN-ACK
 //!   retransmissions (replies to the off-link sources would only repeat); no ICMP rate limits
 //!   (ICMP errors are evidence of what the kernel did); reverse-path filtering off.
 //!
@@ -42,6 +42,9 @@ const NEXT_HOP6: &str = "2001:db8::fe";
 const NOBODY_MAC: &str = "02:00:00:00:fe:fe";
 pub const GW4: [u8; 4] = [198, 18, 0, 1];
 pub const GW6: [u8; 16] = crate::frames::v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
+
+/// Reassembly memory allowed per family in the gateway namespace (the default is 4 MB).
+pub const REASSEMBLY_LIMIT: u64 = 256 << 20;
 
 /// The source of a case in a phase: one of 250 hosts per phase, changing every 50,000 ids so
 /// that TCP 4-tuples and IPv4 (source, identification) pairs are not reused within a run.
@@ -286,11 +289,12 @@ impl OracleLab {
     pub fn create(name: &str, ports: &Ports, emulate_vlans: bool) -> Result<OracleLab> {
         let lab = Lab::create(name)?;
         let (gw, out) = (lab.gw.clone(), lab.out.clone());
+        let limit = REASSEMBLY_LIMIT.to_string();
         for (k, v) in [
             ("net.ipv4.ipfrag_time", "5"),
             ("net.ipv6.ip6frag_time", "5"),
-            ("net.ipv4.ipfrag_high_thresh", "67108864"),
-            ("net.ipv6.ip6frag_high_thresh", "67108864"),
+            ("net.ipv4.ipfrag_high_thresh", limit.as_str()),
+            ("net.ipv6.ip6frag_high_thresh", limit.as_str()),
             ("net.ipv4.tcp_synack_retries", "0"),
             ("net.ipv4.tcp_max_syn_backlog", "65536"),
             ("net.core.somaxconn", "65536"),
@@ -387,6 +391,48 @@ impl OracleLab {
                 }
             }
             Ok(m)
+        })?
+        .map_err(Into::into)
+    }
+
+    /// The veth pair's drop counters (`ip -s link`): (outside end tx dropped, gateway end rx
+    /// dropped). veth counts a frame it could not hand to the other end (a full NAPI ring with
+    /// XDP attached, a full backlog without) as dropped on the sending end; such a frame never
+    /// reached the gateway and says nothing about it.
+    pub fn link_drops(&self) -> Result<(u64, u64)> {
+        let stat = |ns: &str, dev: &str, dir: &str| -> Result<u64> {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-s", "-j", "link", "show", "dev", dev])
+                .output()
+                .context("running ip")?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("ip -s -j link show {dev}"))?;
+            Ok(v[0]["stats64"][dir]["dropped"].as_u64().unwrap_or(0))
+        };
+        Ok((stat(&self.lab.out, OUT_IF, "tx")?, stat(&self.lab.gw, GW_IF, "rx")?))
+    }
+
+    /// Memory held by reassembly queues in the gateway namespace, IPv4 and IPv6 (bytes, from
+    /// /proc/net/sockstat{,6}). Past `REASSEMBLY_LIMIT` the kernel drops new fragments.
+    pub fn reassembly_memory(&self) -> Result<(u64, u64)> {
+        lab::in_netns(&self.lab.gw, || -> io::Result<(u64, u64)> {
+            let mut m = [0u64; 2];
+            for (i, f) in ["/proc/thread-self/net/sockstat", "/proc/thread-self/net/sockstat6"]
+                .iter()
+                .enumerate()
+            {
+                for l in std::fs::read_to_string(f)?.lines() {
+                    if let Some(rest) = l.strip_prefix("FRAG") {
+                        let mut w = rest.split_whitespace();
+                        while let Some(k) = w.next() {
+                            if k == "memory" {
+                                m[i] = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok((m[0], m[1]))
         })?
         .map_err(Into::into)
     }

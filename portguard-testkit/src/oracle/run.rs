@@ -98,6 +98,11 @@ pub struct PhaseStats {
     pub elapsed: Duration,
     /// Phase C: cases whose frames portguard had not all seen within a second.
     pub unsynced: u64,
+    /// Frames veth dropped between the two ends (they never reached the gateway).
+    pub link_drops: u64,
+    /// The most memory the gateway's reassembly queues held, IPv4 and IPv6, sampled after
+    /// every batch.
+    pub reassembly_peak: (u64, u64),
 }
 
 impl PhaseStats {
@@ -358,6 +363,7 @@ fn send_phase(
     let start = Instant::now();
     let mut st = PhaseStats::default();
     let mut buf = vec![0u8; 65536];
+    let drops0 = lab.link_drops()?;
     let mut last = match &count {
         Some((o, _)) => Some(o.view().totals()?),
         None => None,
@@ -367,7 +373,13 @@ fn send_phase(
             let frames = c.frames(&lab.wire(phase, c.id));
             let mut sent = 0;
             for f in &frames {
-                match lab.inject.send(f) {
+                let r = lab.inject.send(f);
+                // The gateway end processes frames in softirq context on this CPU (the thread
+                // is pinned). When softirqs are deferred to ksoftirqd, a sender that never
+                // yields fills veth's ring and frames are dropped before the gateway sees
+                // them: let ksoftirqd run.
+                std::thread::yield_now();
+                match r {
                     Ok(()) => sent += 1,
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
                         st.refused += 1
@@ -397,11 +409,15 @@ fn send_phase(
             }
         }
         drain(lab, obs, &mut buf);
+        let (m4, m6) = lab.reassembly_memory()?;
+        st.reassembly_peak = (st.reassembly_peak.0.max(m4), st.reassembly_peak.1.max(m6));
         if Instant::now() > deadline {
             bail!("time limit reached in phase {phase} after {} batches", b + 1);
         }
     }
     sentinel(lab, phase, 0, cfg.control, obs)?;
+    let drops1 = lab.link_drops()?;
+    st.link_drops = drops1.0.saturating_sub(drops0.0);
     st.elapsed = start.elapsed();
     Ok(st)
 }
@@ -805,10 +821,14 @@ impl Report {
     }
 
     pub fn healthy(&self) -> bool {
+        let limit = super::netlab::REASSEMBLY_LIMIT * 9 / 10;
         self.capture_drops == 0
             && self.udp_rcvbuf_errors == 0
             && self.unattributed == 0
             && self.phases[2].unsynced == 0
+            && self.phases.iter().all(|p| {
+                p.link_drops == 0 && p.reassembly_peak.0 < limit && p.reassembly_peak.1 < limit
+            })
     }
 
     /// Columns: cases, their frames, cases the kernel delivered to a guarded port, delivered
@@ -868,10 +888,13 @@ impl Report {
         {
             let _ = writeln!(
                 out,
-                "  phase {name}: {} frames in {:.2?} ({:.0} frames/s){}{}",
+                "  phase {name}: {} frames in {:.2?} ({:.0} frames/s), veth drops {}, reassembly memory peak {} / {} KB (v4/v6){}{}",
                 p.frames,
                 p.elapsed,
                 p.rate(),
+                p.link_drops,
+                p.reassembly_peak.0 >> 10,
+                p.reassembly_peak.1 >> 10,
                 if p.refused > 0 {
                     format!(", {} refused by AF_PACKET", p.refused)
                 } else {
