@@ -8,11 +8,21 @@
 //! runs the ignored `long_run`. Both take PORTGUARD_FUZZ_SEED and print it on failure, with
 //! every violation class's smallest reproducer in hex.
 //!
-//! On main as of 6746eb4 the bounded run FAILS, by design: it asserts the invariant, and the
-//! XDP program's "malformed frames are passed, the stack discards them" is wrong for several
-//! shapes the kernel delivers (an IPv6 chain deeper than 8 extension headers, more than two
-//! priority tags, an IPv4 TCP first fragment shorter than the TCP header). `reproducers`
-//! below pins one minimal frame per class; both tests pass once the program fails closed.
+//! On main as of 6746eb4 `bounded_run` and `reproducers` FAIL, by design: they assert the
+//! invariant, and the XDP program's "malformed frames are passed, the stack discards them" is
+//! wrong for four classes of frames Linux 6.18 delivers (`oracle::repro` has one minimal frame
+//! for each; the program counts every one as malformed and passes it):
+//! 1. an IPv6 extension chain deeper than 8 headers (9 destination-options headers suffice),
+//!    in an unfragmented packet or in a first fragment;
+//! 2. more than two VLAN tags where the kernel peels them: any number of priority tags (VLAN
+//!    id 0, 802.1Q or 802.1ad), with or without a sub-interface tag among them;
+//! 3. an IPv4 TCP first fragment shorter than the TCP header (8 or 16 bytes): the kernel
+//!    reassembles it, the SYN is answered;
+//! 4. an IPv6 first fragment that cuts its extension chain where the next header's first two
+//!    bytes lie past the fragment (the kernel's RFC 8200 §4.5 check gives up there and lets it
+//!    through to reassembly).
+//!
+//! Both pass once the program no longer passes what it cannot read (fail-closed parsing).
 
 use std::time::Duration;
 
