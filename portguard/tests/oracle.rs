@@ -60,9 +60,10 @@ fn check(report: &Report) {
     );
     assert!(
         report.holds(),
-        "{} violation classes and {} count-mode misses (seed {:#x}, PORTGUARD_FUZZ_SEED); reproducers above",
+        "{} violation classes, {} count-mode misses, {} deliveries changed by count mode (seed {:#x}, PORTGUARD_FUZZ_SEED); reproducers above",
         report.violations.len(),
         report.missed.len(),
+        report.count_mode_changed,
         report.seed
     );
 }
@@ -151,6 +152,9 @@ fn reproducers() {
             }
             if res.through {
                 failures.push(format!("{}: delivered through portguard in drop mode", r.name));
+            }
+            if res.kernel && !res.count_delivered {
+                failures.push(format!("{}: count mode kept it from the port", r.name));
             }
             if res.count_delivered && res.matched == 0 {
                 failures.push(format!("{}: delivered in count mode, not matched", r.name));

@@ -205,8 +205,10 @@ pub struct Report {
     pub collateral: Vec<Class>,
     /// Cases drop mode let through but count mode matched, or the other way round.
     pub inconsistent: Vec<Class>,
-    /// Cases whose deliveries differ between phase A and count mode.
+    /// Cases whose deliveries differ between phase A and count mode (must be 0: count mode
+    /// drops nothing), and their classes.
     pub count_mode_changed: u64,
+    pub changed: Vec<Class>,
     /// Where the reference's reading disagrees with the kernel.
     pub reference: Vec<Class>,
     /// Totals of the count phase.
@@ -644,6 +646,7 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
     let (mut violations, mut missed, mut collateral, mut refclasses) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let mut inconsistent = BTreeMap::new();
+    let mut changed = BTreeMap::new();
     let none = Obs::default();
     for c in cases {
         let a = obs.get(PHASE_A, c.id).unwrap_or(&none);
@@ -669,8 +672,13 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
             matched: counted.matched,
             followed: counted.followed,
         });
+        // Count mode drops nothing: every case is delivered as without portguard.
         if a.udp != cc.udp || a.synack != cc.synack {
             report.count_mode_changed += 1;
+            let frames_c = c.frames(&lab.wire(PHASE_C, c.id));
+            let key = format!("{} | {}", c.labels.shape, c.labels.link);
+            let detail = format!("without portguard: {a:?}; in count mode: {cc:?}");
+            classify(&mut changed, key, c, &frames_c, detail);
         }
         // The reference's documented reading of phase A's frames, in order.
         let frames_a = c.frames(&lab.wire(PHASE_A, c.id));
@@ -793,6 +801,7 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
     report.missed = missed.into_values().collect();
     report.collateral = collateral.into_values().collect();
     report.inconsistent = inconsistent.into_values().collect();
+    report.changed = changed.into_values().collect();
     report.reference = refclasses.into_values().collect();
     let snmp1 = lab.snmp()?;
     let delta = |k: &str| snmp1.get(k).unwrap_or(&0).saturating_sub(*snmp0.get(k).unwrap_or(&0));
@@ -817,7 +826,10 @@ pub fn case(seed: u64, guarded: &[u16], control: u16, id: u32) -> Case {
 impl Report {
     /// The run found nothing wrong with portguard, and its observers lost nothing.
     pub fn holds(&self) -> bool {
-        self.violations.is_empty() && self.missed.is_empty() && self.healthy()
+        self.violations.is_empty()
+            && self.missed.is_empty()
+            && self.count_mode_changed == 0
+            && self.healthy()
     }
 
     pub fn healthy(&self) -> bool {
@@ -914,7 +926,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "count mode: {} delivered cases missed (must be 0), {} matched cases not delivered (over-count), {} datagrams matched twice; matched {} + fragments_followed {}; deliveries changed by count mode: {}",
+            "count mode: {} delivered cases missed (must be 0), {} matched cases not delivered (over-count), {} datagrams matched twice; matched {} + fragments_followed {}; deliveries changed by count mode: {} (must be 0)",
             t.missed,
             t.over,
             self.double,
@@ -941,6 +953,11 @@ impl Report {
             &mut out,
             "collateral: control-port deliveries lost in drop mode",
             &self.collateral,
+        );
+        Report::classes(
+            &mut out,
+            "COUNT MODE CHANGED DELIVERIES (it must drop nothing)",
+            &self.changed,
         );
         Report::classes(
             &mut out,
