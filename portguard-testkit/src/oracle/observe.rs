@@ -165,3 +165,85 @@ fn quoted_id(v6: bool, q: &[u8], host: u8) -> Option<u32> {
         [cand, cand + 0x10000].into_iter().find(|c| (base..base + 50_000).contains(c))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::{
+        netlab::{GW4, GW6, source, sport},
+        packet::{Datagram, L4, MAGIC, Net, Proto, Wire},
+    };
+
+    /// A reply from the gateway's port `from` to case `id` in `phase`, built as the gateway
+    /// would send it: a SYN-ACK (flags 0x12) acknowledging the SYN, or a RST.
+    fn reply_frame(v6: bool, phase: u8, id: u32, from: u16, flags: u8) -> Vec<u8> {
+        let (s4, s6) = source(phase, id);
+        // The gateway is the source of a reply, the case's source its destination.
+        let w = Wire { dst_mac: [2; 6], src_mac: [4; 6], src4: GW4, dst4: s4, src6: GW6, dst6: s6 };
+        let d = Datagram {
+            net: if v6 {
+                Net::V6 { exts: vec![], frag_at: 0 }
+            } else {
+                Net::V4 { options: vec![] }
+            },
+            l4: L4 {
+                proto: Proto::Tcp,
+                sport: from,
+                dport: sport(id),
+                seq: 999,
+                flags,
+                tcp_options: vec![],
+                udp_no_checksum: false,
+            },
+            id: 0,
+            filler: 0,
+            pieces: None,
+            tags: vec![],
+        };
+        let (mut f, l) = d.build(&w).remove(0);
+        // The acknowledgment number: the SYN's sequence number (the id) + 1.
+        let ack = l.l4.unwrap() + 8;
+        f[ack..ack + 4].copy_from_slice(&id.wrapping_add(1).to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn replies_are_attributed_to_their_case_and_phase() {
+        for v6 in [false, true] {
+            for (phase, id) in [(0, 0), (1, 49_999), (2, 50_000), (3, 1_234_567)] {
+                let mut o = Observations::default();
+                o.captured(&reply_frame(v6, phase, id, 2745, 0x12));
+                o.captured(&reply_frame(v6, phase, id, 8080, 0x14));
+                let got = o.get(phase, id).unwrap_or_else(|| panic!("{v6} {phase} {id}"));
+                assert_eq!((got.synack.clone(), got.rst.clone()), (vec![2745], vec![8080]));
+                assert!(got.delivered_to(&[2745]) && !got.delivered_to(&[8080]));
+            }
+        }
+    }
+
+    #[test]
+    fn ports_map_back_to_ids() {
+        for id in [0, 1, 49_999, 50_000, 123_456, 12_499_999] {
+            let (v4, _) = source(0, id);
+            assert_eq!(id_from_port(v4[3], sport(id)), Some(id));
+        }
+    }
+
+    #[test]
+    fn datagrams_without_their_marker_fall_back_to_the_port() {
+        let (v4, _) = source(2, 70_000);
+        let mut o = Observations::default();
+        let payload = [MAGIC.as_slice(), &70_001u32.to_be_bytes()].concat();
+        o.udp(Received { port: 2745, v6: false, source: v4.to_vec(), source_port: 1, payload });
+        o.udp(Received {
+            port: 3127,
+            v6: false,
+            source: v4.to_vec(),
+            source_port: sport(70_000),
+            payload: vec![0xbe; 12],
+        });
+        assert_eq!(o.get(2, 70_001).unwrap().udp, [2745]);
+        assert_eq!(o.get(2, 70_000).unwrap().udp, [3127]);
+        assert_eq!(o.unattributed, 0);
+    }
+}
