@@ -459,6 +459,9 @@ impl OracleLab {
     }
 }
 
+/// Reads per socket per drain, at most.
+pub const MAX_DRAIN: usize = 1 << 20;
+
 /// A datagram read from a gateway socket.
 pub struct Received {
     pub port: u16,
@@ -472,7 +475,8 @@ pub struct Received {
 pub fn drain_udp(listeners: &[Listener], out: &mut Vec<Received>) {
     let mut buf = vec![0u8; 65536];
     for l in listeners.iter().filter(|l| l.udp) {
-        loop {
+        // Bounded: a receive buffer holds far fewer datagrams than this.
+        for _ in 0..MAX_DRAIN {
             // SAFETY: zeroed storage for any address family.
             let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = size_of::<libc::sockaddr_storage>() as u32;

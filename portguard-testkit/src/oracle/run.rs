@@ -293,7 +293,10 @@ fn drain(lab: &OracleLab, obs: &mut Observations, buf: &mut [u8]) {
     for r in got {
         obs.udp(r);
     }
-    while let Some(n) = lab.capture.recv(buf) {
+    for _ in 0..super::netlab::MAX_DRAIN {
+        let Some(n) = lab.capture.recv(buf) else {
+            break;
+        };
         obs.captured(&buf[..n]);
     }
 }
