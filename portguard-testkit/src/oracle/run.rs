@@ -40,7 +40,7 @@ use portguard::{
     pins::Pins,
     settings::{Mode, Settings},
 };
-use portguard_common::{DEFAULT_SOURCE_CAPACITY, Totals};
+use portguard_common::{CHANGE_SET, DEFAULT_SOURCE_CAPACITY, Totals};
 
 use super::{
     cases::{Case, Generator},
@@ -221,19 +221,25 @@ pub struct Report {
 }
 
 /// A bpffs root of the run's own; whatever is guarded there is detached and the directory
-/// removed when it is dropped, however the run ends.
-struct PinDir(PathBuf);
+/// removed when it is dropped, however the run ends. Pins are kept per network namespace, so
+/// the detach happens from inside the gateway's.
+struct PinDir {
+    root: PathBuf,
+    netns: String,
+}
 
 impl PinDir {
-    fn new() -> PinDir {
-        PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", unique("pgor"))))
+    fn new(netns: &str) -> PinDir {
+        let root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("pgor")));
+        PinDir { root, netns: netns.to_string() }
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = detach_pinned(&Pins::new(&self.0), GW_IF);
-        let _ = std::fs::remove_dir_all(&self.0);
+        let pins = Pins::new(&self.root);
+        let _ = lab::in_netns(&self.netns, move || detach_pinned(&pins, GW_IF));
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -277,7 +283,7 @@ fn settings(cfg: &Config, mode: Mode) -> Settings {
 }
 
 fn attach(lab: &OracleLab, pins: &PinDir, s: Settings) -> Result<Owner> {
-    let pins = Pins::new(&pins.0);
+    let pins = Pins::new(&pins.root);
     let acquired = lab::in_netns(&lab.lab.gw, move || {
         Owner::acquire(&pins, GW_IF, Some(&s), DEFAULT_SOURCE_CAPACITY, AttachMode::Native)
     })??;
@@ -629,10 +635,14 @@ pub fn check(cfg: &Config, cases: &[Case]) -> Result<Report> {
     };
 
     report.phases[0] = send_phase(&lab, cfg, cases, PHASE_A, None, &mut obs, deadline)?;
-    let pins = PinDir::new();
+    let pins = PinDir::new(&lab.lab.gw);
     let mut owner = attach(&lab, &pins, settings(cfg, Mode::Drop))?;
     report.phases[1] = send_phase(&lab, cfg, cases, PHASE_B, None, &mut obs, deadline)?;
-    owner.view_mut().apply(&settings(cfg, Mode::Count))?;
+    // A change in place, as `portguard set --mode count` makes it: same program, same maps.
+    owner.view_mut().update(CHANGE_SET, |s| {
+        s.mode = Mode::Count;
+        Ok(())
+    })?;
     let mut counted = vec![Counted::default(); cases.len()];
     let t0 = owner.view().totals()?;
     report.phases[2] =
