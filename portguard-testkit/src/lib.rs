@@ -10,6 +10,7 @@
 pub mod fixture;
 pub mod frames;
 pub mod fuzz;
+pub mod oracle;
 pub mod reference;
 
 use std::time::{Duration, Instant};
