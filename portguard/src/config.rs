@@ -87,10 +87,8 @@ impl FileConfig {
         if c.sources == Some(0) {
             return Err("sources must be at least 1".into());
         }
-        if let Some(i) = c.output.interval
-            && !(0.05..=3600.0).contains(&i)
-        {
-            return Err("output.interval must be between 0.05 and 3600 seconds".into());
+        if let Some(i) = c.output.interval {
+            crate::ranges::interval(i).map_err(|e| format!("output.interval: {e}"))?;
         }
         Ok(c)
     }
@@ -155,7 +153,9 @@ impl Plan {
         }
         let ifaces = pick(&flags.ifaces, &file.interfaces, Vec::new());
         if ifaces.is_empty() {
-            bail!("no interface to guard: give --iface IFACE (or `interfaces` in the config file)");
+            return Err(crate::error::usage(
+                "no interface to guard: give --iface IFACE (or `interfaces` in the config file)",
+            ));
         }
         let mut ports = pick(&flags.ports, &file.ports, vec![DEFAULT_PORT]);
         ports.sort_unstable();
@@ -173,9 +173,7 @@ impl Plan {
         let mut allow = pick(&flags.allow, &file.allow, Vec::new());
         allow.dedup();
         let interval = flags.interval.or(file.output.interval).unwrap_or(1.0);
-        if !(0.05..=3600.0).contains(&interval) {
-            bail!("--interval must be between 0.05 and 3600 seconds");
-        }
+        crate::ranges::interval(interval).map_err(|e| anyhow!("interval: {e}"))?;
         Ok(Plan {
             ifaces,
             settings: Settings {

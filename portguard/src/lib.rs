@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pins;
 pub mod privileges;
+pub mod ranges;
 pub mod report;
 pub mod settings;
 mod sys;

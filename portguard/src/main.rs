@@ -4,7 +4,8 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use portguard::error::Usage;
 
 /// Guards TCP/UDP port 2745 (the Bagle backdoor) on Linux gateways with XDP, and tells you who
 /// is probing it.
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let verb = verb();
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Stats(a) => cmd::stats::run(a),
@@ -53,6 +55,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if e.chain().any(|c| c.is::<Usage>()) => {
+            eprintln!("portguard: error: {e} {}", see_help(verb.as_deref()));
+            ExitCode::from(USAGE)
+        }
         Err(e) => {
             // One line: the outermost context and the root cause.
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -67,6 +73,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit code of a malformed or contradictory command line; runtime failures are 1.
+const USAGE: u8 = 2;
+
+/// The verb on the command line, if it names one: the first word that is not a flag (the
+/// top level has no flags that take a value).
+fn verb() -> Option<String> {
+    let cli = Cli::command();
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .filter(|a| cli.find_subcommand(a).is_some_and(|c| c.get_name() != "help"))
+}
+
+/// Where a usage error sends the reader: the verb's own help when there is one.
+fn see_help(verb: Option<&str>) -> String {
+    match verb {
+        Some(v) => format!("(see 'portguard {v} --help')"),
+        None => "(see 'portguard --help')".to_string(),
+    }
+}
+
 /// clap's errors span several lines (message, usage, hint); scripts and journald want one.
 /// Help and version requests print as usual.
 fn usage_error(e: clap::Error) -> ExitCode {
@@ -78,7 +105,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = e.print();
-        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        return ExitCode::from(if e.use_stderr() { USAGE } else { 0 });
     }
     let text = e.render().to_string();
     let msg: Vec<&str> = text
@@ -89,6 +116,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .collect();
     let msg = msg.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-    eprintln!("portguard: error: {msg} (see 'portguard --help')");
-    ExitCode::from(2)
+    eprintln!("portguard: error: {msg} {}", see_help(verb().as_deref()));
+    ExitCode::from(USAGE)
 }

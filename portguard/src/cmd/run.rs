@@ -11,7 +11,7 @@ use portguard::{
     metrics,
     notify::Notifier,
     pins::Pins,
-    privileges,
+    privileges, ranges,
 };
 
 use super::args::SettingsArgs;
@@ -41,8 +41,8 @@ pub struct Args {
     /// flood turns the table over no faster than once in 8 s].
     #[arg(long, value_name = "N", hide = true)]
     pub admit_per_slice: Option<u32>,
-    /// Seconds between counter updates [default: 1].
-    #[arg(long, value_name = "SECONDS")]
+    /// Seconds between counter updates, 0.05 to 3600 [default: 1].
+    #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::interval)]
     pub interval: Option<f64>,
     /// Sources shown per interface [default: 10].
     #[arg(long, value_name = "N")]
@@ -54,8 +54,9 @@ pub struct Args {
     /// restarts and upgrades without a gap. `portguard detach` removes it.
     #[arg(long)]
     pub persist: bool,
-    /// Stop by itself after this many seconds (default: run until SIGINT or SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
+    /// Stop by itself after this many seconds, more than 0 (default: run until SIGINT or
+    /// SIGTERM).
+    #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::duration)]
     pub duration: Option<f64>,
     /// Serve Prometheus metrics on this address [default: 127.0.0.1:9745].
     #[arg(long, value_name = "ADDR", conflicts_with = "no_metrics")]
@@ -93,8 +94,10 @@ impl Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    args.settings.check_allow()?;
     let flags = args.flags();
     let plan = Plan::load(&flags)?;
+    super::args::warn_everything_allowed(&plan.settings.allow);
     privileges::require_attach()?;
     for iface in &plan.ifaces {
         portguard::guard::ifindex(iface)?;
@@ -132,3 +135,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
     daemon.finish();
     result.map(|()| ExitCode::SUCCESS)
 }
+

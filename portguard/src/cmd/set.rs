@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use portguard::{guard::View, pins::Pins, settings::Cidr};
+use portguard::{error::usage, guard::View, pins::Pins, settings::Cidr};
 
 use super::args::{SettingsArgs, some_targets};
 
@@ -36,10 +36,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         && a.direction.is_none()
         && a.protocols.is_empty()
     {
-        bail!(
-            "nothing to change: give --mode, --add-port, --remove-port, --allow, --disallow, --direction or --protocol"
-        );
+        return Err(usage(
+            "nothing to change: give --mode, --add-port, --remove-port, --allow, --disallow, \
+             --direction or --protocol",
+        ));
     }
+    if let Some(p) = args.add_ports.iter().find(|p| args.remove_ports.contains(p)) {
+        return Err(usage(format!("--add-port {p} and --remove-port {p} contradict each other")));
+    }
+    if let Some(c) = a.allow.iter().find(|c| args.disallow.contains(c)) {
+        return Err(usage(format!("--allow {c} and --disallow {c} contradict each other")));
+    }
+    a.check_allow()?;
     let pins = Pins::default();
     let targets = some_targets(&pins, args.iface.as_slice())?;
     // Validate against every target before changing any.
@@ -85,6 +93,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         plans.push((g, s));
     }
+    super::args::warn_everything_allowed(&a.allow);
     for (mut g, s) in plans {
         g.apply(&s)?;
         println!("{}: {}", g.iface(), s.summary());

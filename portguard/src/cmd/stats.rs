@@ -2,11 +2,12 @@
 
 use std::{collections::HashMap, process::ExitCode, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use portguard::{
     clock, counters,
     guard::View,
     pins::Pins,
+    ranges,
     report::{self, InterfaceJson, SortBy},
 };
 use portguard_common::Totals;
@@ -25,9 +26,9 @@ pub struct Args {
     /// Order of the sources.
     #[arg(long, value_enum, default_value = "packets")]
     pub sort: SortBy,
-    /// Sample twice this many seconds apart, for rates over that interval (default: one read;
-    /// a source's rate is then its average since first seen).
-    #[arg(long, value_name = "SECONDS")]
+    /// Sample twice this many seconds apart (0.05 to 3600), for rates over that interval
+    /// (default: one read; a source's rate is then its average since first seen).
+    #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::interval)]
     pub interval: Option<f64>,
     /// One JSON document (fields in README.md, "JSON output").
     #[arg(long)]
@@ -35,11 +36,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if let Some(i) = args.interval
-        && !(0.05..=60.0).contains(&i)
-    {
-        bail!("--interval must be between 0.05 and 60 seconds");
-    }
     let pins = Pins::default();
     let guards: Vec<View> = some_targets(&pins, args.iface.as_slice())?
         .iter()

@@ -23,8 +23,9 @@ use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 /// Live view of the guarded interfaces and the sources knocking on them.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Seconds between refreshes.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    /// Seconds between refreshes, 0.05 to 3600.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0,
+          value_parser = portguard::ranges::parse::interval)]
     pub interval: f64,
     /// The interface shown first (default: the first guarded one).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
@@ -36,9 +37,6 @@ pub struct Args {
 const WAKE: Duration = Duration::from_millis(250);
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !(args.interval >= 0.1 && args.interval <= 3600.0) {
-        bail!("--interval must be between 0.1 and 3600 seconds");
-    }
     let interval = Duration::from_secs_f64(args.interval);
     let pins = Pins::default();
     if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
