@@ -304,7 +304,7 @@ fn errors_are_one_line_and_leave_nothing_behind() {
     one_line(&f.portguard(&["stats"]), 1, "nothing is guarded");
     one_line(&f.portguard(&["stats", "--iface", "pg-wan"]), 1, "pg-wan is not guarded");
     one_line(&f.portguard(&["set", "--mode", "count"]), 1, "nothing is guarded");
-    one_line(&f.portguard(&["set", "--iface", "eth9"]), 1, "nothing to change");
+    one_line(&f.portguard(&["set", "--iface", "eth9"]), 2, "nothing to change");
     one_line(&f.portguard(&["detach", "--iface", "pg-wan"]), 1, "not guarded");
     one_line(&f.portguard(&["detach"]), 2, "--iface");
     one_line(&f.portguard(&["set", "--allow", "1.2.3.4/64"]), 2, "prefix length");
@@ -321,7 +321,7 @@ fn errors_are_one_line_and_leave_nothing_behind() {
         1,
         "cannot read config",
     );
-    one_line(&f.portguard(&["run"]), 1, "no interface to guard");
+    one_line(&f.portguard(&["run"]), 2, "no interface to guard");
     // No XDP in the requested mode: loopback has no native XDP. Nothing is left pinned.
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", f.lab.gw))
@@ -337,6 +337,49 @@ fn errors_are_one_line_and_leave_nothing_behind() {
     let out = f.portguard(&["status"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing is guarded");
+}
+
+/// Guarding the loopback or an interface that is down is done as asked, with a word about it.
+#[test]
+fn quiet_interfaces_are_named() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
+    let gw = f.lab.gw.clone();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").arg("-n").arg(&gw).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["link", "add", "pg-down", "type", "veth", "peer", "name", "pg-down-p"]);
+    for (iface, needle) in [
+        ("lo", "lo is the loopback interface: it carries only this host's own traffic"),
+        ("pg-down", "pg-down is down: nothing reaches it until it is up"),
+    ] {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{gw}"))
+            .arg(env!("CARGO_BIN_EXE_portguard"))
+            .args(["run", "--iface", iface, "--duration", "0.2", "--no-metrics"])
+            .env("PORTGUARD_PIN_ROOT", &f.pins.path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains(needle), "{iface}: {log}");
+    }
+    // An interface that is up and not the loopback gets no such word.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{gw}"))
+        .arg(env!("CARGO_BIN_EXE_portguard"))
+        .args(["run", "--iface", GW_IF, "--duration", "0.2", "--no-metrics"])
+        .env("PORTGUARD_PIN_ROOT", &f.pins.path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !log.contains(" is down") && !log.contains("loopback"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -117,7 +117,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         None => None,
     };
+    let ifaces = plan.ifaces.clone();
     let mut daemon = Daemon::start(plan, flags, Pins::default())?;
+    for iface in &ifaces {
+        warn_if_quiet(iface);
+    }
     let notifier = Notifier::from_env();
     let shared = metrics::Shared::default();
     let server = listener.map(|l| {
@@ -136,3 +140,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// An interface that is down, or the loopback, is guarded as asked, but nothing from outside
+/// reaches it: say so rather than let an admin wonder why nothing is ever counted.
+fn warn_if_quiet(iface: &str) {
+    let Some(flags) = link_flags(iface) else { return };
+    if flags & libc::IFF_LOOPBACK != 0 {
+        log::warn!("{iface} is the loopback interface: it carries only this host's own traffic");
+    } else if flags & libc::IFF_UP == 0 {
+        log::warn!("{iface} is down: nothing reaches it until it is up (`ip link set {iface} up`)");
+    }
+}
+
+/// The interface's flags (IFF_UP, IFF_LOOPBACK, ...) in this network namespace, from
+/// SIOCGIFFLAGS; None if they cannot be read.
+fn link_flags(iface: &str) -> Option<i32> {
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a datagram socket only used for the ioctl below, closed before returning.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a zeroed ifreq is valid; the name fits with its NUL (checked above).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of this ifreq.
+    let ok = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0;
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    // SAFETY: the kernel filled in the flags member of the union.
+    ok.then(|| i32::from(unsafe { req.ifr_ifru.ifru_flags }))
+}
