@@ -9,7 +9,7 @@
 //! - `maps`: reads and writes of the maps, bytes only; `pins`: where they live in bpffs.
 //! - `counters`: totals and per-source counters merged over CPUs, rates, the jiffy clock.
 //! - `table`: upkeep of the per-source table (what to forget when it fills).
-//! - `report`: rendering for people and machines; `metrics`: Prometheus; `notify`: systemd.
+//! - `report`: rendering for people and machines; `json`: the one JSON dialect; `metrics`: Prometheus; `notify`: systemd.
 //! - `check`: which sockets use a guarded port, and which processes own them.
 //! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
 //!   `capture`: pcapng files of matched packets.
@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod error;
 pub mod fingerprint;
 pub mod guard;
+pub mod json;
 pub mod lab;
 pub mod maps;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use portguard::{clock, guard::View, pins::Pins};
+use portguard::{clock, guard::View, json::Document, pins::Pins};
 use serde::Serialize;
 
 /// Show which interfaces are guarded and how.
@@ -17,8 +17,9 @@ pub struct Args {
     pub json: bool,
 }
 
-#[derive(Serialize)]
-struct Status {
+/// One guarded interface in `status --json`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Status {
     iface: String,
     xdp_mode: &'static str,
     mode: &'static str,
@@ -34,6 +35,12 @@ struct Status {
     source_capacity: u32,
     sources_tracked: usize,
     pin_dir: String,
+}
+
+/// `status --json`: every guarded interface (an empty list when nothing is).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct StatusJson {
+    pub interfaces: Vec<Status>,
 }
 
 fn alive(pid: u32) -> bool {
@@ -65,8 +72,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     }
     if args.json {
-        let doc = serde_json::json!({ "version": 1, "interfaces": out });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", Document::now(StatusJson { interfaces: out }).pretty()?);
         return Ok(ExitCode::SUCCESS);
     }
     if out.is_empty() {
