@@ -45,9 +45,10 @@ mod tests {
     }
 }
 
-/// Seconds since the Unix epoch (fractional).
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+/// Whole seconds since the Unix epoch: JSON's `_unix` fields, beside the RFC 3339 string of
+/// the same instant.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// RFC 3339 in UTC, to the second: "2026-11-26T06:40:12Z".

@@ -6,6 +6,7 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 
 use anyhow::Result;
 use portguard_common::Totals;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{
@@ -13,6 +14,7 @@ use crate::{
     counters::{Rates, Source},
     daemon::Tick,
     guard::Attached,
+    json::Document,
     settings::Settings,
 };
 
@@ -206,21 +208,30 @@ pub fn new_source_line(iface: &str, s: &Source) -> String {
 }
 
 /// One source in JSON.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct SourceJson {
+    /// The source address (IPv4 sources as IPv4).
     pub address: String,
     pub packets: u64,
+    /// Whole frames.
     pub bytes: u64,
+    /// Packets per second: over the sampling interval, or the average since first seen.
     pub rate_pps: f64,
+    /// RFC 3339, UTC.
     pub first_seen: String,
-    pub first_seen_unix: f64,
+    /// Whole seconds since the Unix epoch.
+    pub first_seen_unix: u64,
+    /// RFC 3339, UTC.
     pub last_seen: String,
-    pub last_seen_unix: f64,
+    /// Whole seconds since the Unix epoch.
+    pub last_seen_unix: u64,
     pub last_seen_age_seconds: f64,
     pub tcp_syns: u32,
     pub last_port: u16,
     /// "probing" (sent to a guarded port), "answering" (sent from one), or "both".
+    #[schemars(extend("enum" = ["probing", "answering", "both"]))]
     pub direction: &'static str,
+    /// "tcp" and/or "udp".
     pub protocols: Vec<&'static str>,
 }
 
@@ -235,9 +246,9 @@ impl SourceJson {
             bytes: st.bytes,
             rate_pps: (r.rate * 1000.0).round() / 1000.0,
             first_seen: clock::rfc3339(first),
-            first_seen_unix: clock::unix(first).floor(),
+            first_seen_unix: clock::unix(first),
             last_seen: clock::rfc3339(last),
-            last_seen_unix: clock::unix(last).floor(),
+            last_seen_unix: clock::unix(last),
             last_seen_age_seconds: (clock::age(st.last_seen_ns, now_ns).as_secs_f64() * 10.0)
                 .round()
                 / 10.0,
@@ -250,16 +261,44 @@ impl SourceJson {
 }
 
 /// One interface's counters in JSON (`stats --json`, and each line of `run --json`).
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct InterfaceJson {
     pub iface: String,
+    /// "native", "generic", or "unknown".
     pub xdp_mode: &'static str,
+    /// "drop" or "count".
+    #[schemars(extend("enum" = ["drop", "count"]))]
     pub mode: &'static str,
     pub ports: Vec<u16>,
     pub totals: Totals,
+    /// Drops per second over the interval; 0 when there is none (`stats` without
+    /// `--interval`).
     pub drop_rate_pps: f64,
     pub sources_tracked: usize,
+    /// The top sources, in the order asked for.
     pub sources: Vec<SourceJson>,
+}
+
+/// `stats --json`: every guarded interface (an empty list when nothing is guarded).
+#[derive(Serialize, JsonSchema)]
+pub struct StatsJson {
+    pub interfaces: Vec<InterfaceJson>,
+}
+
+/// One line of `run --json`.
+#[derive(Serialize, JsonSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One interface's counters, every interval.
+    Interval(InterfaceJson),
+    /// A source seen for the first time.
+    NewSource {
+        iface: String,
+        #[serde(flatten)]
+        source: SourceJson,
+    },
+    /// More new sources in one interval than are printed one by one.
+    NewSourcesSuppressed { iface: String, count: usize },
 }
 
 impl InterfaceJson {
@@ -291,9 +330,7 @@ pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: b
     }
     for v in &tick.snaps {
         let line = if json {
-            let mut j = serde_json::to_value(InterfaceJson::new(v))?;
-            j["event"] = "interval".into();
-            j.to_string()
+            Document::now(Event::Interval(InterfaceJson::new(v))).line()?
         } else {
             line(v)
         };
@@ -307,10 +344,10 @@ fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source
     for s in fresh.iter().take(NEW_SOURCE_LINES) {
         let line = if json {
             let r = Ranked { source: *s, rate: 0.0 };
-            let mut j = serde_json::to_value(SourceJson::new(&r, now)).unwrap_or_default();
-            j["event"] = "new_source".into();
-            j["iface"] = iface.into();
-            j.to_string()
+            let source = SourceJson::new(&r, now);
+            Document::now(Event::NewSource { iface: iface.into(), source })
+                .line()
+                .unwrap_or_default()
         } else {
             new_source_line(iface, s)
         };
@@ -319,8 +356,9 @@ fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source
     if fresh.len() > NEW_SOURCE_LINES {
         let more = fresh.len() - NEW_SOURCE_LINES;
         let line = if json {
-            serde_json::json!({"event": "new_sources_suppressed", "iface": iface, "count": more})
-                .to_string()
+            Document::now(Event::NewSourcesSuppressed { iface: iface.into(), count: more })
+                .line()
+                .unwrap_or_default()
         } else {
             format!("... and {more} more new sources on {iface}")
         };

@@ -33,8 +33,11 @@ fn stats_status_set_detach_on_a_running_guard() {
     wait_until("14 drops", || f.dropped() == 14);
 
     // stats --json: totals and sources with documented fields.
+    // (Fixture::json validates each document against docs/schema/ too.)
     let doc = f.json(&["stats", "--json"]);
     assert_eq!(doc["version"], 1);
+    assert!(doc["generated_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+    assert!(doc["generated_at_unix"].as_u64().is_some(), "{doc}");
     let e = iface_entry(&doc, GW_IF);
     assert_eq!(e["mode"], "drop");
     assert_eq!(e["xdp_mode"], "native");
@@ -63,6 +66,10 @@ fn stats_status_set_detach_on_a_running_guard() {
         assert!(top.get(key).is_some(), "missing {key}: {top}");
     }
     assert!(top["first_seen"].as_str().unwrap().ends_with('Z'));
+    // Whole seconds, as integers (not 1795675202.0), like status's guarded_since_unix.
+    for key in ["first_seen_unix", "last_seen_unix"] {
+        assert!(top[key].is_u64(), "{key} is an integer: {top}");
+    }
     // --top and --sort.
     let doc = f.json(&["stats", "--json", "--top", "2", "--sort", "last-seen"]);
     assert_eq!(iface_entry(&doc, GW_IF)["sources"].as_array().unwrap().len(), 2);
@@ -73,6 +80,8 @@ fn stats_status_set_detach_on_a_running_guard() {
 
     // status
     let doc = f.json(&["status", "--json"]);
+    assert_eq!(doc["version"], 1);
+    assert!(doc["generated_at_unix"].is_u64(), "{doc}");
     let s = iface_entry(&doc, GW_IF);
     assert_eq!(s["mode"], "drop");
     assert_eq!(s["protocols"], serde_json::json!(["tcp", "udp"]));
@@ -281,6 +290,12 @@ fn json_lines_from_run() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // Every line is a document of its own: the schema, a version and a time stamp.
+    for l in &lines {
+        portguard_testkit::schema::validate("run", l);
+        assert_eq!(l["version"], 1, "{l}");
+        assert!(l["generated_at"].is_string() && l["generated_at_unix"].is_u64(), "{l}");
+    }
     assert!(lines.iter().any(|l| l["event"] == "new_source"
         && l["address"] == "198.18.0.4"
         && l["iface"] == GW_IF));
@@ -301,7 +316,12 @@ fn errors_are_one_line_and_leave_nothing_behind() {
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.starts_with("portguard: error: ") && e.contains(needle), "{needle}: {e}");
     };
-    one_line(&f.portguard(&["stats"]), 1, "nothing is guarded");
+    // Read-only verbs answer "nothing" with an empty list, not an error.
+    let out = f.portguard(&["stats"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("nothing is guarded"), "{out:?}");
+    assert_eq!(f.json(&["stats", "--json"])["interfaces"], serde_json::json!([]));
+    assert_eq!(f.json(&["status", "--json"])["interfaces"], serde_json::json!([]));
     one_line(&f.portguard(&["stats", "--iface", "pg-wan"]), 1, "pg-wan is not guarded");
     one_line(&f.portguard(&["set", "--mode", "count"]), 1, "nothing is guarded");
     one_line(&f.portguard(&["set", "--iface", "eth9"]), 2, "nothing to change");

@@ -74,16 +74,21 @@ pub fn targets(pins: &Pins, named: &[String]) -> Result<Vec<String>> {
     Ok(guarded)
 }
 
-/// `targets`, where nothing to act on is an error.
+/// `targets`, where nothing to act on is an error (for verbs that change something).
 pub fn some_targets(pins: &Pins, named: &[String]) -> Result<Vec<String>> {
     let all = targets(pins, named)?;
     if all.is_empty() {
-        if !pins.mounted() {
-            bail!(
-                "nothing is guarded (bpffs is not mounted at /sys/fs/bpf): start `portguard run --iface IFACE`"
-            );
-        }
-        bail!("nothing is guarded: start `portguard run --iface IFACE`");
+        bail!(nothing_guarded(pins));
     }
     Ok(all)
+}
+
+/// What to say when nothing is guarded, and how to change that.
+pub fn nothing_guarded(pins: &Pins) -> String {
+    if pins.mounted() {
+        "nothing is guarded: start `portguard run --iface IFACE`".into()
+    } else {
+        "nothing is guarded (bpffs is not mounted at /sys/fs/bpf): start `portguard run --iface IFACE`"
+            .into()
+    }
 }

@@ -43,7 +43,7 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let text = if args.json {
-        match serde_json::to_string_pretty(&report) {
+        match portguard::json::Document::now(&report).pretty() {
             Ok(j) => j + "\n",
             Err(e) => {
                 eprintln!("portguard: error: encoding JSON: {e}");

@@ -6,13 +6,14 @@ use anyhow::Result;
 use portguard::{
     clock, counters,
     guard::View,
+    json::Document,
     pins::Pins,
     ranges,
-    report::{self, InterfaceJson, SortBy},
+    report::{self, InterfaceJson, SortBy, StatsJson},
 };
 use portguard_common::Totals;
 
-use super::args::some_targets;
+use super::args::targets;
 
 /// Show totals and the top sources of guarded interfaces.
 #[derive(clap::Args, Clone, Debug)]
@@ -37,7 +38,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let pins = Pins::default();
-    let guards: Vec<View> = some_targets(&pins, args.iface.as_slice())?
+    let guards: Vec<View> = targets(&pins, args.iface.as_slice())?
         .iter()
         .map(|i| View::open(&pins, i))
         .collect::<Result<_>>()?;
@@ -75,12 +76,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     }
     if args.json {
-        let doc = serde_json::json!({
-            "version": 1,
-            "generated_at": clock::rfc3339(std::time::SystemTime::now()),
-            "interfaces": snaps.iter().map(InterfaceJson::new).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        let interfaces = snaps.iter().map(InterfaceJson::new).collect();
+        println!("{}", Document::now(StatsJson { interfaces }).pretty()?);
+    } else if snaps.is_empty() {
+        // A read-only verb: nothing guarded is an answer, not an error.
+        println!("{}", super::args::nothing_guarded(&pins));
     } else {
         print!("{}", report::table(&snaps));
     }
