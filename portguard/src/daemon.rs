@@ -23,6 +23,7 @@ use crate::{
     counters::{self, Source},
     guard::{Acquired, Attached, Owner, View},
     metrics::{self, IfaceMetrics, LocalSocket},
+    notices,
     notify::Notifier,
     pins::Pins,
     report::{self, Snapshot, SortBy},
@@ -160,6 +161,8 @@ pub struct Daemon {
     ticks: u64,
     /// Sockets on guarded ports at the last scan; None before the first or when it failed.
     sockets: Option<Vec<LocalSocket>>,
+    /// The sockets a process holds, as warned about; None before the first scan.
+    held_sockets: Option<Vec<String>>,
 }
 
 impl Daemon {
@@ -205,7 +208,7 @@ impl Daemon {
             };
             guards.push(Guarded::new(held, fresh)?);
         }
-        Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None })
+        Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None, held_sockets: None })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -272,7 +275,7 @@ impl Daemon {
                 attached: g.held.attached(),
                 settings: v.settings().clone(),
                 totals,
-                rates: counters::rates(&g.prev, &totals, dt),
+                rates: Some(counters::rates(&g.prev, &totals, dt)),
                 tracked: sources.len(),
                 capacity: v.capacity(),
                 sources: ranked,
@@ -285,24 +288,43 @@ impl Daemon {
     }
 
     /// Scans this host's sockets on the guarded ports every SOCKET_SCAN_EVERY ticks (the first
-    /// tick included), and logs what changed.
+    /// tick included): all of them for the metrics; those a process holds for the warnings,
+    /// which name the process and stay on the live view until the sockets are gone. A TIME-WAIT
+    /// socket left by a closed connection belongs to no process and goes away by itself: it is
+    /// counted, not warned about.
     fn scan_sockets(&mut self) {
         if !(self.ticks - 1).is_multiple_of(SOCKET_SCAN_EVERY) {
             return;
         }
-        let sockets = local_sockets(&self.plan.settings.ports);
-        if self.sockets.is_some() && sockets != self.sockets {
+        let ports = &self.plan.settings.ports;
+        let Ok(report) = check::scan(ports, None) else {
+            self.sockets = None;
+            return;
+        };
+        self.sockets = Some(local_sockets(&report, ports));
+        let held = held_sockets(&report);
+        if self.held_sockets.as_ref() == Some(&held) {
+            return;
+        }
+        if held.is_empty() {
+            if self.held_sockets.is_some() {
+                log::info!("no process on this host uses a guarded port any more");
+            }
+            notices::clear(SOCKETS_NOTICE);
+        } else if self.held_sockets.is_none() {
             log::warn!(
-                "sockets on guarded ports on this host changed: {}",
-                describe_sockets(&sockets)
-            );
-        } else if self.sockets.is_none() && sockets.as_ref().is_some_and(|s| !s.is_empty()) {
-            log::warn!(
+                target: SOCKETS_NOTICE,
                 "this host uses a guarded port: {} (see `portguard check`)",
-                describe_sockets(&sockets)
+                held.join(", ")
+            );
+        } else {
+            log::warn!(
+                target: SOCKETS_NOTICE,
+                "sockets on guarded ports on this host changed: {} (see `portguard check`)",
+                held.join(", ")
             );
         }
-        self.sockets = sockets;
+        self.held_sockets = Some(held);
     }
 
     /// SIGHUP: re-reads the config file and applies it to the interfaces this process owns. A
@@ -390,9 +412,11 @@ fn status_line<'a>(
     format!("guarding {}", parts.join("; "))
 }
 
-/// Sockets on this host using a guarded port, as metrics see them; None if the scan failed.
-fn local_sockets(ports: &[u16]) -> Option<Vec<LocalSocket>> {
-    let report = check::scan(ports, None).ok()?;
+/// The notice (and log target) of the sockets warnings: cleared when they are gone.
+const SOCKETS_NOTICE: &str = "notice:sockets";
+
+/// Sockets on this host using a guarded port, as metrics see them.
+fn local_sockets(report: &check::Report, ports: &[u16]) -> Vec<LocalSocket> {
     let mut v: Vec<_> = report
         .sockets
         .iter()
@@ -402,19 +426,28 @@ fn local_sockets(ports: &[u16]) -> Option<Vec<LocalSocket>> {
         })
         .collect();
     v.sort();
-    Some(v)
+    v
 }
 
-fn describe_sockets(s: &Option<Vec<LocalSocket>>) -> String {
-    match s {
-        None => "unknown (scan failed)".into(),
-        Some(v) if v.is_empty() => "none".into(),
-        Some(v) => v
-            .iter()
-            .map(|k| format!("{} {} {}", k.protocol, k.port, k.state))
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
+/// The sockets a process holds, each as "tcp 8081 listen by nc (pid 4242)", sorted.
+fn held_sockets(report: &check::Report) -> Vec<String> {
+    let mut v: Vec<String> = report
+        .sockets
+        .iter()
+        .filter(|k| k.inode != 0)
+        .map(|k| {
+            let port =
+                if report.ports.contains(&k.local_port) { k.local_port } else { k.remote_port };
+            let owner = match k.processes.first() {
+                Some(p) => format!("by {} (pid {})", p.name, p.pid),
+                None => "by a process not visible here".to_string(),
+            };
+            format!("{} {port} {} {owner}", k.protocol, k.state)
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// What the daemon tells the outside world besides its output: systemd and Prometheus.
@@ -480,6 +513,7 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
             if let Ok(mut s) = shared.lock() {
                 s.ifaces = ifaces;
                 s.sockets = daemon.sockets.clone();
+                s.socket_ports = daemon.plan.settings.ports.clone();
             }
         }
         let mut out = std::io::stdout().lock();

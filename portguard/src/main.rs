@@ -5,7 +5,7 @@ mod cmd;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use portguard::error::Usage;
+use portguard::{error::Usage, notices};
 
 /// Guards TCP/UDP port 2745 (the Bagle backdoor) on Linux gateways with XDP, and tells you who
 /// is probing it.
@@ -32,9 +32,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
-        .init();
+        .build();
+    log::set_max_level(inner.filter());
+    let _ = log::set_boxed_logger(Box::new(Logger(inner)));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -70,6 +72,37 @@ fn main() -> ExitCode {
             eprintln!("portguard: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// env_logger, except that warnings go to the live view's notices while it is up
+/// (`notices`), where a redraw cannot wipe them.
+struct Logger(env_logger::Logger);
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.0.matches(r) {
+            return;
+        }
+        if r.level() <= log::Level::Warn && notices::capturing() {
+            let text = r.args().to_string();
+            let key = if r.target().starts_with(notices::TARGET_PREFIX) {
+                r.target().to_string()
+            } else {
+                text.clone()
+            };
+            notices::post(&key, text);
+            return;
+        }
+        self.0.log(r);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
     }
 }
 

@@ -1,14 +1,14 @@
 //! `portguard run`: guard interfaces and show live counters until SIGINT or SIGTERM; SIGHUP
 //! re-reads the config file.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use portguard::{
     config::{Flags, Plan},
     daemon::{self, Daemon, Service},
     guard::AttachMode,
-    metrics,
+    metrics, notices,
     notify::Notifier,
     pins::Pins,
     privileges, ranges,
@@ -97,6 +97,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     args.settings.check_allow()?;
     let flags = args.flags();
     let plan = Plan::load(&flags)?;
+    // On a terminal the live table is redrawn every interval: warnings from here on are held
+    // and drawn above it rather than written where the next redraw would wipe them.
+    if std::io::stdout().is_terminal() && !plan.json {
+        notices::capture();
+    }
+    let result = setup_and_guard(plan, flags, args.duration);
+    // Whatever was never drawn (a failure before the first frame) is written out now.
+    for n in notices::finish() {
+        log::warn!("{n}");
+    }
+    result
+}
+
+fn setup_and_guard(plan: Plan, flags: Flags, duration: Option<f64>) -> Result<ExitCode> {
     super::args::warn_everything_allowed(&plan.settings.allow);
     privileges::require_attach()?;
     for iface in &plan.ifaces {
@@ -117,6 +131,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         None => None,
     };
+    guard(&rt, plan, flags, listener, duration)
+}
+
+/// Attaches, serves until told to stop, and releases.
+fn guard(
+    rt: &tokio::runtime::Runtime,
+    plan: Plan,
+    flags: Flags,
+    listener: Option<tokio::net::TcpListener>,
+    duration: Option<f64>,
+) -> Result<ExitCode> {
     let ifaces = plan.ifaces.clone();
     let mut daemon = Daemon::start(plan, flags, Pins::default())?;
     for iface in &ifaces {
@@ -131,7 +156,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rt.spawn(metrics::serve(l, shared.clone()))
     });
     let service = Service { notifier: &notifier, metrics: Some(shared) };
-    let result = rt.block_on(daemon::serve(&mut daemon, args.duration, service));
+    let result = rt.block_on(daemon::serve(&mut daemon, duration, service));
     notifier.stopping();
     if let Some(s) = server {
         s.abort();

@@ -59,9 +59,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (rates, prev) = match first.get(n).and_then(Option::as_ref) {
             Some((t, p)) => {
                 let dt = Duration::from_secs_f64(args.interval.unwrap_or(1.0));
-                (counters::rates(t, &totals, dt), Some((p, dt)))
+                (Some(counters::rates(t, &totals, dt)), Some((p, dt)))
             }
-            None => (counters::Rates::default(), None),
+            None => (None, None),
         };
         snaps.push(report::Snapshot {
             iface: g.iface().to_string(),
@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // A read-only verb: nothing guarded is an answer, not an error.
         println!("{}", super::args::nothing_guarded(&pins));
     } else {
-        print!("{}", report::table(&snaps));
+        print!("{}", report::table(&snaps, report::Room::terminal().width));
     }
     Ok(ExitCode::SUCCESS)
 }
