@@ -359,6 +359,22 @@ fn errors_are_one_line_and_leave_nothing_behind() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing is guarded");
 }
 
+/// `check` without --port looks for the ports the guards are configured with: the daemon's
+/// warning about a local socket on a guarded port sends the admin there.
+#[test]
+fn check_defaults_to_the_guarded_ports() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    f.run(&["--port", "3127", "--port", "2745", "--no-metrics"]);
+    f.wait_guarded();
+    let doc = f.json(&["check", "--json"]);
+    assert_eq!(doc["ports"], serde_json::json!([2745, 3127]));
+    // Asked for explicitly, --port wins.
+    assert_eq!(f.json(&["check", "--json", "--port", "8080"])["ports"], serde_json::json!([8080]));
+}
+
 /// Guarding the loopback or an interface that is down is done as asked, with a word about it.
 #[test]
 fn quiet_interfaces_are_named() {

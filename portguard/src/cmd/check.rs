@@ -4,7 +4,11 @@
 
 use std::{io::Write as _, process::ExitCode};
 
-use portguard::check::{self, Family, Report, Socket};
+use portguard::{
+    check::{self, Family, Report, Socket},
+    guard::View,
+    pins::Pins,
+};
 use portguard_common::DEFAULT_PORT;
 
 /// Is anything here using the guarded port? Lists its sockets and their processes.
@@ -14,8 +18,9 @@ use portguard_common::DEFAULT_PORT;
 /// them. Exits 0 when there are none, 1 when there are some, 2 on error.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Port to look for (repeat for several).
-    #[arg(long = "port", short = 'p', value_name = "N", default_values_t = [DEFAULT_PORT],
+    /// Port to look for (repeat for several) [default: the ports the guards on this host are
+    /// configured with, or 2745 when nothing is guarded].
+    #[arg(long = "port", short = 'p', value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
     /// Print one JSON document instead of the table.
@@ -35,7 +40,8 @@ pub const FOUND: u8 = 1;
 pub const ERROR: u8 = 2;
 
 pub fn run(args: Args) -> ExitCode {
-    let report = match check::scan(&args.ports, args.netns.as_deref()) {
+    let ports = if args.ports.is_empty() { guarded_ports() } else { args.ports.clone() };
+    let report = match check::scan(&ports, args.netns.as_deref()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portguard: error: {}", one_line(&e));
@@ -62,6 +68,22 @@ pub fn run(args: Args) -> ExitCode {
         }
     }
     if report.clean { ExitCode::SUCCESS } else { ExitCode::from(FOUND) }
+}
+
+/// The ports the guards on this host watch, so that `check` answers the daemon's warning
+/// about them; 2745 when nothing is guarded (or the guards cannot be read without root).
+fn guarded_ports() -> Vec<u16> {
+    let pins = Pins::default();
+    let mut ports: Vec<u16> = pins
+        .guarded()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| View::open(&pins, i).ok())
+        .flat_map(|v| v.settings().ports.clone())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() { vec![DEFAULT_PORT] } else { ports }
 }
 
 /// The outermost context and the root cause, like the other commands' errors.
