@@ -78,7 +78,10 @@ fn stats_status_set_detach_on_a_running_guard() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("198.18.0.5") && text.contains("probing 2745"), "{text}");
 
-    // status
+    // status: times in UTC with the zone shown, as in the logs.
+    let text = String::from_utf8_lossy(&f.portguard(&["status"]).stdout).to_string();
+    let since = text.split("guarded since ").nth(1).and_then(|t| t.split(' ').next()).unwrap();
+    assert!(since.len() == 20 && since.ends_with('Z') && since.contains('T'), "{text}");
     let doc = f.json(&["status", "--json"]);
     assert_eq!(doc["version"], 1);
     assert!(doc["generated_at_unix"].is_u64(), "{doc}");

@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!(
             "{}: guarded since {} ({} ago), {} XDP, program {}, {owner}",
             s.iface,
-            clock::local(since),
+            clock::rfc3339(since),
             clock::short(age),
             s.xdp_mode,
             s.program_id
