@@ -27,8 +27,7 @@ enum Command {
     Top(cmd::top::Args),
     Lab(cmd::lab::Args),
     Completions(cmd::completions::Args),
-    /// Print the man page (roff), e.g. `portguard man > portguard.1`.
-    Man,
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +49,7 @@ fn main() -> ExitCode {
         Command::Detach(a) => cmd::detach::run(a),
         Command::Lab(a) => cmd::lab::run(a),
         Command::Completions(a) => cmd::completions::run::<Cli>(a),
-        Command::Man => cmd::completions::man::<Cli>(),
+        Command::Man(a) => cmd::completions::man::<Cli>(a),
         Command::Top(a) => cmd::top::run(a),
         // check has its own exit codes: 0 clean, 1 found, 2 error.
         Command::Check(a) => return cmd::check::run(a),

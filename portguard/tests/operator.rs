@@ -433,6 +433,33 @@ fn completions_and_man_page() {
     let out = f.portguard(&["man"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH portguard"));
+    // Every page, rendered by man(1) without a warning; the top page states what every verb
+    // shares, and every page it refers to exists.
+    let dir = tempdir();
+    let out = f.portguard(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let render = |page: &str| {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(dir.join(page))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .output()
+            .expect("man (cargo xtask setup installs man-db)");
+        assert!(out.status.success(), "{page}: {out:?}");
+        assert!(out.stderr.is_empty(), "{page}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = render("portguard.1");
+    for section in ["EXIT STATUS", "FILES", "ENVIRONMENT", "SEE ALSO", "PORTGUARD_PIN_ROOT"] {
+        assert!(top.contains(section), "{section}: {top}");
+    }
+    for verb in ["run", "stats", "status", "set", "detach", "check", "top"] {
+        let page = render(&format!("portguard-{verb}.1"));
+        assert!(page.contains("OPTIONS") && page.contains("--help"), "{verb}: {page}");
+    }
+    assert!(render("portguard-run.1").contains("--iface"));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn tempdir() -> PathBuf {
