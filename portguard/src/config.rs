@@ -25,6 +25,7 @@ pub struct FileConfig {
     /// drop or count.
     pub mode: Option<Mode>,
     /// Guarded ports.
+    #[serde(default, deserialize_with = "checked::ports")]
     pub ports: Option<Vec<u16>>,
     /// tcp and/or udp.
     pub protocols: Option<Vec<Protocol>>,
@@ -35,6 +36,7 @@ pub struct FileConfig {
     /// auto, native or generic.
     pub xdp_mode: Option<AttachMode>,
     /// Capacity of the per-source table.
+    #[serde(default, deserialize_with = "checked::sources")]
     pub sources: Option<u32>,
     /// Leave the guard attached when portguard exits.
     pub persist: Option<bool>,
@@ -48,6 +50,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct Output {
     /// Seconds between counter updates.
+    #[serde(default, deserialize_with = "checked::interval")]
     pub interval: Option<f64>,
     /// Sources shown per interface.
     pub top: Option<usize>,
@@ -59,6 +62,7 @@ pub struct Output {
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     /// Address of the Prometheus endpoint ("off" disables it).
+    #[serde(default, deserialize_with = "checked::listen")]
     pub listen: Option<String>,
     /// Per-source series exported for the top N sources only.
     pub top_sources: Option<usize>,
@@ -81,15 +85,6 @@ impl FileConfig {
                 None => msg,
             }
         })?;
-        if let Some(p) = c.ports.as_ref().and_then(|p| p.iter().find(|p| **p == 0)) {
-            return Err(format!("port {p} is not a valid port (1..=65535)"));
-        }
-        if c.sources == Some(0) {
-            return Err("sources must be at least 1".into());
-        }
-        if let Some(i) = c.output.interval {
-            crate::ranges::interval(i).map_err(|e| format!("output.interval: {e}"))?;
-        }
         Ok(c)
     }
 }
@@ -210,6 +205,45 @@ impl Plan {
     }
 }
 
+/// Values checked while the file is parsed, so that an invalid one is reported at its line like
+/// a syntax error; the ranges are the flags' own (`ranges`).
+mod checked {
+    use serde::{Deserializer, de::Error as _};
+
+    use crate::ranges;
+
+    fn check<'de, D: Deserializer<'de>, T: serde::Deserialize<'de>>(
+        d: D,
+        f: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<Option<T>, D::Error> {
+        let v = T::deserialize(d)?;
+        f(&v).map_err(D::Error::custom)?;
+        Ok(Some(v))
+    }
+
+    pub fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u16>>, D::Error> {
+        check(d, |v: &Vec<u16>| v.iter().try_for_each(|p| ranges::port(*p).map(drop)))
+    }
+
+    pub fn sources<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        check(d, |v: &u32| ranges::sources(*v).map(drop))
+    }
+
+    pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        check(d, |v: &f64| ranges::interval(*v).map(drop).map_err(|e| format!("interval: {e}")))
+    }
+
+    pub fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check(d, |v: &String| match v.as_str() {
+            "off" => Ok(()),
+            a => a
+                .parse::<std::net::SocketAddr>()
+                .map(drop)
+                .map_err(|_| format!("'{a}' is not an address like 127.0.0.1:9745 (or \"off\")")),
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -280,7 +314,15 @@ top_sources = 20
         assert!(e.starts_with("line 2:") && e.contains("prefix length"), "{e}");
         let e = FileConfig::parse("mode = \"reject\"").unwrap_err();
         assert!(e.contains("unknown variant `reject`"), "{e}");
-        assert!(FileConfig::parse("ports = [0]").unwrap_err().contains("port 0"));
+        // Invalid values are named at their line too, not only syntax and unknown keys.
+        let e = FileConfig::parse("mode = \"drop\"\nports = [2745, 0]\n").unwrap_err();
+        assert!(e.starts_with("line 2: port 0 is not a valid port"), "{e}");
+        let e = FileConfig::parse("[output]\ntop = 5\ninterval = 0\n").unwrap_err();
+        assert!(e.starts_with("line 3: interval: 0 is not between 0.05 and 3600"), "{e}");
+        let e = FileConfig::parse("\nsources = 0\n").unwrap_err();
+        assert!(e.starts_with("line 2: 0 sources is not between 1"), "{e}");
+        let e = FileConfig::parse("[metrics]\nlisten = \"9745\"\n").unwrap_err();
+        assert!(e.starts_with("line 2: '9745' is not an address"), "{e}");
         assert!(!FileConfig::parse("[output\ninterval=1").unwrap_err().contains('\n'));
     }
 }

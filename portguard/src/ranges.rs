@@ -6,6 +6,27 @@
 /// Below 50 ms the reads themselves would be most of the work; above an hour nothing is live.
 pub const INTERVAL: (f64, f64) = (0.05, 3600.0);
 
+/// The capacity of a per-source table (`run --sources`, `sources` in the config file): at
+/// least one entry, at most what the kernel's per-CPU allocator is sensible for.
+pub const SOURCES: (u32, u32) = (1, 16_777_216);
+
+/// A table capacity in `SOURCES`.
+pub fn sources(v: u32) -> Result<u32, String> {
+    let (lo, hi) = SOURCES;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v} sources is not between {lo} and {hi}"));
+    }
+    Ok(v)
+}
+
+/// A guarded port: 0 is no port.
+pub fn port(v: u16) -> Result<u16, String> {
+    if v == 0 {
+        return Err("port 0 is not a valid port (1..=65535)".into());
+    }
+    Ok(v)
+}
+
 /// A number of seconds in `INTERVAL`.
 pub fn interval(v: f64) -> Result<f64, String> {
     let (lo, hi) = INTERVAL;
@@ -36,6 +57,10 @@ pub mod parse {
 
     pub fn duration(s: &str) -> Result<f64, String> {
         super::duration(seconds(s)?)
+    }
+
+    pub fn sources(s: &str) -> Result<u32, String> {
+        super::sources(s.trim().parse().map_err(|_| format!("'{s}' is not a number of sources"))?)
     }
 }
 

@@ -34,8 +34,8 @@ pub struct Args {
     /// XDP attach mode [default: auto].
     #[arg(long = "xdp-mode", value_enum)]
     pub xdp_mode: Option<AttachMode>,
-    /// Capacity of the per-source table [default: 65536].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    /// Capacity of the per-source table, 1 to 16777216 [default: 65536].
+    #[arg(long, value_name = "N", value_parser = ranges::parse::sources)]
     pub sources: Option<u32>,
     /// New sources admitted into the table per CPU per 67 ms slice [default: paced so that a
     /// flood turns the table over no faster than once in 8 s].
