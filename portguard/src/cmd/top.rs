@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
+    guard::View,
     pins::Pins,
     tui::{
         NOTHING_GUARDED,
@@ -39,6 +40,11 @@ const WAKE: Duration = Duration::from_millis(250);
 pub fn run(args: Args) -> Result<ExitCode> {
     let interval = Duration::from_secs_f64(args.interval);
     let pins = Pins::default();
+    // An interface asked for by name must be guarded, as for every other verb: an error now,
+    // not a notice on a screen that shows another interface.
+    if let Some(want) = &args.iface {
+        View::open(&pins, want)?;
+    }
     if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
         if pins.guarded()?.is_empty() {
             bail!(NOTHING_GUARDED);
@@ -49,11 +55,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut ui = Ui::new(args.iface.clone());
     model.refresh(ui.iface.as_deref(), interval);
     settle(&model, &mut ui);
-    if let Some(want) = &args.iface
-        && ui.iface.as_ref() != Some(want)
-    {
-        ui.notice = Some(format!("{want} is not guarded"));
-    }
 
     term::catch_signals().context("catching SIGTERM and SIGINT")?;
     term::exit_on_stop_after(Duration::from_secs(2));
