@@ -327,8 +327,11 @@ impl Daemon {
         self.held_sockets = Some(held);
     }
 
-    /// SIGHUP: re-reads the config file and applies it to the interfaces this process owns. A
-    /// broken file leaves the running configuration as it is.
+    /// SIGHUP: re-reads the config file and applies every key that can change in place: the
+    /// guard's settings (to the interfaces this process owns), the output keys, `persist` and
+    /// `[metrics] top_sources`. Keys that take a restart (`interfaces`, `sources`, `xdp_mode`,
+    /// `[metrics] listen`) keep their running value and are named. A broken file leaves the
+    /// running configuration as it is.
     pub fn reload(&mut self) {
         if self.flags.config.is_none() {
             log::info!("SIGHUP: no --config file to re-read");
@@ -341,10 +344,39 @@ impl Daemon {
                 return;
             }
         };
-        if new.ifaces != self.plan.ifaces {
+        let old = &self.plan;
+        let restart: Vec<&str> = [
+            ("interfaces", new.ifaces != old.ifaces),
+            ("sources", new.sources != old.sources),
+            ("xdp_mode", new.xdp_mode != old.xdp_mode),
+            ("[metrics] listen", new.metrics != old.metrics),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !restart.is_empty() {
             log::warn!(
-                "SIGHUP: a change of interfaces takes a restart; applying the other settings"
+                "SIGHUP: {} changed, which takes a restart (`systemctl restart portguard`): still \
+                 running with the old value; the other keys are applied",
+                restart.join(", ")
             );
+        }
+        let applied: Vec<String> = [
+            ("[output] interval", new.interval != old.interval, format!("{}", new.interval)),
+            ("[output] top", new.top != old.top, new.top.to_string()),
+            ("[output] json", new.json != old.json, new.json.to_string()),
+            ("persist", new.persist != old.persist, new.persist.to_string()),
+            (
+                "[metrics] top_sources",
+                new.metrics_top != old.metrics_top,
+                new.metrics_top.to_string(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed, v)| changed.then(|| format!("{key} = {v}")))
+        .collect();
+        if !applied.is_empty() {
+            log::info!("SIGHUP: applied {}", applied.join(", "));
         }
         for g in &mut self.guards {
             let Held::Owner(o) = &mut g.held else { continue };
@@ -353,8 +385,16 @@ impl Daemon {
                 Err(e) => log::error!("{}: {e:#}", g.iface),
             }
         }
-        self.plan =
-            Plan { ifaces: self.plan.ifaces.clone(), netns: self.plan.netns.clone(), ..new };
+        // What takes a restart keeps its running value, so that the plan says what runs.
+        self.plan = Plan {
+            ifaces: self.plan.ifaces.clone(),
+            netns: self.plan.netns.clone(),
+            sources: self.plan.sources,
+            xdp_mode: self.plan.xdp_mode,
+            metrics: self.plan.metrics,
+            metrics_chosen: self.plan.metrics_chosen,
+            ..new
+        };
     }
 
     /// The totals of every guard, added up.
@@ -462,10 +502,10 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let period = Duration::from_secs_f64(daemon.plan.interval);
+    let mut period = Duration::from_secs_f64(daemon.plan.interval);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
-    let tty = std::io::stdout().is_terminal() && !daemon.plan.json;
+    let terminal = std::io::stdout().is_terminal();
     // Without a watchdog the timer is parked far away.
     let wd_period = service.notifier.watchdog_period().unwrap_or(Duration::from_secs(86_400));
     let mut watchdog = tokio::time::interval(wd_period);
@@ -477,6 +517,13 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
             _ = sighup.recv() => {
                 service.notifier.reloading();
                 daemon.reload();
+                // A new interval takes effect from now.
+                let new = Duration::from_secs_f64(daemon.plan.interval);
+                if new != period {
+                    period = new;
+                    interval =
+                        tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                }
                 service.notifier.ready(&daemon.status_now());
                 continue;
             }
@@ -517,6 +564,7 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
             }
         }
         let mut out = std::io::stdout().lock();
+        let tty = terminal && !daemon.plan.json;
         report::print_tick(&mut out, &tick, tty, daemon.plan.json)?;
         let _ = out.flush();
         if deadline.is_some_and(|d| Instant::now() >= d) {

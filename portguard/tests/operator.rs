@@ -278,6 +278,43 @@ fn config_file_flags_override_and_sighup_reloads() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// SIGHUP applies every key that can change in place and names each one that takes a restart.
+#[test]
+fn sighup_applies_what_it_can_and_names_the_rest() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    let dir = tempdir();
+    let path = dir.join("portguard.toml");
+    std::fs::write(&path, "[output]\ninterval = 0.2\n").unwrap();
+    let run = f.run(&["--config", path.to_str().unwrap(), "--no-metrics"]);
+    f.wait_guarded();
+    wait_until("a key=value line", || f.daemons[run].out().contains("iface="));
+    std::fs::write(
+        &path,
+        "sources = 1024\nxdp_mode = \"generic\"\npersist = true\n[output]\ninterval = 0.1\njson = true\n",
+    )
+    .unwrap();
+    f.daemons[run].signal(libc::SIGHUP);
+    f.daemons[run].wait_log("SIGHUP: applied");
+    let log = f.daemons[run].log();
+    assert!(log.contains("SIGHUP: sources, xdp_mode changed, which takes a restart"), "{log}");
+    assert!(log.contains("[output] interval = 0.1, [output] json = true, persist = true"), "{log}");
+    // Applied: JSON lines now.
+    wait_until("JSON lines", || f.daemons[run].out().lines().any(|l| l.starts_with('{')));
+    // Still running as it was: the table was not resized, the attachment not changed.
+    let doc = f.json(&["status", "--json"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["source_capacity"], 65536);
+    assert_eq!(iface_entry(&doc, GW_IF)["xdp_mode"], "native");
+    // persist = true was applied: the guard stays after SIGTERM.
+    f.daemons[run].signal(libc::SIGTERM);
+    let out = f.daemons[run].wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(f.attached(), "persist applied on reload: the guard is left in place");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn json_lines_from_run() {
     if !root_or_skip() {
