@@ -118,6 +118,8 @@ pub struct Plan {
     pub settings: Settings,
     pub xdp_mode: AttachMode,
     pub sources: u32,
+    /// The capacity was given (flag or file), not the default.
+    pub sources_chosen: bool,
     pub interval: f64,
     pub top: usize,
     pub json: bool,
@@ -181,6 +183,7 @@ impl Plan {
             },
             xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
             sources: flags.sources.or(file.sources).unwrap_or(DEFAULT_SOURCE_CAPACITY),
+            sources_chosen: flags.sources.is_some() || file.sources.is_some(),
             interval,
             top: flags.top.or(file.output.top).unwrap_or(10),
             json: flags.json || file.output.json.unwrap_or(false),

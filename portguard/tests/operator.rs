@@ -165,9 +165,13 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     f.probe(0, 4);
     wait_until("16 drops", || f.dropped() == 16);
     assert_eq!(f.owner(), None);
-    // kill -9 of a new owner also leaves the guard in place.
-    let second = f.run(&["--persist"]);
+    // kill -9 of a new owner also leaves the guard in place. It asks for another table size,
+    // which an adopted guard cannot take: it says so.
+    let second = f.run(&["--persist", "--sources", "1024"]);
     f.daemons[second].wait_log("adopted the guard left on pg-wan");
+    f.daemons[second].wait_log(
+        "pg-wan: kept its table of 65536 sources (--sources 1024 is not applied to a guard already in place",
+    );
     f.daemons[second].signal(libc::SIGKILL);
     let _ = f.daemons[second].wait();
     assert!(f.attached());

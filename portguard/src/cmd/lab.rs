@@ -52,6 +52,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         settings: settings.clone(),
         xdp_mode: AttachMode::Auto,
         sources: DEFAULT_SOURCE_CAPACITY,
+        sources_chosen: false,
         interval: 1.0,
         top: 10,
         json: false,

@@ -143,9 +143,14 @@ fn guard(
     duration: Option<f64>,
 ) -> Result<ExitCode> {
     let ifaces = plan.ifaces.clone();
-    let mut daemon = Daemon::start(plan, flags, Pins::default())?;
+    let sources = plan.sources_chosen.then_some(plan.sources);
+    let pins = Pins::default();
+    let mut daemon = Daemon::start(plan, flags, pins.clone())?;
     for iface in &ifaces {
         warn_if_quiet(iface);
+        if let Some(asked) = sources {
+            warn_if_other_capacity(&pins, iface, asked);
+        }
     }
     let notifier = Notifier::from_env();
     let shared = metrics::Shared::default();
@@ -163,6 +168,20 @@ fn guard(
     }
     daemon.finish();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// A guard that was already there (adopted, or another portguard's) keeps its source table:
+/// its size cannot change without losing the counters, so a different --sources is not
+/// applied, and says so, as a different --xdp-mode does.
+fn warn_if_other_capacity(pins: &Pins, iface: &str, asked: u32) {
+    let Ok(v) = portguard::guard::View::open(pins, iface) else { return };
+    if v.capacity() != asked {
+        log::warn!(
+            "{iface}: kept its table of {} sources (--sources {asked} is not applied to a guard \
+             already in place; `portguard detach` first, which loses its counters)",
+            v.capacity()
+        );
+    }
 }
 
 /// An interface that is down, or the loopback, is guarded as asked, but nothing from outside
