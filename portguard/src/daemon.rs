@@ -245,8 +245,9 @@ impl Daemon {
                 let removed = o.make_room(&sources);
                 if removed > 0 {
                     log::info!(
-                        "{}: source table nearly full: forgot the {removed} sources seen least recently",
-                        g.iface
+                        "{}: source table nearly full: forgot the {} seen least recently",
+                        g.iface,
+                        crate::text::plural(removed as u64, "source")
                     );
                 }
             }

@@ -577,7 +577,7 @@ fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source
                 .line()
                 .unwrap_or_default()
         } else {
-            format!("... and {more} more new sources on {iface}")
+            format!("… and {} on {iface}", text::plural(more as u64, "more new source"))
         };
         let _ = writeln!(out, "{line}");
     }

@@ -203,8 +203,8 @@ pub fn verdict(report: &Report) -> String {
     if n == 0 {
         format!("nothing {place} uses {ports}")
     } else {
-        let (noun, verb) = if n == 1 { ("socket", "uses") } else { ("sockets", "use") };
-        format!("{n} {noun} {place} {verb} {ports}")
+        let verb = if n == 1 { "uses" } else { "use" };
+        format!("{} {place} {verb} {ports}", portguard::text::plural(n as u64, "socket"))
     }
 }
 

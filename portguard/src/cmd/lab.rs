@@ -23,6 +23,7 @@ use portguard::{
     pins::Pins,
     privileges,
     settings::{Mode, Settings},
+    text::plural,
 };
 use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY};
 
@@ -103,15 +104,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     println!();
     println!(
-        "port {DEFAULT_PORT}: {sent} probes sent, {} TCP connections and {} UDP datagrams got \
-         through ({dropped} dropped by portguard)",
-        guarded.tcp(),
-        guarded.udp(),
+        "port {DEFAULT_PORT}: {} sent, {} and {} got through ({dropped} dropped by portguard)",
+        plural(sent, "probe"),
+        plural(guarded.tcp(), "TCP connection"),
+        plural(guarded.udp(), "UDP datagram"),
     );
     println!(
-        "port {SERVICE_PORT}: {} TCP connections and {} UDP datagrams delivered (ordinary traffic passes)",
-        service.tcp(),
-        service.udp()
+        "port {SERVICE_PORT}: {} and {} delivered (ordinary traffic passes)",
+        plural(service.tcp(), "TCP connection"),
+        plural(service.udp(), "UDP datagram")
     );
     drop(lab);
     println!("lab removed: namespaces deleted, nothing left attached");
