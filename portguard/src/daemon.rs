@@ -98,6 +98,7 @@ impl Guarded {
         self.held = match self.held {
             Held::Owner(o) if !o.view().link_alive() => {
                 log::warn!(
+                    target: &gone_notice(&self.iface),
                     "{} went away (deleted or replaced): its counters are kept; it is guarded \
                      again as soon as it returns",
                     self.iface
@@ -113,6 +114,7 @@ impl Guarded {
         let (settings, capacity) = (v.settings().clone(), v.capacity());
         match Owner::acquire(pins, &self.iface, Some(&settings), capacity, plan.xdp_mode) {
             Ok(Acquired::Attached(o) | Acquired::Adopted(o)) => {
+                notices::clear(&gone_notice(&self.iface));
                 log::info!(
                     "{} is back: guarding it again ({} XDP), counters kept",
                     self.iface,
@@ -138,6 +140,11 @@ impl Guarded {
         }
         true
     }
+}
+
+/// The notice of an interface that went away: it stays on the live view until it is back.
+fn gone_notice(iface: &str) -> String {
+    format!("{}gone:{iface}", notices::TARGET_PREFIX)
 }
 
 fn packets(sources: &[Source]) -> HashMap<IpAddr, u64> {

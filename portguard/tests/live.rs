@@ -157,3 +157,29 @@ fn the_lines_in_a_pipe_can_be_split() {
     let log = f.daemons[run].out() + &f.daemons[run].log();
     assert!(log.contains("198.18.0.3 probing 2745 (udp), 1 packet\n"), "{log}");
 }
+
+/// A warning whose condition ends leaves the screen: the interface went away (the notice
+/// appears above the table) and came back (it goes).
+#[test]
+fn a_warning_leaves_when_it_stops_being_true() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = Fixture::new(BIN, "pgl");
+    let tmux = Tmux::new();
+    let cmd = format!(
+        "exec nsenter --net=/run/netns/{} env PORTGUARD_PIN_ROOT={} {BIN} run --iface {GW_IF} \
+         --interval 0.1 --no-metrics",
+        f.lab.gw,
+        f.pins.path.display()
+    );
+    tmux.start("gone", 80, 24, &cmd);
+    tmux.wait_screen("gone", "the table", |sc| sc.contains(&format!("{GW_IF} (native XDP)")));
+    f.lab.unplug().unwrap();
+    tmux.wait_screen("gone", "the notice", |sc| sc.contains(&format!("! {GW_IF} went away")));
+    f.lab.plug().unwrap();
+    let screen = tmux.wait_screen("gone", "the notice gone", |sc| {
+        !sc.contains("went away") && sc.contains(&format!("{GW_IF} (native XDP)"))
+    });
+    assert!(!screen.contains("! "), "{screen}");
+}
