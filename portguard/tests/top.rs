@@ -524,7 +524,10 @@ fn an_unguarded_iface_is_an_error() {
     let mut f = Fixture::new(true);
     let s = f.top(100, 30, "--iface nosuch");
     assert_eq!(f.wait_exit(&s), "1");
-    let screen: String = f.screen(&s).lines().collect();
+    // The whole pane, history included, wrapped lines joined: the error may have been written
+    // before the pane took its final size.
+    let out = f.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", &s]);
+    let screen: String = String::from_utf8_lossy(&out.stdout).lines().collect();
     assert!(screen.contains("portguard: error: nosuch is not guarded by portguard"), "{screen}");
 }
 
