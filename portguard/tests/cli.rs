@@ -117,6 +117,9 @@ fn reading_pinned_state_without_privileges() {
         &["detach", "--all"],
         // A named interface, too: not "eth1 is not guarded", which would be a wrong answer.
         &["detach", "--iface", "eth1"],
+        &["set", "--iface", "eth1", "--mode", "drop"],
+        &["top", "--iface", "eth1"],
+        &["top"],
     ] {
         let out = Command::new("setpriv")
             .args([

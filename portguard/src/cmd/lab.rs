@@ -44,6 +44,19 @@ const SERVICE_PORT: u16 = 8080;
 
 pub fn run(args: Args) -> Result<ExitCode> {
     privileges::require_attach()?;
+    // On a terminal the counters are a table redrawn in place: warnings are held above it (see
+    // `portguard run`).
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        portguard::notices::capture();
+    }
+    let result = lab(args);
+    for n in portguard::notices::finish() {
+        log::warn!("{n}");
+    }
+    result
+}
+
+fn lab(args: Args) -> Result<ExitCode> {
     let lab = Lab::create(&format!("pglab{}", std::process::id()))?;
     let guarded = Listeners::start(&lab.gw, DEFAULT_PORT)?;
     let service = Listeners::start(&lab.gw, SERVICE_PORT)?;

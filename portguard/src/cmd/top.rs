@@ -40,6 +40,9 @@ const WAKE: Duration = Duration::from_millis(250);
 pub fn run(args: Args) -> Result<ExitCode> {
     let interval = Duration::from_secs_f64(args.interval);
     let pins = Pins::default();
+    // Without the privileges to read the pins, every interface would look unguarded: say
+    // "needs root" instead, as every other verb does.
+    pins.guarded()?;
     // An interface asked for by name must be guarded, as for every other verb: an error now,
     // not a notice on a screen that shows another interface.
     if let Some(want) = &args.iface {
