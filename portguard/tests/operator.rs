@@ -77,6 +77,11 @@ fn stats_status_set_detach_on_a_running_guard() {
     let out = f.portguard(&["stats"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("198.18.0.5") && text.contains("probing 2745"), "{text}");
+    // One reading has no rates: none is printed (not "0/s"); with --interval there are.
+    assert!(text.contains("seen ") && !text.contains("/s)"), "{text}");
+    let out = f.portguard(&["stats", "--interval", "0.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/s)"), "{text}");
 
     // status: times in UTC with the zone shown, as in the logs.
     let text = String::from_utf8_lossy(&f.portguard(&["status"]).stdout).to_string();
