@@ -244,35 +244,66 @@ const _: () = assert!(size_of::<SourceSlot>() == 48);
 /// The version of the map layouts in this file. A new portguard adopting pinned maps of another
 /// layout would misread them: it refuses, and says how to start afresh. Bump it whenever a
 /// type below changes size or meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// META\[0\]: facts about the attachment that userspace records for other portguard processes
-/// (`status`, adoption after a restart). The XDP program never reads it.
+/// (`status`, adoption after a restart, `detach`). The XDP program never reads it.
+///
+/// A guard's identity is (network namespace, interface): the namespace by its cookie (unique
+/// for the boot, never reused, unlike its inode), the interface by its index in that
+/// namespace, with its name kept for people and for following a device that is replaced.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     /// `LAYOUT_VERSION` of the portguard that created the maps.
     pub layout: u32,
-    /// The interface index attached to.
+    /// The interface index attached to (in the namespace below).
     pub ifindex: u32,
     /// When the interface was first guarded, seconds since the Unix epoch.
     pub since_unix: u64,
+    /// SO_NETNS_COOKIE of the interface's network namespace (its inode on kernels before 5.14,
+    /// which have no cookies).
+    pub netns_cookie: u64,
+    /// The namespace's inode (`ip netns identify`, `lsns`), for people.
+    pub netns_inode: u64,
     /// SOURCES capacity.
     pub capacity: u32,
-    /// `XDP_MODE_*`.
-    pub xdp_mode: u8,
-    pub _pad: [u8; 3],
     /// The process that owns the attachment (0: none; it was left in place on exit).
     pub owner_pid: u32,
-    /// Bumped by every change of the settings (`portguard set`, SIGHUP), so that watchers
-    /// re-read the port table only when it changed.
+    /// Bumped by every change of the settings, so that other processes re-read them (and the
+    /// daemon logs the change) only when they moved.
     pub generation: u32,
+    /// The process that made the latest change of the settings, and how (`CHANGE_*`).
+    pub changed_by: u32,
+    /// The interface's name, NUL-padded.
+    pub ifname: [u8; 16],
+    /// `XDP_MODE_*`.
+    pub xdp_mode: u8,
+    /// `STATE_*`.
+    pub state: u8,
+    /// `CHANGE_*` of the latest change of the settings.
+    pub change: u8,
+    pub _pad: u8,
+    /// The `portguard detach` that asked for STATE_DETACHING.
+    pub detach_by: u32,
 }
-const _: () = assert!(size_of::<Meta>() == 32);
+const _: () = assert!(size_of::<Meta>() == 72);
 
 /// `Meta::xdp_mode`.
 pub const XDP_MODE_NATIVE: u8 = 1;
 pub const XDP_MODE_GENERIC: u8 = 2;
+
+/// `Meta::state`: guarding (what a zeroed META says), or a `portguard detach` asked the owner to
+/// stop: a deliberate, recorded request, which the owner honours instead of guarding again.
+pub const STATE_GUARDING: u8 = 0;
+pub const STATE_DETACHING: u8 = 1;
+
+/// `Meta::change`: who changed the settings last.
+pub const CHANGE_ATTACH: u8 = 1;
+pub const CHANGE_ADOPT: u8 = 2;
+pub const CHANGE_SET: u8 = 3;
+pub const CHANGE_RELOAD: u8 = 4;
+pub const CHANGE_TOP: u8 = 5;
 
 /// FRAGMENTS key: one fragmented datagram whose first fragment matched. Fields mirror the
 /// kernel's reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), `proto` = 0.

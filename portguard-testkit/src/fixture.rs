@@ -27,25 +27,36 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The binary under test (the caller's `env!("CARGO_BIN_EXE_portguard")`), with a pin root.
+/// The binary under test (the caller's `env!("CARGO_BIN_EXE_portguard")`), with a pin root,
+/// acting on the guards of one network namespace.
 #[derive(Clone, Debug)]
 pub struct Bin {
     pub path: PathBuf,
     pub root: PathBuf,
+    /// The namespace verbs act in (`--netns`); None: the test's own.
+    pub netns: Option<String>,
 }
 
 impl Bin {
     pub fn new(path: impl Into<PathBuf>, root: &Path) -> Bin {
-        Bin { path: path.into(), root: root.to_path_buf() }
+        Bin { path: path.into(), root: root.to_path_buf(), netns: None }
+    }
+
+    /// The same binary and root, acting in namespace `netns`.
+    pub fn in_netns(&self, netns: &str) -> Bin {
+        Bin { netns: Some(netns.to_string()), ..self.clone() }
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.path);
+        if let Some(ns) = &self.netns {
+            c.args(["--netns", ns]);
+        }
         c.args(args).env("PORTGUARD_PIN_ROOT", &self.root).env("RUST_LOG", "info");
         c
     }
 
-    /// Runs a verb to completion (outside any lab namespace: pins are visible from anywhere).
+    /// Runs a verb to completion, in this Bin's namespace.
     pub fn output(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("running portguard")
     }
@@ -80,24 +91,38 @@ impl Bin {
 /// the directory removed when it is dropped, however the test ends.
 pub struct PinRoot {
     pub path: PathBuf,
-    bin: PathBuf,
 }
 
 impl PinRoot {
-    pub fn new(bin: impl Into<PathBuf>, name: &str) -> PinRoot {
-        let path = PathBuf::from(format!("/sys/fs/bpf/pgtest-{}", unique(name)));
-        PinRoot { path, bin: bin.into() }
+    pub fn new(name: &str) -> PinRoot {
+        PinRoot { path: PathBuf::from(format!("/sys/fs/bpf/pgtest-{}", unique(name))) }
     }
 }
 
 impl Drop for PinRoot {
     fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .args(["detach", "--all"])
-            .env("PORTGUARD_PIN_ROOT", &self.path)
-            .output();
+        // Every namespace's guards: detach each link (the namespace may be gone already, so
+        // not through `portguard detach`), then remove the pins.
+        for link in links_under(&self.path) {
+            let _ = Command::new("bpftool").args(["link", "detach", "pinned"]).arg(&link).output();
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Every pinned `link` below `dir`.
+fn links_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "link") {
+            out.push(p);
+        } else if p.is_dir() {
+            out.extend(links_under(&p));
+        }
+    }
+    out
 }
 
 fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
@@ -162,8 +187,14 @@ impl Daemon {
         self.out.lock().unwrap().clone()
     }
 
+    /// Waits until it has logged `needle`; on a timeout the panic shows what it did log.
     pub fn wait_log(&self, needle: &str) {
-        wait_until(needle, || self.log.lock().unwrap().contains(needle));
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(needle, || self.log.lock().unwrap().contains(needle))
+        }));
+        if found.is_err() {
+            panic!("timed out waiting for the log line '{needle}'; the log:\n{}", self.log());
+        }
     }
 
     /// Waits for it to exit; the output is everything it wrote.
@@ -196,7 +227,10 @@ impl Drop for Daemon {
 pub struct Fixture {
     pub daemons: Vec<Daemon>,
     pub pins: PinRoot,
+    /// Verbs act in the gateway's namespace.
     pub bin: Bin,
+    /// The gateway interface's pin directory.
+    pub dir: PathBuf,
     pub lab: lab::Lab,
 }
 
@@ -205,9 +239,13 @@ impl Fixture {
     /// the test file, for the namespaces.
     pub fn new(bin: &str, prefix: &str) -> Fixture {
         let lab = lab::Lab::create(&unique(prefix)).expect("creating the lab");
-        let pins = PinRoot::new(bin, prefix);
-        let bin = Bin::new(bin, &pins.path);
-        Fixture { daemons: Vec::new(), pins, bin, lab }
+        let pins = PinRoot::new(prefix);
+        let bin = Bin::new(bin, &pins.path).in_netns(&lab.gw);
+        let ns = lab::in_netns(&lab.gw, portguard::netns::Netns::current)
+            .expect("entering the gateway's namespace")
+            .expect("the gateway's namespace");
+        let dir = pins.path.join(ns.key()).join(GW_IF);
+        Fixture { daemons: Vec::new(), pins, bin, dir, lab }
     }
 
     /// `portguard run --iface pg-wan ARGS` in the gateway namespace; returns its index.
@@ -250,7 +288,7 @@ impl Fixture {
 
     /// Waits until the guard's link is pinned.
     pub fn wait_guarded(&self) {
-        let link = self.pins.path.join(GW_IF).join("link");
+        let link = self.dir.join("link");
         wait_until("the guard's link to be pinned", || link.exists());
     }
 

@@ -106,6 +106,7 @@ pub struct Flags {
     pub top: Option<usize>,
     pub json: bool,
     pub persist: bool,
+    pub detach_on_exit: bool,
     pub metrics: Option<SocketAddr>,
     pub no_metrics: bool,
     pub metrics_top: Option<usize>,
@@ -123,7 +124,11 @@ pub struct Plan {
     pub interval: f64,
     pub top: usize,
     pub json: bool,
+    /// Leave what this run attached in place when it ends.
     pub persist: bool,
+    /// Detach on exit even a guard this run adopted (left in place by an earlier run), which
+    /// otherwise stays.
+    pub detach_on_exit: bool,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// The address was given (flag or file), not the default.
@@ -148,7 +153,10 @@ impl Plan {
         fn pick<T: Clone>(flag: &[T], file: &Option<Vec<T>>, default: Vec<T>) -> Vec<T> {
             if !flag.is_empty() { flag.to_vec() } else { file.clone().unwrap_or(default) }
         }
-        let ifaces = pick(&flags.ifaces, &file.interfaces, Vec::new());
+        let mut ifaces = pick(&flags.ifaces, &file.interfaces, Vec::new());
+        // `--iface X --iface X` is one interface: the second would watch the first.
+        let mut seen = std::collections::HashSet::new();
+        ifaces.retain(|i| seen.insert(i.clone()));
         if ifaces.is_empty() {
             return Err(crate::error::usage(
                 "no interface to guard: give --iface IFACE (or `interfaces` in the config file)",
@@ -188,6 +196,7 @@ impl Plan {
             top: flags.top.or(file.output.top).unwrap_or(10),
             json: flags.json || file.output.json.unwrap_or(false),
             persist: flags.persist || file.persist.unwrap_or(false),
+            detach_on_exit: flags.detach_on_exit,
             metrics: if flags.no_metrics {
                 None
             } else if let Some(a) = flags.metrics {

@@ -1,10 +1,13 @@
-//! The daemon: the guards `portguard run` (and `portguard lab`) holds, kept up every interval.
+//! The daemon: the guards `portguard run` (and `portguard lab`) holds, kept up.
 //!
-//! [`Daemon::start`] acquires every interface of a [`Plan`] (all or nothing). [`Daemon::tick`]
-//! does the housekeeping — follows interfaces that go away and come back, picks up settings
-//! changed by other processes, makes room in the source tables, scans for local sockets on
-//! guarded ports — and returns what it read as a [`Tick`]. [`serve`] runs the loop: signals,
-//! ticks, output, systemd notifications and the metrics endpoint. Rendering is `report.rs`'s.
+//! [`Daemon::start`] acquires every interface of a [`Plan`] (all or nothing). Every second,
+//! [`Daemon::upkeep`] keeps each owned guard attached (`Owner::upkeep`: pins, interfaces that go
+//! away and come back, detach requests), takes over a guard whose owner died, and logs settings
+//! changed by other processes; a guard that cannot be kept ends the daemon with an error.
+//! Every interval, [`Daemon::tick`] reads the counters, makes room in the source tables, and
+//! returns what it read as a [`Tick`], with what the kernel says of each guard. [`serve`] runs
+//! the loop: signals, upkeep, ticks, output, systemd notifications and the metrics endpoint.
+//! Rendering is `report.rs`'s.
 
 use std::{
     collections::HashMap,
@@ -13,15 +16,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-use portguard_common::Totals;
+use anyhow::{Context as _, Result, bail};
+use portguard_common::{
+    CHANGE_ADOPT, CHANGE_ATTACH, CHANGE_RELOAD, CHANGE_SET, CHANGE_TOP, STATE_DETACHING, Totals,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     check, clock,
     config::{Flags, Plan},
     counters::{self, Source},
-    guard::{Acquired, Attached, Owner, View},
+    guard::{Acquired, Changed, Health, Owner, Reason, Upkeep, View},
     metrics::{self, IfaceMetrics, LocalSocket},
     notices,
     notify::Notifier,
@@ -31,37 +36,43 @@ use crate::{
 
 /// Local sockets on guarded ports, every this many intervals (a netlink dump and a /proc walk).
 const SOCKET_SCAN_EVERY: u64 = 10;
+/// How often owners check their guards, whatever the output interval.
+const UPKEEP: Duration = Duration::from_secs(1);
+/// How long a guard may stay lost (another program on its interface, say) before the daemon
+/// gives up with an error, so that the service manager restarts it (and says so).
+const LOST_GRACE: Duration = Duration::from_secs(5);
+/// The exit status of a daemon whose every guard was detached on request (`portguard detach`):
+/// not a failure, and not to be restarted (see packaging/portguard.service).
+pub const EXIT_DETACHED: u8 = 3;
 
 /// How this process holds one guard.
 enum Held {
     /// It attached the program and keeps it there.
     Owner(Box<Owner>),
-    /// Another live portguard owns it: this one only reads.
+    /// Another live portguard owns it: this one only reads, and takes over if the owner dies.
     Watcher(View),
-    /// It owned it, and the interface went away: the counters are kept, and it is acquired
-    /// again when the interface returns.
-    Gone(View),
 }
 
 impl Held {
     fn view(&self) -> &View {
         match self {
             Held::Owner(o) => o.view(),
-            Held::Watcher(v) | Held::Gone(v) => v,
+            Held::Watcher(v) => v,
         }
     }
 
     fn view_mut(&mut self) -> &mut View {
         match self {
             Held::Owner(o) => o.view_mut(),
-            Held::Watcher(v) | Held::Gone(v) => v,
+            Held::Watcher(v) => v,
         }
     }
 
-    fn attached(&self) -> Option<Attached> {
+    /// What the kernel says of the guard now.
+    fn health(&self) -> Health {
         match self {
-            Held::Owner(o) => Some(o.attached()),
-            Held::Watcher(v) | Held::Gone(v) => v.attached(),
+            Held::Owner(o) => o.health(),
+            Held::Watcher(v) => v.health(),
         }
     }
 }
@@ -74,6 +85,17 @@ struct Guarded {
     prev_at: Instant,
     /// Packets per source at the previous tick: rates, and which sources are new.
     prev_packets: HashMap<IpAddr, u64>,
+    /// The last upkeep's finding, so that each change is logged once.
+    last: Upkeep,
+    /// Since when the guard has been lost (not guarding, and not coming back by itself).
+    lost_since: Option<Instant>,
+    /// A `portguard detach` ended it.
+    detached: bool,
+    /// Left in place when the daemon ends (`persist`, or adopted).
+    keep: bool,
+    /// Adopted, and so left in place whatever `persist` says (unless --detach-on-exit): what
+    /// `keep` falls back to when a reload turns `persist` off.
+    keep_adopted: bool,
 }
 
 impl Guarded {
@@ -89,62 +111,166 @@ impl Guarded {
             prev_at: Instant::now(),
             prev_packets: known,
             held,
+            last: Upkeep::Guarding,
+            lost_since: None,
+            detached: false,
+            keep: false,
+            keep_adopted: false,
         })
     }
 
-    /// An owner notices its interface going away (deleted, replaced: the XDP link dies with
-    /// it) and guards it again, with the same maps and counters, once it is back.
-    fn follow_interface(mut self, pins: &Pins, plan: &Plan) -> Guarded {
-        self.held = match self.held {
-            Held::Owner(o) if !o.view().link_alive() => {
-                log::warn!(
-                    target: &gone_notice(&self.iface),
-                    "{} went away (deleted or replaced): its counters are kept; it is guarded \
-                     again as soon as it returns",
-                    self.iface
-                );
-                Held::Gone((*o).into_view())
+    /// One upkeep: an owner's duty (`Owner::upkeep`), logged when its finding changes; a
+    /// watcher takes over when the owner is gone; settings changed by others are logged. Err:
+    /// the guard has been lost for longer than LOST_GRACE.
+    fn upkeep(&mut self, pins: &Pins, plan: &Plan) -> Result<()> {
+        if let Held::Watcher(v) = &self.held {
+            if v.meta().is_ok_and(|m| m.state == STATE_DETACHING) {
+                log::warn!("{}: detached by `portguard detach`: no longer watching it", self.iface);
+                self.detached = true;
+                return Ok(());
             }
-            held => held,
-        };
-        let Held::Gone(v) = &self.held else { return self };
-        if crate::guard::ifindex(&self.iface).is_err() {
-            return self;
+            if v.still_pinned() && !v.owned() {
+                self.take_over(pins, plan);
+            }
         }
-        let (settings, capacity) = (v.settings().clone(), v.capacity());
-        match Owner::acquire(pins, &self.iface, Some(&settings), capacity, plan.xdp_mode) {
-            Ok(Acquired::Attached(o) | Acquired::Adopted(o)) => {
-                notices::clear(&gone_notice(&self.iface));
-                log::info!(
-                    "{} is back: guarding it again ({} XDP), counters kept",
+        if let Held::Owner(o) = &mut self.held {
+            let now = o.upkeep();
+            self.report(&now);
+            match &now {
+                Upkeep::Detached { .. } => self.detached = true,
+                Upkeep::Lost(why) => {
+                    let since = *self.lost_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= LOST_GRACE {
+                        bail!(
+                            "{}: NOT GUARDED for {} s ({why}) and it could not be guarded again",
+                            self.iface,
+                            since.elapsed().as_secs()
+                        );
+                    }
+                }
+                _ => self.lost_since = None,
+            }
+            self.last = now;
+        }
+        if !self.detached
+            && let Some(c) = self.held.view_mut().follow_changes()?
+        {
+            log_change(&self.iface, &c);
+        }
+        Ok(())
+    }
+
+    /// Logs an upkeep finding that differs from the previous one.
+    fn report(&self, now: &Upkeep) {
+        if *now == self.last {
+            return;
+        }
+        let iface = &self.iface;
+        let mode = || self.held.health().mode().map_or("?", |m| m.as_str());
+        // While it is not guarded, the live view says so above the table; once it is guarded
+        // again, that notice goes.
+        let lost = upkeep_notice(iface);
+        if matches!(now, Upkeep::Guarding | Upkeep::Repinned(_) | Upkeep::Reattached { .. }) {
+            notices::clear(&lost);
+        }
+        match now {
+            Upkeep::Guarding => {
+                if matches!(self.last, Upkeep::Lost(_) | Upkeep::Unpinned(_)) {
+                    log::info!("{iface}: guarded again ({} XDP)", mode());
+                }
+            }
+            Upkeep::Repinned(n) => {
+                log::warn!("{iface}: {n} of its pins were removed under it: pinned them again")
+            }
+            Upkeep::Unpinned(e) => log::error!(
+                target: &lost,
+                "{iface}: its pins are gone and cannot be put back ({e}); it stays guarded while \
+                 this process runs"
+            ),
+            Upkeep::Gone => log::warn!(
+                target: &lost,
+                "{iface} went away (deleted or replaced): its counters are kept; it is guarded \
+                 again as soon as it returns"
+            ),
+            Upkeep::Reattached { ifindex, after: Reason::Renamed { to } } => log::warn!(
+                "{iface}: the guarded device was renamed to {to}; guarding the new {iface} \
+                 (ifindex {ifindex}, {} XDP) instead, counters kept; {to} is no longer guarded",
+                mode()
+            ),
+            Upkeep::Reattached { after: Reason::LinkDetached | Reason::NoProgram, .. } => {
+                log::warn!(
+                    "{iface}: its XDP link was detached by someone else: attached again ({} XDP), \
+                     counters kept",
+                    mode()
+                )
+            }
+            Upkeep::Reattached { .. } => {
+                log::info!("{iface} is back: guarding it again ({} XDP), counters kept", mode())
+            }
+            Upkeep::Detached { by } => {
+                log::warn!(
+                    "{iface}: detached by `portguard detach` (pid {by}): no longer guarding it"
+                )
+            }
+            Upkeep::Lost(why) => {
+                log::error!(target: &lost, "{iface}: NOT GUARDED: {why}; trying again")
+            }
+        }
+    }
+
+    /// The owner died: this process adopts the guard (its program replaced in place, counters
+    /// kept), with the settings the guard holds.
+    fn take_over(&mut self, pins: &Pins, plan: &Plan) {
+        let was = self.held.view().meta().map_or(0, |m| m.owner_pid);
+        match Owner::acquire(pins, &self.iface, None, plan.sources, plan.xdp_mode) {
+            Ok(Acquired::Adopted(o) | Acquired::Attached(o)) => {
+                log::warn!(
+                    "{}: its owner (pid {was}) is gone: this process guards it now ({} XDP), \
+                     counters kept",
                     self.iface,
                     o.attached().as_str()
                 );
                 self.held = Held::Owner(Box::new(o));
+                self.last = Upkeep::Guarding;
             }
-            Ok(Acquired::Watching(v, pid)) => {
-                log::warn!("{}: another portguard (pid {pid}) guards it now: watching", self.iface);
-                self.held = Held::Watcher(v);
-            }
-            Err(e) => log::warn!("{}: not guarded again yet: {e:#}", self.iface),
+            Ok(Acquired::Watching(v, _)) => self.held = Held::Watcher(v),
+            Err(e) => log::warn!("{}: could not take over: {e:#}", self.iface),
         }
-        self
     }
 
     /// Releases what this process owns: detached, or left in place with `persist`. Returns
-    /// whether it owned anything.
-    fn finish(self, persist: bool) -> bool {
-        let Held::Owner(o) = self.held else { return false };
-        if let Err(e) = (*o).release(persist) {
-            log::error!("{}: {e:#}", self.iface);
+    /// whether it owned anything (and Err if a persistent guard could not be left in place).
+    fn finish(self, persist: bool) -> Result<bool> {
+        let Held::Owner(o) = self.held else { return Ok(false) };
+        if self.detached {
+            return Ok(false);
         }
-        true
+        (*o).release(persist).with_context(|| self.iface.clone())?;
+        Ok(true)
     }
 }
 
-/// The notice of an interface that went away: it stays on the live view until it is back.
-fn gone_notice(iface: &str) -> String {
-    format!("{}gone:{iface}", notices::TARGET_PREFIX)
+/// The notice of an interface that is not guarded (gone, lost, unpinned): it stays on the live
+/// view until it is guarded again.
+fn upkeep_notice(iface: &str) -> String {
+    format!("{}upkeep:{iface}", notices::TARGET_PREFIX)
+}
+
+/// Logs a change of the settings another process (or this one's reload) made: who, and what.
+fn log_change(iface: &str, c: &Changed) {
+    let diff = c.old.diff(&c.new);
+    if diff.is_empty() {
+        return;
+    }
+    let who = match c.how {
+        CHANGE_SET => "`portguard set`",
+        CHANGE_RELOAD => "a reload",
+        CHANGE_TOP => "`portguard top`",
+        CHANGE_ADOPT => "an adopting portguard",
+        CHANGE_ATTACH => "an attaching portguard",
+        _ => "another process",
+    };
+    log::info!("{iface}: settings changed by {who} (pid {}): {}", c.by, diff.join("; "));
 }
 
 fn packets(sources: &[Source]) -> HashMap<IpAddr, u64> {
@@ -172,15 +298,25 @@ pub struct Daemon {
     held_sockets: Option<Vec<String>>,
 }
 
+/// Why `serve` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGINT, SIGTERM, or the end of `--duration`.
+    Asked,
+    /// Every guard was detached by `portguard detach`.
+    Detached,
+}
+
 impl Daemon {
     /// Acquires every interface of `plan`, or none: what this call attached is undone when a
     /// later interface fails.
     pub fn start(plan: Plan, flags: Flags, pins: Pins) -> Result<Daemon> {
-        let mut guards = Vec::new();
+        let mut guards: Vec<Guarded> = Vec::new();
         for iface in &plan.ifaces {
             let acquired =
                 Owner::acquire(&pins, iface, Some(&plan.settings), plan.sources, plan.xdp_mode);
             let fresh = matches!(acquired, Ok(Acquired::Attached(_)));
+            let mut keep = plan.persist;
             let held = match acquired {
                 Ok(Acquired::Attached(o)) => {
                     log::info!(
@@ -191,10 +327,18 @@ impl Daemon {
                     Held::Owner(Box::new(o))
                 }
                 Ok(Acquired::Adopted(o)) => {
-                    log::info!(
-                        "adopted the guard left on {iface} ({} XDP), counters kept: {}",
+                    // It was left in place (a persistent run, a service stopped, a kill -9):
+                    // it stays in place when this run ends, unless told otherwise.
+                    keep |= !plan.detach_on_exit;
+                    log::warn!(
+                        "adopted the guard left on {iface} ({} XDP), counters kept: {}; {}",
                         o.attached().as_str(),
-                        o.view().settings().summary()
+                        o.view().settings().summary(),
+                        if keep {
+                            "it stays in place when this run ends (`portguard detach` removes it)"
+                        } else {
+                            "it is detached when this run ends (--detach-on-exit)"
+                        }
                     );
                     Held::Owner(Box::new(o))
                 }
@@ -206,14 +350,18 @@ impl Daemon {
                     Held::Watcher(v)
                 }
                 Err(e) => {
-                    // All or nothing: undo what this run attached.
+                    // All or nothing: undo what this run attached (and leave what it adopted).
                     for g in guards {
-                        Guarded::finish(g, false);
+                        let keep = g.keep;
+                        let _ = g.finish(keep);
                     }
                     return Err(e);
                 }
             };
-            guards.push(Guarded::new(held, fresh)?);
+            let mut g = Guarded::new(held, fresh)?;
+            g.keep = keep;
+            g.keep_adopted = keep && !plan.persist;
+            guards.push(g);
         }
         Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None, held_sockets: None })
     }
@@ -222,26 +370,22 @@ impl Daemon {
         &self.plan
     }
 
-    /// The housekeeping of one interval, and what it read. None when nothing is left to watch
-    /// (every guard was detached by another process).
-    pub fn tick(&mut self) -> Result<Option<Tick>> {
-        self.ticks += 1;
-        self.guards.retain(|g| {
-            let there = g.held.view().still_pinned();
-            if !there {
-                log::warn!("{} was detached by another process: no longer watching it", g.iface);
-            }
-            there
-        });
-        if self.guards.is_empty() {
-            log::info!("nothing left to watch");
-            return Ok(None);
+    /// Every guard's upkeep (see `Guarded::upkeep`). Err when one was lost for good; Ok(false)
+    /// when none is left (all detached on request).
+    pub fn upkeep(&mut self) -> Result<bool> {
+        for g in &mut self.guards {
+            g.upkeep(&self.pins, &self.plan)?;
         }
-        let (pins, plan) = (&self.pins, &self.plan);
-        self.guards = self.guards.drain(..).map(|g| g.follow_interface(pins, plan)).collect();
+        self.guards.retain(|g| !g.detached);
+        Ok(!self.guards.is_empty())
+    }
+
+    /// Reads what each guard counted since the previous tick, makes room in the source tables,
+    /// and says what the kernel says of each guard.
+    pub fn tick(&mut self) -> Result<Tick> {
+        self.ticks += 1;
         let mut tick = Tick { snaps: Vec::new(), news: Vec::new(), tops: Vec::new() };
         for g in &mut self.guards {
-            g.held.view_mut().follow_changes()?;
             if let Held::Owner(o) = &mut g.held {
                 o.flush_log();
             }
@@ -277,10 +421,12 @@ impl Daemon {
             top.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));
             top.truncate(self.plan.metrics_top);
             tick.tops.push(top);
+            let health = g.held.health();
             tick.snaps.push(Snapshot {
                 iface: g.iface.clone(),
                 netns: self.plan.netns.clone(),
-                attached: g.held.attached(),
+                attached: health.mode(),
+                health,
                 settings: v.settings().clone(),
                 totals,
                 rates: Some(counters::rates(&g.prev, &totals, dt)),
@@ -292,7 +438,7 @@ impl Daemon {
             g.prev_at = now;
             g.prev_packets = packets(&sources);
         }
-        Ok(Some(tick))
+        Ok(tick)
     }
 
     /// Scans this host's sockets on the guarded ports every SOCKET_SCAN_EVERY ticks (the first
@@ -387,9 +533,17 @@ impl Daemon {
             log::info!("SIGHUP: applied {}", applied.join(", "));
         }
         for g in &mut self.guards {
+            // Whether it is left in place on exit follows `persist` from now on (an adopted
+            // guard stays in place regardless, as at startup).
+            g.keep = new.persist || g.keep_adopted;
             let Held::Owner(o) = &mut g.held else { continue };
-            match o.view_mut().apply(&new.settings).context("applying the new settings") {
-                Ok(()) => log::info!("{}: reloaded: {}", g.iface, new.settings.summary()),
+            let settings = new.settings.clone();
+            let applied = o.view_mut().update(CHANGE_RELOAD, |s| {
+                *s = settings;
+                Ok(())
+            });
+            match applied.context("applying the new settings") {
+                Ok(_) => log::info!("{}: reloaded: {}", g.iface, new.settings.summary()),
                 Err(e) => log::error!("{}: {e:#}", g.iface),
             }
         }
@@ -411,53 +565,63 @@ impl Daemon {
         Ok(counters::sum(all))
     }
 
-    /// systemd's one-line STATUS, read fresh from the maps.
+    /// systemd's one-line STATUS, read fresh from the maps and the kernel.
     pub fn status_now(&self) -> String {
-        status_line(self.guards.iter().map(|g| {
-            let v = g.held.view();
-            let dropped = v.totals().map_or(0, |t| t.dropped);
-            (g.iface.as_str(), g.held.attached(), v.settings().mode, dropped)
-        }))
+        let rows: Vec<(String, Health, crate::settings::Mode, u64)> = self
+            .guards
+            .iter()
+            .map(|g| {
+                let v = g.held.view();
+                let dropped = v.totals().map_or(0, |t| t.dropped);
+                (g.iface.clone(), g.held.health(), v.settings().mode, dropped)
+            })
+            .collect();
+        status_line(rows.iter().map(|(i, h, m, d)| (i.as_str(), h, *m, *d)))
     }
 
-    /// Releases what this process owns: detached, or left in place with `persist`.
-    pub fn finish(self) {
-        let persist = self.plan.persist;
-        let mut names = Vec::new();
+    /// Releases what this process owns: detached, or left in place (`persist`, or a guard it
+    /// adopted). Err when a guard that was to stay could not be left in place.
+    pub fn finish(self) -> Result<()> {
+        let (mut kept, mut detached, mut failed) = (Vec::new(), Vec::new(), None);
         for g in self.guards {
-            let iface = g.iface.clone();
-            if g.finish(persist) {
-                names.push(iface);
+            let (iface, keep) = (g.iface.clone(), g.keep);
+            match g.finish(keep) {
+                Ok(true) if keep => kept.push(iface),
+                Ok(true) => detached.push(iface),
+                Ok(false) => {}
+                Err(e) => {
+                    log::error!("{e:#}");
+                    failed.get_or_insert(e);
+                }
             }
         }
-        if names.is_empty() {
-            return;
+        if !kept.is_empty() {
+            log::info!("left {} guarded: `portguard detach` removes it", kept.join(", "));
         }
-        if persist {
-            log::info!(
-                "left {} guarded (persist): `portguard detach` removes it",
-                names.join(", ")
-            );
-        } else {
-            log::info!("detached from {}", names.join(", "));
+        if !detached.is_empty() {
+            log::info!("detached from {}", detached.join(", "));
         }
+        failed.map_or(Ok(()), Err)
     }
 }
 
-/// systemd's one-line STATUS, from each interface's name, XDP mode, action and drops.
+/// systemd's one-line STATUS: each interface's name, what the kernel says of it, action and
+/// drops. "guarding eth1 (native, drop): 1234 dropped", or "eth1 NOT GUARDED (interface gone),
+/// drop: 12 dropped".
 fn status_line<'a>(
-    items: impl Iterator<Item = (&'a str, Option<Attached>, crate::settings::Mode, u64)>,
+    items: impl Iterator<Item = (&'a str, &'a Health, crate::settings::Mode, u64)>,
 ) -> String {
     let parts: Vec<String> = items
-        .map(|(iface, attached, mode, dropped)| {
-            format!(
-                "{iface} ({}, {}): {dropped} dropped",
-                attached.map_or("?", |a| a.as_str()),
-                mode.as_str()
-            )
+        .map(|(iface, health, mode, dropped)| match health {
+            Health::Guarded { mode: m, .. } => {
+                format!("guarding {iface} ({}, {}): {dropped} dropped", m.as_str(), mode.as_str())
+            }
+            Health::NotGuarded(why) => {
+                format!("{iface} NOT GUARDED ({why}), {}: {dropped} dropped", mode.as_str())
+            }
         })
         .collect();
-    format!("guarding {}", parts.join("; "))
+    parts.join("; ")
 }
 
 /// The notice (and log target) of the sockets warnings: cleared when they are gone.
@@ -506,12 +670,17 @@ pub struct Service<'a> {
 
 /// Runs `daemon` until SIGINT, SIGTERM, `duration`, or nothing left to watch: a tick every
 /// interval, its output on stdout, SIGHUP reloads, systemd and metrics kept informed.
-pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<'_>) -> Result<()> {
+pub async fn serve(
+    daemon: &mut Daemon,
+    duration: Option<f64>,
+    service: Service<'_>,
+) -> Result<Stopped> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut period = Duration::from_secs_f64(daemon.plan.interval);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut upkeep = tokio::time::interval(UPKEEP.min(period));
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     let terminal = std::io::stdout().is_terminal();
     // Without a watchdog the timer is parked far away.
@@ -520,8 +689,8 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
     service.notifier.ready(&daemon.status_now());
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => return Ok(Stopped::Asked),
+            _ = sigterm.recv() => return Ok(Stopped::Asked),
             _ = sighup.recv() => {
                 service.notifier.reloading();
                 daemon.reload();
@@ -541,13 +710,20 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
                 }
                 continue;
             }
+            _ = upkeep.tick() => {
+                if !daemon.upkeep()? {
+                    log::info!("every guard was detached on request: stopping");
+                    return Ok(Stopped::Detached);
+                }
+                continue;
+            }
             _ = interval.tick() => {}
         }
-        let Some(tick) = daemon.tick()? else { break };
+        let tick = daemon.tick()?;
         service.notifier.status(&status_line(
             tick.snaps
                 .iter()
-                .map(|v| (v.iface.as_str(), v.attached, v.settings.mode, v.totals.dropped)),
+                .map(|v| (v.iface.as_str(), &v.health, v.settings.mode, v.totals.dropped)),
         ));
         if let Some(shared) = &service.metrics {
             daemon.scan_sockets();
@@ -559,6 +735,7 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
                     iface: v.iface.clone(),
                     xdp_mode: v.attached.map_or("unknown", |a| a.as_str()).into(),
                     mode: v.settings.mode.as_str().into(),
+                    guarded: v.health.is_guarded(),
                     totals: v.totals,
                     tracked: v.tracked,
                     capacity: v.capacity,
@@ -576,10 +753,9 @@ pub async fn serve(daemon: &mut Daemon, duration: Option<f64>, service: Service<
         report::print_tick(&mut out, &tick, tty, daemon.plan.json)?;
         let _ = out.flush();
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
+            return Ok(Stopped::Asked);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

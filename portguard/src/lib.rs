@@ -33,6 +33,8 @@ pub mod json;
 pub mod lab;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
+pub mod netns;
 pub mod notices;
 pub mod notify;
 pub mod pins;

@@ -12,6 +12,10 @@ use portguard::{error::Usage, notices};
 #[derive(Parser)]
 #[command(name = "portguard", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Act in network namespace /run/netns/NAME (as `ip -n NAME` does): its guards, its
+    /// interfaces, its sockets. Default: the namespace portguard runs in.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +45,24 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let verb = verb();
+    if !matches!(cli.command, Command::Run(_) | Command::Lab(_) | Command::Top(_)) {
+        // One-shot verbs end quietly when their reader goes away (`status | head -1`), as
+        // other Unix tools do; the long-running ones check their writes instead.
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if let Command::Check(a) = cli.command {
+        // check has its own exit codes: 0 clean, 1 found, 2 error; it enters the namespace on a
+        // thread of its own.
+        return cmd::check::run(a, cli.netns.as_deref());
+    }
+    if let Some(ns) = &cli.netns {
+        // Before any other thread starts, so that they all live in it.
+        if let Err(e) = portguard::netns::enter(ns) {
+            eprintln!("portguard: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Stats(a) => cmd::stats::run(a),
@@ -51,8 +73,7 @@ fn main() -> ExitCode {
         Command::Completions(a) => cmd::completions::run::<Cli>(a),
         Command::Man(a) => cmd::completions::man::<Cli>(a),
         Command::Top(a) => cmd::top::run(a),
-        // check has its own exit codes: 0 clean, 1 found, 2 error.
-        Command::Check(a) => return cmd::check::run(a),
+        Command::Check(_) => unreachable!("check returned above"),
     };
     match result {
         Ok(code) => code,
@@ -108,14 +129,19 @@ impl log::Log for Logger {
 /// The exit code of a malformed or contradictory command line; runtime failures are 1.
 const USAGE: u8 = 2;
 
-/// The verb on the command line, if it names one: the first word that is not a flag (the
-/// top level has no flags that take a value).
+/// The verb on the command line, if it names one: the first word that is neither a flag nor
+/// the value of the one top-level flag that takes one (`--netns NAME`).
 fn verb() -> Option<String> {
     let cli = Cli::command();
-    std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .filter(|a| cli.find_subcommand(a).is_some_and(|c| c.get_name() != "help"))
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--netns" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return cli.find_subcommand(&a).filter(|c| c.get_name() != "help").map(|_| a);
+        }
+    }
+    None
 }
 
 /// Where a usage error sends the reader: the verb's own help when there is one.

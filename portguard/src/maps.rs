@@ -7,11 +7,11 @@ use std::{os::fd::AsFd as _, path::Path};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use portguard_common::{
-    AllowV4, AllowV6, Config, Meta, PORT_GUARDED, PORT_TABLE_ENTRIES, SourceKey, SourceSlot,
-    Totals, map_names,
+    Admission, AllowV4, AllowV6, Config, FragmentKey, FragmentVerdict, Meta, PORT_GUARDED,
+    PORT_TABLE_ENTRIES, SourceKey, SourceSlot, Totals, map_names,
 };
 
 use crate::sys;
@@ -77,8 +77,13 @@ impl Maps {
         let allow_v6 = typed(map_names::ALLOW_V6, take(map_names::ALLOW_V6)?)?;
         let totals = typed(map_names::TOTALS, take(map_names::TOTALS)?)?;
         let sources = typed(map_names::SOURCES, take(map_names::SOURCES)?)?;
-        take(map_names::ADMISSION)?;
-        take(map_names::FRAGMENTS)?;
+        // Typed too, though only moved around: a conversion checks the map's type and its key
+        // and value sizes, so pins of another layout are refused here, before a program is
+        // loaded against them.
+        let _: PerCpuArray<MapData, Admission> =
+            typed(map_names::ADMISSION, take(map_names::ADMISSION)?)?;
+        let _: HashMap<MapData, FragmentKey, FragmentVerdict> =
+            typed(map_names::FRAGMENTS, take(map_names::FRAGMENTS)?)?;
         Ok(Maps { meta, config, ports, allow_v4, allow_v6, totals, sources, all })
     }
 
@@ -86,16 +91,25 @@ impl Maps {
         self.all.iter().find(|(n, _)| *n == name).map(|(_, m)| m).context(name.to_string())
     }
 
-    /// Pins every map into `dir` under its own name (those already there are left alone).
-    pub fn pin(&self, dir: &Path) -> Result<()> {
+    /// Pins the maps missing from `dir` under their own names (those there are left alone).
+    /// Returns how many were pinned.
+    pub fn pin_missing(&self, dir: &Path) -> Result<usize> {
+        let mut n = 0;
         for (name, m) in &self.all {
             let path = dir.join(name);
             if path.exists() {
                 continue;
             }
-            m.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            crate::sys::obj_pin(m.fd().as_fd(), &path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+            n += 1;
         }
-        Ok(())
+        Ok(n)
+    }
+
+    /// The kernel's id of SOURCES: which program is ours (its maps include it).
+    pub fn sources_id(&self) -> Result<u32> {
+        Ok(self.raw(map_names::SOURCES)?.info()?.id())
     }
 
     pub fn meta(&self) -> Result<Meta> {

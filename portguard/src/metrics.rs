@@ -31,6 +31,8 @@ pub struct IfaceMetrics {
     pub iface: String,
     pub xdp_mode: String,
     pub mode: String,
+    /// Whether the kernel says the interface runs portguard's program now.
+    pub guarded: bool,
     pub totals: Totals,
     pub tracked: usize,
     pub capacity: u32,
@@ -72,6 +74,7 @@ pub fn render(s: &Snapshot) -> String {
     reg.register("build_info", "portguard's version", build);
 
     let info = Family::<Labels, Gauge>::default();
+    let guarded = Family::<Labels, Gauge>::default();
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let malformed = Family::<Labels, Counter>::default();
@@ -90,6 +93,7 @@ pub fn render(s: &Snapshot) -> String {
             ("mode", &i.mode),
         ]))
         .set(1);
+        guarded.get_or_create(&labels(&[("iface", &i.iface)])).set(i.guarded as i64);
         for (kind, v) in [
             ("seen", t.seen),
             ("matched", t.matched),
@@ -121,6 +125,11 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     reg.register("guard_info", "A guarded interface: XDP mode and action", info);
+    reg.register(
+        "guarded",
+        "1 when the kernel runs portguard's program on the interface now, else 0",
+        guarded,
+    );
     reg.register("packets", "Packets by interface and what happened to them", packets);
     reg.register("bytes", "Bytes (whole frames) by interface and what happened to them", bytes);
     reg.register(
@@ -311,6 +320,7 @@ mod tests {
                 iface: "eth1".into(),
                 xdp_mode: "native".into(),
                 mode: "drop".into(),
+                guarded: true,
                 totals: Totals {
                     seen: 10,
                     matched: 4,
@@ -349,6 +359,7 @@ mod tests {
             "portguard_local_sockets{port=\"2745\",protocol=\"udp\"} 0",
             "portguard_local_sockets{port=\"3127\",protocol=\"tcp\"} 0",
             "portguard_guard_info{iface=\"eth1\",xdp_mode=\"native\",mode=\"drop\"} 1",
+            "portguard_guarded{iface=\"eth1\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -36,11 +36,16 @@ pub fn interval(v: f64) -> Result<f64, String> {
     Ok(v)
 }
 
+/// The longest `--duration`: a year (and a sane bound for a timer).
+pub const MAX_DURATION: f64 = 365.0 * 86_400.0;
+
 /// A duration in seconds: more than 0 (a run of no time would still guard for one interval,
-/// which nobody asking for 0 means), and finite.
+/// which nobody asking for 0 means), and at most `MAX_DURATION`.
 pub fn duration(v: f64) -> Result<f64, String> {
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("{v} is not a positive number of seconds"));
+    if !(v > 0.0 && v <= MAX_DURATION) {
+        return Err(format!(
+            "{v} is not a positive number of seconds (at most {MAX_DURATION}, a year)"
+        ));
     }
     Ok(v)
 }

@@ -13,7 +13,7 @@ use crate::{
     clock,
     counters::{Rates, Source},
     daemon::Tick,
-    guard::Attached,
+    guard::{Attached, Health},
     json::Document,
     notices,
     settings::Settings,
@@ -45,7 +45,10 @@ pub struct Snapshot {
     pub iface: String,
     /// The network namespace of the interface, when it is not this process's own.
     pub netns: Option<String>,
+    /// The XDP mode the kernel runs the program in (None: not guarded, or not known).
     pub attached: Option<Attached>,
+    /// What the kernel says of the guard now.
+    pub health: Health,
     pub settings: Settings,
     pub totals: Totals,
     /// Rates since the previous reading; None after a single reading.
@@ -198,10 +201,12 @@ const NOTICE_LINES: usize = 3;
 fn block(v: &Snapshot, w: usize, rows: Option<usize>) -> Vec<String> {
     let mut out = Vec::new();
     let ns = v.netns.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default();
-    out.push(text::fit(
-        &format!("{}{ns} ({} XDP): {}", v.iface, attached_str(v.attached), v.settings.summary()),
-        w,
-    ));
+    // What the kernel says first: a guard that is not running must not look like one.
+    let state = match &v.health {
+        Health::NotGuarded(why) => format!("NOT GUARDED: {why}"),
+        Health::Guarded { .. } => format!("{} XDP", attached_str(v.attached)),
+    };
+    out.push(text::fit(&format!("{}{ns} ({state}): {}", v.iface, v.settings.summary()), w));
     let t = &v.totals;
     // A rate is shown only when it is known: one reading has none.
     let rated = |name: &str, n: u64, r: Option<f64>| match r {
@@ -617,7 +622,8 @@ mod tests {
         Snapshot {
             iface: "pg-wan".into(),
             netns: netns.map(str::to_string),
-            attached: None,
+            attached: Some(Attached::Native),
+            health: Health::Guarded { mode: Attached::Native, prog_id: 7, pinned: true },
             settings: Settings::default(),
             totals: Totals { seen: 268, matched: 1, dropped: 1, ..Totals::default() },
             rates,
@@ -641,7 +647,7 @@ mod tests {
         assert!(l.len() <= 23, "one line is left free so that nothing scrolls: {l:#?}");
         assert!(l.iter().all(|l| l.chars().count() <= 80), "{l:#?}");
         assert!(l[0].starts_with("! native XDP unavailable"), "{l:#?}");
-        assert!(l[1].starts_with("pg-wan (unknown XDP): drop"), "{l:#?}");
+        assert!(l[1].starts_with("pg-wan (native XDP): drop"), "{l:#?}");
         assert!(l.iter().any(|l| l.contains("seen 268 (12/s)")), "{l:#?}");
         assert!(l.iter().any(|l| l.contains("untracked 0")), "the totals wrap, never cut: {l:#?}");
         // The long address is cut in its middle, with a mark; the last line says what is left.

@@ -201,6 +201,33 @@ impl Settings {
         format!("{protos} {}", self.direction.as_str())
     }
 
+    /// What differs from `self` to `new`, one phrase each: "mode drop → count", "ports +3000",
+    /// "allow -198.18.0.0/24". Empty when nothing does.
+    pub fn diff(&self, new: &Settings) -> Vec<String> {
+        fn set<T: PartialEq + fmt::Display>(what: &str, old: &[T], new: &[T]) -> Option<String> {
+            let added: Vec<String> =
+                new.iter().filter(|x| !old.contains(x)).map(|x| format!("+{x}")).collect();
+            let gone: Vec<String> =
+                old.iter().filter(|x| !new.contains(x)).map(|x| format!("-{x}")).collect();
+            let all = [added, gone].concat();
+            (!all.is_empty()).then(|| format!("{what} {}", all.join(" ")))
+        }
+        let mut out = Vec::new();
+        if self.mode != new.mode {
+            out.push(format!("mode {} → {}", self.mode.as_str(), new.mode.as_str()));
+        }
+        if self.direction != new.direction {
+            out.push(format!("direction {} → {}", self.direction.as_str(), new.direction.as_str()));
+        }
+        out.extend(set("ports", &self.ports, &new.ports));
+        out.extend(set("protocols", &self.protocols, &new.protocols));
+        out.extend(set("allow", &self.allow, &new.allow));
+        if self.admit_per_slice != new.admit_per_slice {
+            out.push("admission budget changed".into());
+        }
+        out
+    }
+
     /// One line for logs and headers: "drop tcp+udp dst port 2745".
     pub fn summary(&self) -> String {
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
@@ -251,6 +278,18 @@ mod tests {
         let all: Cidr = "::/0".parse().unwrap();
         assert!(all.contains("2001:db8::1".parse().unwrap()));
         assert!(!all.contains("198.18.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn diff_names_each_change() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        b.mode = Mode::Count;
+        b.ports.push(3000);
+        b.allow.push("198.18.0.0/24".parse().unwrap());
+        assert_eq!(a.diff(&b), ["mode drop → count", "ports +3000", "allow +198.18.0.0/24"]);
+        assert_eq!(b.diff(&a), ["mode count → drop", "ports -3000", "allow -198.18.0.0/24"]);
+        assert!(a.diff(&a).is_empty());
     }
 
     #[test]

@@ -50,8 +50,8 @@ fn sustained_spoofed_source_flood() {
         std::env::var("PORTGUARD_FLOOD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let lab = Lab::create(&format!("pgflood{}", std::process::id())).unwrap();
     // Removes the pins however the test ends (a failed assertion included).
-    let pins = PinRoot::new(env!("CARGO_BIN_EXE_portguard"), "flood");
-    let bin = Bin::new(env!("CARGO_BIN_EXE_portguard"), &pins.path);
+    let pins = PinRoot::new("flood");
+    let bin = Bin::new(env!("CARGO_BIN_EXE_portguard"), &pins.path).in_netns(&lab.gw);
     let capacity = 65_536u64;
     let mut daemon = Daemon::spawn(&bin, &lab.gw, &["--no-metrics", "--interval", "1"], &[]);
     let pid = daemon.pid();

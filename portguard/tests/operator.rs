@@ -85,7 +85,7 @@ fn stats_status_set_detach_on_a_running_guard() {
 
     // status: times in UTC with the zone shown, as in the logs.
     let text = String::from_utf8_lossy(&f.portguard(&["status"]).stdout).to_string();
-    let since = text.split("guarded since ").nth(1).and_then(|t| t.split(' ').next()).unwrap();
+    let since = text.split("  since ").nth(1).and_then(|t| t.split(' ').next()).unwrap();
     assert!(since.len() == 20 && since.ends_with('Z') && since.contains('T'), "{text}");
     let doc = f.json(&["status", "--json"]);
     assert_eq!(doc["version"], 1);
@@ -132,15 +132,17 @@ fn stats_status_set_detach_on_a_running_guard() {
     ]);
     assert!(out.status.success(), "{out:?}");
 
-    // detach: removes everything; the daemon notices and exits.
+    // detach: removes everything; the daemon honours the request and exits with 3 (detached
+    // on request: not a failure, and not to be restarted).
     let out = f.portguard(&["detach", "--iface", GW_IF]);
     assert!(out.status.success(), "{out:?}");
     assert!(!f.attached());
-    assert!(!f.pins.path.join(GW_IF).exists());
+    assert!(!f.dir.exists());
     let out = f.daemons[run].wait();
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("detached by another process"), "{stderr}");
+    assert!(stderr.contains("detached by `portguard detach`"), "{stderr}");
+    assert!(!f.attached(), "nothing brought it back");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("iface=pg-wan") && stdout.contains("mode=count"),
@@ -182,14 +184,23 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     assert!(f.attached());
     f.probe(0, 4);
     wait_until("24 drops", || f.dropped() == 24);
-    // A third start adopts it: counters kept.
+    // A third start, by hand without --persist, adopts it, says so, and leaves it in place at
+    // the end: a guard someone left is not removed by a run that happened by.
     let third = f.run(&[]);
     f.daemons[third].wait_log("adopted the guard left on pg-wan");
+    f.daemons[third].wait_log("it stays in place when this run ends");
     wait_until("24 drops", || f.dropped() == 24);
     f.daemons[third].signal(libc::SIGINT);
     let out = f.daemons[third].wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left pg-wan guarded"));
+    assert!(f.attached());
+    // Asked to, a run detaches what it adopted.
+    let fourth = f.run(&["--detach-on-exit"]);
+    f.daemons[fourth].wait_log("it is detached when this run ends");
+    f.daemons[fourth].signal(libc::SIGINT);
+    let out = f.daemons[fourth].wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("adopted the guard left on pg-wan"), "{stderr}");
     assert!(stderr.contains("detached from pg-wan"), "{stderr}");
     assert!(!f.attached());
     assert_eq!(listeners.udp(), 0, "no probe ever got through");
@@ -400,7 +411,7 @@ fn errors_are_one_line_and_leave_nothing_behind() {
         .output()
         .unwrap();
     one_line(&out, 1, "cannot attach to lo in native XDP mode");
-    assert!(!f.pins.path.join("lo").exists(), "nothing left pinned");
+    assert!(!f.dir.with_file_name("lo").exists(), "nothing left pinned");
     let _ = std::fs::remove_dir_all(dir);
     // A status with nothing guarded is not an error.
     let out = f.portguard(&["status"]);

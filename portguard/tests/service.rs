@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard::lab::{self, GW_IF, Listeners};
+use portguard::lab::{self, Listeners};
 use portguard_testkit::{Fixture, fixture::unique, root_or_skip, wait_until};
 use serde_json::Value;
 
@@ -251,7 +251,7 @@ fn restarts_never_open_a_gap() {
     let mut f = fixture();
     let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
     let mut current = f.run(&["--persist", "--no-metrics"]);
-    wait_until("guarded", || f.pins.path.join(GW_IF).join("link").exists());
+    f.wait_guarded();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU32::new(0));
     let sender = {
@@ -293,11 +293,7 @@ fn restarts_never_open_a_gap() {
         current = f.run(&["--persist", "--no-metrics"]);
         let c = current;
         wait_until("adoption", || {
-            let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
-                .args(["status", "--json"])
-                .env("PORTGUARD_PIN_ROOT", &f.pins.path)
-                .output()
-                .unwrap();
+            let out = f.portguard(&["status", "--json"]);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             v["interfaces"][0]["owner_pid"].as_u64() == Some(f.daemons[c].pid() as u64)
         });

@@ -141,7 +141,9 @@ impl Fixture {
     /// Starts `portguard top ARGS` in a `w`×`h` session; returns the session name.
     fn top(&mut self, w: u16, h: u16, args: &str) -> String {
         let s = format!("{}-{}", self.name, self.sessions.len());
-        let cmd = format!("exec env PORTGUARD_PIN_ROOT={} {BIN} top {args}", self.root.display());
+        let netns = self.lab.as_ref().map(|l| format!("--netns {} ", l.gw)).unwrap_or_default();
+        let cmd =
+            format!("exec env PORTGUARD_PIN_ROOT={} {BIN} {netns}top {args}", self.root.display());
         let out = self.tmux(&[
             "new-session",
             "-d",
@@ -229,7 +231,9 @@ impl Fixture {
     }
 
     fn mode(&self) -> Mode {
-        View::open(&self.pins(), GW_IF).unwrap().settings().mode
+        let pins = self.pins();
+        lab::in_netns(&self.lab().gw, move || View::open(&pins, GW_IF).unwrap().settings().mode)
+            .unwrap()
     }
 }
 
@@ -428,10 +432,16 @@ fn m_switches_drop_and_count_after_asking() {
     assert_eq!(f.mode(), Mode::Drop);
 
     // Another portguard switching it shows within a refresh or two.
-    let mut other = View::open(&f.pins(), GW_IF).unwrap();
-    let mut count = other.settings().clone();
-    count.mode = Mode::Count;
-    other.apply(&count).unwrap();
+    let pins = f.pins();
+    lab::in_netns(&f.lab().gw, move || {
+        let mut other = View::open(&pins, GW_IF).unwrap();
+        other.update(portguard_common::CHANGE_SET, |s| {
+            s.mode = Mode::Count;
+            Ok(())
+        })
+    })
+    .unwrap()
+    .unwrap();
     f.wait_screen(&s, "count mode from elsewhere", |sc| sc.contains("action count"));
     f.keys(&s, &["q"]);
     assert_eq!(f.wait_exit(&s), "0");
@@ -638,9 +648,12 @@ fn cpu_under_two_percent_with_a_full_table() {
     let mut f = Fixture::new(true);
     let g = &mut f.guards[0];
     // Admit every new source at once rather than a few thousand per second.
-    let mut settings = g.view().settings().clone();
-    settings.admit_per_slice = Some(1 << 20);
-    g.view_mut().apply(&settings).unwrap();
+    g.view_mut()
+        .update(portguard_common::CHANGE_SET, |s| {
+            s.admit_per_slice = Some(1 << 20);
+            Ok(())
+        })
+        .unwrap();
     for i in 0..DEFAULT_SOURCE_CAPACITY {
         let src = [198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
         let frame = Frame::udp4(src, [198, 18, 0, 1], 40_000, 2745).build();

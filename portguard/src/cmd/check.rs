@@ -30,18 +30,23 @@ pub struct Args {
     /// processes[] {pid, name, cmdline}, owner_visible, owner_note.
     #[arg(long)]
     pub json: bool,
-    /// Inspect network namespace /run/netns/NAME instead of this one (processes are still
-    /// looked up across the whole host).
-    #[arg(long, value_name = "NAME")]
-    pub netns: Option<String>,
 }
 
 pub const FOUND: u8 = 1;
 pub const ERROR: u8 = 2;
 
-pub fn run(args: Args) -> ExitCode {
-    let ports = if args.ports.is_empty() { guarded_ports() } else { args.ports.clone() };
-    let report = match check::scan(&ports, args.netns.as_deref()) {
+/// `netns`: the global `--netns NAME`: that namespace's sockets are inspected (processes are
+/// still looked up across the whole host), for that namespace's guarded ports by default.
+pub fn run(args: Args, netns: Option<&str>) -> ExitCode {
+    let ports = match (args.ports.is_empty(), netns) {
+        (false, _) => args.ports.clone(),
+        (true, None) => guarded_ports(),
+        // The guards of that namespace; a name that cannot be entered is reported by the scan.
+        (true, Some(ns)) => {
+            portguard::lab::in_netns(ns, guarded_ports).unwrap_or_else(|_| vec![DEFAULT_PORT])
+        }
+    };
+    let report = match check::scan(&ports, netns) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portguard: error: {}", one_line(&e));

@@ -26,7 +26,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     // Check every one first: either all named interfaces are detached or none.
     for iface in &targets {
-        if !pins.dir(iface).join(portguard_common::map_names::META).exists() {
+        if !pins.dir(iface)?.join(portguard_common::map_names::META).exists() {
             bail!("{iface} is not guarded by portguard");
         }
     }

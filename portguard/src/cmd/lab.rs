@@ -71,6 +71,7 @@ fn lab(args: Args) -> Result<ExitCode> {
         top: 10,
         json: false,
         persist: false,
+        detach_on_exit: true,
         metrics: None,
         metrics_chosen: false,
         metrics_top: 10,
@@ -107,8 +108,9 @@ fn lab(args: Args) -> Result<ExitCode> {
         let traffic =
             traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked")).and_then(|r| r);
         let dropped = daemon.totals().map(|t| t.dropped);
-        daemon.finish();
+        let finished = daemon.finish();
         served?;
+        finished?;
         traffic.context("traffic")?;
         Ok((sent.load(Ordering::Relaxed), dropped?))
     });

@@ -6,7 +6,7 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use portguard::{
     config::{Flags, Plan},
-    daemon::{self, Daemon, Service},
+    daemon::{self, Daemon, Service, Stopped},
     guard::AttachMode,
     metrics, notices,
     notify::Notifier,
@@ -54,8 +54,12 @@ pub struct Args {
     /// restarts and upgrades without a gap. `portguard detach` removes it.
     #[arg(long)]
     pub persist: bool,
-    /// Stop by itself after this many seconds, more than 0 (default: run until SIGINT or
-    /// SIGTERM).
+    /// Detach on exit even a guard this run adopted (one left in place by an earlier run or a
+    /// stopped service, which otherwise stays in place).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Stop by itself after this many seconds, more than 0 and at most a year (default: run
+    /// until SIGINT or SIGTERM).
     #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::duration)]
     pub duration: Option<f64>,
     /// Serve Prometheus metrics on this address [default: 127.0.0.1:9745].
@@ -86,6 +90,7 @@ impl Args {
             top: self.top,
             json: self.json,
             persist: self.persist,
+            detach_on_exit: self.detach_on_exit,
             metrics: self.metrics,
             no_metrics: self.no_metrics,
             metrics_top: self.metrics_top,
@@ -166,8 +171,12 @@ fn guard(
     if let Some(s) = server {
         s.abort();
     }
-    daemon.finish();
-    result.map(|()| ExitCode::SUCCESS)
+    // Whatever ended the loop, what this process owns is released (or left in place) first.
+    let finished = daemon.finish();
+    match result? {
+        Stopped::Asked => finished.map(|()| ExitCode::SUCCESS),
+        Stopped::Detached => finished.map(|()| ExitCode::from(daemon::EXIT_DETACHED)),
+    }
 }
 
 /// A guard that was already there (adopted, or another portguard's) keeps its source table:

@@ -3,7 +3,13 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use portguard::{error::usage, guard::View, pins::Pins, settings::Cidr};
+use portguard::{
+    error::usage,
+    guard::{View, view::check_capacity},
+    pins::Pins,
+    settings::{Cidr, Settings},
+};
+use portguard_common::CHANGE_SET;
 
 use super::args::{SettingsArgs, some_targets};
 
@@ -50,53 +56,65 @@ pub fn run(args: Args) -> Result<ExitCode> {
     a.check_allow()?;
     let pins = Pins::default();
     let targets = some_targets(&pins, args.iface.as_slice())?;
-    // Validate against every target before changing any.
-    let mut plans = Vec::new();
+    // Checked against every target first, so that a change that cannot apply to one applies
+    // to none.
+    let mut views = Vec::new();
     for iface in &targets {
         let g = View::open(&pins, iface)?;
         let mut s = g.settings().clone();
-        if let Some(m) = a.mode {
-            s.mode = m;
-        }
-        if let Some(d) = a.direction {
-            s.direction = d;
-        }
-        if !a.protocols.is_empty() {
-            s.protocols = a.protocols.clone();
-            s.protocols.sort_by_key(|p| *p as u8);
-            s.protocols.dedup();
-        }
-        for p in &args.remove_ports {
-            if !s.ports.contains(p) {
-                bail!("{iface}: port {p} is not guarded");
-            }
-            s.ports.retain(|x| x != p);
-        }
-        s.ports.extend(args.add_ports.iter().copied());
-        s.ports.sort_unstable();
-        s.ports.dedup();
-        if s.ports.is_empty() {
-            bail!(
-                "{iface}: refusing to remove the last guarded port (use `portguard detach` to stop guarding)"
-            );
-        }
-        for c in &args.disallow {
-            if !s.allow.contains(c) {
-                bail!("{iface}: {c} is not on the allowlist");
-            }
-            s.allow.retain(|x| x != c);
-        }
-        for c in &a.allow {
-            if !s.allow.contains(c) {
-                s.allow.push(*c);
-            }
-        }
-        plans.push((g, s));
+        edit(&args, &mut s).map_err(|e| anyhow::anyhow!("{iface}: {e}"))?;
+        check_capacity(&s).map_err(|e| anyhow::anyhow!("{iface}: {e}"))?;
+        views.push(g);
     }
     super::args::warn_everything_allowed(&a.allow);
-    for (mut g, s) in plans {
-        g.apply(&s)?;
-        println!("{}: {}", g.iface(), s.summary());
+    // Each change is applied as a change, under the namespace's lock, to what the maps hold
+    // then: two operators' changes both survive, whatever their order.
+    for mut g in views {
+        let iface = g.iface().to_string();
+        let c = g
+            .update(CHANGE_SET, |s| edit(&args, s))
+            .map_err(|e| anyhow::anyhow!("{iface}: {e:#}"))?;
+        println!("{iface}: {}", c.new.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The change `args` asks for, made to `s`.
+fn edit(args: &Args, s: &mut Settings) -> Result<()> {
+    let a = &args.settings;
+    if let Some(m) = a.mode {
+        s.mode = m;
+    }
+    if let Some(d) = a.direction {
+        s.direction = d;
+    }
+    if !a.protocols.is_empty() {
+        s.protocols = a.protocols.clone();
+        s.protocols.sort_by_key(|p| *p as u8);
+        s.protocols.dedup();
+    }
+    for p in &args.remove_ports {
+        if !s.ports.contains(p) {
+            bail!("port {p} is not guarded");
+        }
+        s.ports.retain(|x| x != p);
+    }
+    s.ports.extend(args.add_ports.iter().copied());
+    s.ports.sort_unstable();
+    s.ports.dedup();
+    if s.ports.is_empty() {
+        bail!("refusing to remove the last guarded port (use `portguard detach` to stop guarding)");
+    }
+    for c in &args.disallow {
+        if !s.allow.contains(c) {
+            bail!("{c} is not on the allowlist");
+        }
+        s.allow.retain(|x| x != c);
+    }
+    for c in &a.allow {
+        if !s.allow.contains(c) {
+            s.allow.push(*c);
+        }
+    }
+    Ok(())
 }

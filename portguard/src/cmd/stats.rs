@@ -56,6 +56,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for (n, g) in guards.iter().enumerate() {
         let totals = g.totals()?;
         let sources = g.sources()?;
+        let health = g.health();
         let (rates, prev) = match first.get(n).and_then(Option::as_ref) {
             Some((t, p)) => {
                 let dt = Duration::from_secs_f64(args.interval.unwrap_or(1.0));
@@ -66,7 +67,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         snaps.push(report::Snapshot {
             iface: g.iface().to_string(),
             netns: None,
-            attached: g.attached(),
+            attached: health.mode(),
+            health,
             settings: g.settings().clone(),
             totals,
             rates,

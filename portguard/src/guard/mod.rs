@@ -12,16 +12,18 @@
 //!   guard through its pins. It never loads or attaches anything.
 
 mod attach;
+pub mod health;
 mod loaded;
 mod owner;
-mod view;
+pub mod view;
 
 use std::ffi::CString;
 
 pub use attach::{AttachMode, Attached};
+pub use health::{Health, Reason};
 pub use loaded::Loaded;
-pub use owner::{Acquired, Owner, detach_pinned};
-pub use view::View;
+pub use owner::{Acquired, Owner, Upkeep, detach_pinned};
+pub use view::{Changed, View};
 
 use crate::error::GuardError;
 

@@ -1,17 +1,21 @@
-//! A guard seen through its pins: read its counters, change its settings. Never loads or
-//! attaches anything.
+//! A guard seen through its pins: read its counters, change its settings, ask the kernel whether
+//! it guards. Never loads or attaches anything.
 
 use std::{
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, anyhow};
-use portguard_common::{LAYOUT_VERSION, Meta, Totals, map_names};
+use anyhow::{Result, bail};
+use portguard_common::{ALLOWLIST_CAPACITY, LAYOUT_VERSION, Meta, Totals, map_names};
 
-use super::Attached;
+use super::{Attached, health};
 use crate::{
-    counters::Source, error::GuardError, maps::Maps, pins::LINK, pins::Pins, settings::Settings,
+    counters::Source,
+    error::GuardError,
+    maps::Maps,
+    pins::{self, LINK, Pins},
+    settings::Settings,
     sys, wire,
 };
 
@@ -26,20 +30,35 @@ pub struct View {
     capacity: u32,
 }
 
+/// A change of the settings as the maps saw it: what they were, what they are, and who made it.
+pub struct Changed {
+    pub old: Settings,
+    pub new: Settings,
+    /// The pid and `CHANGE_*` that META records for the change.
+    pub by: u32,
+    pub how: u8,
+}
+
 impl View {
-    /// Opens the pinned state of a guarded interface.
+    /// Opens the pinned state of `iface` in the calling thread's network namespace.
     pub fn open(pins: &Pins, iface: &str) -> Result<View> {
-        let dir = pins.dir(iface);
+        let dir = pins.dir(iface)?;
         if !dir.join(map_names::META).exists() {
             if !pins.mounted() {
                 return Err(GuardError::NoBpffs { iface: iface.into() }.into());
             }
             return Err(GuardError::NotGuarded { iface: iface.into(), dir }.into());
         }
-        let maps = Maps::open(&dir).map_err(|e| {
+        View::open_dir(&dir, iface)
+    }
+
+    /// Opens the pinned state in `dir` (any namespace's).
+    pub fn open_dir(dir: &Path, iface: &str) -> Result<View> {
+        pins::contents(dir)?;
+        let maps = Maps::open(dir).map_err(|e| {
             if crate::error::is_permission_denied(&e) { GuardError::NeedsRoot.into() } else { e }
         })?;
-        View::from_maps(maps, &dir, iface)
+        View::from_maps(maps, dir, iface)
     }
 
     /// A view over maps this process already holds (an owner's).
@@ -72,6 +91,11 @@ impl View {
         &self.dir
     }
 
+    /// The namespace's directory, whose lock serialises changes.
+    fn ns_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -85,7 +109,7 @@ impl View {
         self.maps.meta()
     }
 
-    /// The XDP mode recorded at attach time.
+    /// The XDP mode recorded at attach time (what the kernel says is in `health`).
     pub fn attached(&self) -> Option<Attached> {
         self.maps.meta().ok().and_then(|m| Attached::from_meta(m.xdp_mode))
     }
@@ -97,26 +121,41 @@ impl View {
         Ok(&self.settings)
     }
 
-    /// Re-reads the settings if another process changed them since this one last looked.
-    pub fn follow_changes(&mut self) -> Result<bool> {
-        if self.maps.meta()?.generation == self.generation {
-            return Ok(false);
+    /// Re-reads the settings if another process changed them since this one last looked, and
+    /// says what changed and who changed it.
+    pub fn follow_changes(&mut self) -> Result<Option<Changed>> {
+        let meta = self.maps.meta()?;
+        if meta.generation == self.generation {
+            return Ok(None);
         }
+        let old = self.settings.clone();
         self.refresh_settings()?;
-        Ok(true)
+        Ok(Some(Changed { old, new: self.settings.clone(), by: meta.changed_by, how: meta.change }))
     }
 
-    /// Changes the running configuration in place: no reload, counters kept. Other portguard
-    /// processes notice through META's generation.
-    pub fn apply(&mut self, new: &Settings) -> Result<()> {
+    /// Changes the settings in place (no reload, counters kept): under the namespace's lock,
+    /// reads what the maps hold now, lets `change` edit it, and writes the result, so that
+    /// concurrent changes by other processes are applied on top of each other, never lost.
+    /// `how` (`CHANGE_*`) is recorded in META with this process's pid.
+    pub fn update(
+        &mut self,
+        how: u8,
+        change: impl FnOnce(&mut Settings) -> Result<()>,
+    ) -> Result<Changed> {
+        let _lock = pins::lock(self.ns_dir())?;
         let old = wire::read_settings(&self.maps, self.capacity)?;
-        wire::write_settings(&mut self.maps, &old, new, self.capacity)?;
-        self.settings = new.clone();
+        let mut new = old.clone();
+        change(&mut new)?;
+        check_capacity(&new)?;
+        wire::write_settings(&mut self.maps, &old, &new, self.capacity)?;
         let mut meta = self.maps.meta()?;
         meta.generation = meta.generation.wrapping_add(1);
+        meta.changed_by = std::process::id();
+        meta.change = how;
         self.maps.set_meta(&meta)?;
         self.generation = meta.generation;
-        Ok(())
+        self.settings = new.clone();
+        Ok(Changed { old, new, by: meta.changed_by, how })
     }
 
     pub fn totals(&self) -> Result<Totals> {
@@ -127,11 +166,22 @@ impl View {
         wire::read_sources(&self.maps)
     }
 
-    /// The id of the program attached through the pinned link.
-    pub fn program_id(&self) -> Result<u32> {
-        let fd = sys::obj_get(&self.dir.join(LINK))
-            .map_err(|e| anyhow!("{}: no pinned link: {e}", self.iface))?;
-        Ok(sys::xdp_link_info(fd.as_fd())?.0)
+    /// The pinned link's (program id, ifindex), when it is pinned.
+    pub fn pinned_link(&self) -> Option<(u32, u32)> {
+        let fd = sys::obj_get(&self.dir.join(LINK)).ok()?;
+        sys::xdp_link_info(fd.as_fd()).ok()
+    }
+
+    /// What the kernel says about this guard now, from its pins. Runs in the guard's network
+    /// namespace.
+    pub fn health(&self) -> health::Health {
+        match self.maps.meta() {
+            Ok(meta) => {
+                let link = self.pinned_link();
+                health::check(&meta, &self.iface, link, link.is_some())
+            }
+            Err(e) => health::Health::NotGuarded(health::Reason::Unknown(format!("{e:#}"))),
+        }
     }
 
     /// Whether this guard's pinned state is still there (`portguard detach` removes it).
@@ -139,11 +189,24 @@ impl View {
         self.dir.join(map_names::META).exists()
     }
 
-    /// Whether the pinned XDP link is still attached to the interface it was made for. It is
-    /// not once the interface is deleted (or deleted and created again: a new ifindex).
-    pub fn link_alive(&self) -> bool {
-        let Ok(meta) = self.maps.meta() else { return false };
-        let Ok(fd) = sys::obj_get(&self.dir.join(LINK)) else { return false };
-        matches!(sys::xdp_link_info(fd.as_fd()), Ok((_, i)) if i != 0 && i == meta.ifindex)
+    /// Whether a live portguard owns this guard.
+    pub fn owned(&self) -> bool {
+        pins::owned(&self.dir)
     }
+}
+
+/// The allowlist tries hold ALLOWLIST_CAPACITY prefixes per family: a change that would need
+/// more is refused before anything is written (all or nothing).
+pub fn check_capacity(s: &Settings) -> Result<()> {
+    let v4 = s.allow.iter().filter(|c| c.addr.is_ipv4()).count();
+    let v6 = s.allow.len() - v4;
+    for (family, n) in [("IPv4", v4), ("IPv6", v6)] {
+        if n > ALLOWLIST_CAPACITY as usize {
+            bail!(
+                "the allowlist holds at most {ALLOWLIST_CAPACITY} {family} prefixes; this change \
+                 would make {n}: nothing was changed"
+            );
+        }
+    }
+    Ok(())
 }

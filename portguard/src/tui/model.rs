@@ -140,9 +140,8 @@ impl Iface {
 
     /// Opens the pinned maps when not open yet (or replaced since).
     fn open(&mut self, pins: &Pins) {
-        let ino = std::fs::metadata(pins.dir(&self.name).join(map_names::META))
-            .map(|m| m.ino())
-            .unwrap_or(0);
+        let Ok(dir) = pins.dir(&self.name) else { return };
+        let ino = std::fs::metadata(dir.join(map_names::META)).map(|m| m.ino()).unwrap_or(0);
         if self.guard.is_some() && ino == self.pin_ino {
             return;
         }
@@ -167,7 +166,7 @@ impl Iface {
     fn refresh(&mut self, started_ns: u64, with_sources: bool, interval: Duration) {
         let Some(g) = self.guard.as_mut() else { return };
         let at = Instant::now();
-        let changed = g.follow_changes().unwrap_or(true);
+        let changed = g.follow_changes().map_or(true, |c| c.is_some());
         if changed || self.settings_at.is_none_or(|t| at.duration_since(t) >= SETTINGS_EVERY) {
             match g.refresh_settings() {
                 Ok(s) => self.settings = Some(s.clone()),
@@ -245,16 +244,13 @@ impl Iface {
     /// portguard may have changed ports or the allowlist since they were last read).
     pub fn set_mode(&mut self, mode: Mode) -> Result<bool> {
         let Some(g) = self.guard.as_mut() else { bail!("{} cannot be read", self.name) };
-        let mut s = g.refresh_settings()?.clone();
-        if s.mode == mode {
-            self.settings = Some(s);
-            return Ok(false);
-        }
-        s.mode = mode;
-        g.apply(&s)?;
-        self.settings = Some(s);
+        let c = g.update(portguard_common::CHANGE_TOP, |s| {
+            s.mode = mode;
+            Ok(())
+        })?;
+        self.settings = Some(c.new.clone());
         self.settings_at = Some(Instant::now());
-        Ok(true)
+        Ok(c.old.mode != mode)
     }
 }
 
