@@ -151,7 +151,7 @@ fn push_attr(msg: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     msg.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     msg.extend_from_slice(&ty.to_ne_bytes());
     msg.extend_from_slice(payload);
-    while msg.len() % 4 != 0 {
+    while !msg.len().is_multiple_of(4) {
         msg.push(0);
     }
 }
@@ -207,13 +207,11 @@ pub fn query(ifindex: u32) -> Result<Option<Attachment>> {
         let len = (u32_at(b, 0) as usize).min(b.len());
         let (ty, flags) = (u16_at(b, 4), u16_at(b, 6));
         let msg = &b[..len];
-        if ty == NLMSG_ERROR && msg.len() >= 20 {
-            if let Err((e, text)) = error_of(msg, flags) {
-                bail!(
-                    "reading the XDP state of ifindex {ifindex}: {}",
-                    text.unwrap_or(e.to_string())
-                );
-            }
+        if ty == NLMSG_ERROR
+            && msg.len() >= 20
+            && let Err((e, text)) = error_of(msg, flags)
+        {
+            bail!("reading the XDP state of ifindex {ifindex}: {}", text.unwrap_or(e.to_string()));
         }
         if ty == RTM_NEWLINK && msg.len() >= 32 {
             for (a, p) in attrs(&msg[32..]) {
