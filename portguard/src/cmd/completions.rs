@@ -40,6 +40,9 @@ malformed config file, an interface that is not guarded.
 .TP
 .B 2
 A malformed or contradictory command line (the error names the verb's \fB\-\-help\fR).
+.TP
+.B 3
+\fBrun\fR only: every guard it held was detached on request (\fBportguard detach\fR).
 .PP
 \fBportguard check\fR answers with its code: 0 when nothing uses a guarded port, 1 when
 something does, 2 when the check could not run.
