@@ -51,8 +51,9 @@ something does, 2 when the check could not run.
 .I /etc/portguard/portguard.toml
 The configuration file of the service (\fBrun \-\-config\fR); SIGHUP re\-reads it.
 .TP
-.I /sys/fs/bpf/portguard/IFACE/
-The running guard of IFACE: its maps and its XDP link, pinned in bpffs (directories 0700).
+.I /sys/fs/bpf/portguard/netns\-COOKIE/IFACE/
+The running guard of IFACE in the network namespace of that cookie: its maps and its XDP
+link, pinned in bpffs (directories 0700, root's).
 .SH ENVIRONMENT
 .TP
 .B PORTGUARD_PIN_ROOT
