@@ -42,8 +42,12 @@ pub const PORT_TABLE_ENTRIES: u32 = 65_536;
 /// PORTS value for a guarded port; 0 means not guarded.
 pub const PORT_GUARDED: u8 = 1;
 
-/// Default capacity of SOURCES (sources tracked individually); `--sources N` changes it.
+/// Default capacity of SOURCES (sources tracked individually); `--sources N` changes it,
+/// within MIN..=MAX: below the minimum, making room would forget nearly every source each
+/// interval; above the maximum, the per-CPU table outgrows any router's memory.
 pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
+pub const MIN_SOURCE_CAPACITY: u32 = 256;
+pub const MAX_SOURCE_CAPACITY: u32 = 1 << 20;
 /// Userspace makes room in SOURCES when it is fuller than this (percent)...
 pub const EVICT_ABOVE_PERCENT: u32 = 90;
 /// ...by removing the sources seen least recently until it is this full.

@@ -101,13 +101,17 @@ impl PinRoot {
 
 impl Drop for PinRoot {
     fn drop(&mut self) {
-        // Every namespace's guards: detach each link (the namespace may be gone already, so
-        // not through `portguard detach`), then remove the pins.
-        for link in links_under(&self.path) {
-            let _ = Command::new("bpftool").args(["link", "detach", "pinned"]).arg(&link).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.path);
+        remove_root(&self.path);
     }
+}
+
+/// Detaches every guard pinned under a pin root, whatever its namespace (which may be gone
+/// already, so not through `portguard detach`), then removes the root.
+pub fn remove_root(root: &Path) {
+    for link in links_under(root) {
+        let _ = Command::new("bpftool").args(["link", "detach", "pinned"]).arg(&link).output();
+    }
+    let _ = std::fs::remove_dir_all(root);
 }
 
 /// Every pinned `link` below `dir`.

@@ -9,6 +9,9 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY};
+
+/// The largest config file read: the full example with comments is under 2 KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 use serde::Deserialize;
 
 use crate::{
@@ -70,9 +73,34 @@ pub struct Metrics {
 
 impl FileConfig {
     /// Reads and parses `path`. Errors are one line naming the file and the line.
+    /// Reads and parses `path`. Only a regular file of at most MAX_CONFIG_BYTES is read: a
+    /// FIFO would block the daemon (on start and on every SIGHUP), a huge file would cost its
+    /// size in memory several times over.
     pub fn load(path: &Path) -> Result<FileConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow!("cannot read config {}: {e}", path.display()))?;
+        use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+        let cannot =
+            |e: &dyn std::fmt::Display| anyhow!("cannot read config {}: {e}", path.display());
+        // Non-blocking: opening a FIFO for reading would wait for a writer.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| cannot(&e))?;
+        let m = f.metadata().map_err(|e| cannot(&e))?;
+        if !m.is_file() {
+            return Err(cannot(&"not a regular file"));
+        }
+        if m.len() > MAX_CONFIG_BYTES {
+            return Err(cannot(&format!(
+                "{} bytes, more than a config file needs ({MAX_CONFIG_BYTES} at most)",
+                m.len()
+            )));
+        }
+        let mut text = String::new();
+        f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(|e| cannot(&e))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(cannot(&format!("more than {MAX_CONFIG_BYTES} bytes")));
+        }
         FileConfig::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))
     }
 
@@ -332,7 +360,7 @@ top_sources = 20
         let e = FileConfig::parse("[output]\ntop = 5\ninterval = 0\n").unwrap_err();
         assert!(e.starts_with("line 3: interval: 0 is not between 0.05 and 3600"), "{e}");
         let e = FileConfig::parse("\nsources = 0\n").unwrap_err();
-        assert!(e.starts_with("line 2: 0 sources is not between 1"), "{e}");
+        assert!(e.starts_with("line 2: 0: the source table holds 256 to 1048576 entries"), "{e}");
         let e = FileConfig::parse("[metrics]\nlisten = \"9745\"\n").unwrap_err();
         assert!(e.starts_with("line 2: '9745' is not an address"), "{e}");
         assert!(!FileConfig::parse("[output\ninterval=1").unwrap_err().contains('\n'));

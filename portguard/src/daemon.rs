@@ -52,7 +52,7 @@ enum Held {
     /// It attached the program and keeps it there.
     Owner(Box<Owner>),
     /// Another live portguard owns it: this one only reads, and takes over if the owner dies.
-    Watcher(View),
+    Watcher(Box<View>),
 }
 
 impl Held {
@@ -217,6 +217,9 @@ impl Guarded {
             Upkeep::Lost(why) => {
                 log::error!(target: &lost, "{iface}: NOT GUARDED: {why}; trying again")
             }
+            Upkeep::Unknown(e) => {
+                log::warn!(target: &lost, "{iface}: cannot ask the kernel now ({e})")
+            }
         }
     }
 
@@ -235,7 +238,7 @@ impl Guarded {
                 self.held = Held::Owner(Box::new(o));
                 self.last = Upkeep::Guarding;
             }
-            Ok(Acquired::Watching(v, _)) => self.held = Held::Watcher(v),
+            Ok(Acquired::Watching(v, _)) => self.held = Held::Watcher(Box::new(v)),
             Err(e) => log::warn!("{}: could not take over: {e:#}", self.iface),
         }
     }
@@ -349,7 +352,7 @@ impl Daemon {
                         "{iface} is already guarded by a running portguard (pid {pid}): watching \
                          it; its settings are unchanged (use `portguard set` to change them)"
                     );
-                    Held::Watcher(v)
+                    Held::Watcher(Box::new(v))
                 }
                 Err(e) => {
                     // All or nothing: undo what this run attached (and leave what it adopted).
@@ -672,14 +675,33 @@ pub struct Service<'a> {
 
 /// Runs `daemon` until SIGINT, SIGTERM, `duration`, or nothing left to watch: a tick every
 /// interval, its output on stdout, SIGHUP reloads, systemd and metrics kept informed.
+/// The signals the daemon handles. Taken before anything is attached: from then on a SIGTERM
+/// or SIGHUP that arrives while the guards are being acquired waits for the loop, instead of
+/// killing the process half-way (their default action).
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime that will run `serve`.
+    pub fn take() -> Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 pub async fn serve(
     daemon: &mut Daemon,
+    signals: Signals,
     duration: Option<f64>,
     service: Service<'_>,
 ) -> Result<Stopped> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
     let mut period = Duration::from_secs_f64(daemon.plan.interval);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut upkeep = tokio::time::interval(UPKEEP.min(period));
@@ -702,6 +724,7 @@ pub async fn serve(
                     period = new;
                     interval =
                         tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    upkeep = tokio::time::interval(UPKEEP.min(period));
                 }
                 service.notifier.ready(&daemon.status_now());
                 continue;

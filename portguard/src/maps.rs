@@ -24,6 +24,11 @@ pub struct Maps {
     allow_v6: LpmTrie<MapData, AllowV6, u8>,
     totals: PerCpuArray<MapData, Totals>,
     sources: PerCpuHashMap<MapData, SourceKey, SourceSlot>,
+    /// Only moved around by the program, but held: a map taken out of the object and dropped
+    /// would close the loader's descriptor, which loading another program against the same
+    /// maps (an extension) still needs.
+    _admission: PerCpuArray<MapData, Admission>,
+    _fragments: HashMap<MapData, FragmentKey, FragmentVerdict>,
     /// A second handle on every map, for pinning and for the batched reads aya does not wrap.
     all: Vec<(&'static str, MapData)>,
 }
@@ -80,11 +85,20 @@ impl Maps {
         // Typed too, though only moved around: a conversion checks the map's type and its key
         // and value sizes, so pins of another layout are refused here, before a program is
         // loaded against them.
-        let _: PerCpuArray<MapData, Admission> =
-            typed(map_names::ADMISSION, take(map_names::ADMISSION)?)?;
-        let _: HashMap<MapData, FragmentKey, FragmentVerdict> =
-            typed(map_names::FRAGMENTS, take(map_names::FRAGMENTS)?)?;
-        Ok(Maps { meta, config, ports, allow_v4, allow_v6, totals, sources, all })
+        let _admission = typed(map_names::ADMISSION, take(map_names::ADMISSION)?)?;
+        let _fragments = typed(map_names::FRAGMENTS, take(map_names::FRAGMENTS)?)?;
+        Ok(Maps {
+            meta,
+            config,
+            ports,
+            allow_v4,
+            allow_v6,
+            totals,
+            sources,
+            _admission,
+            _fragments,
+            all,
+        })
     }
 
     fn raw(&self, name: &str) -> Result<&MapData> {

@@ -243,16 +243,35 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// Connections served at once. A scraper needs one; a local user holding many open must not
+/// run the daemon out of descriptors (its own health checks need a few), so the rest wait in
+/// the kernel's backlog, costing this process nothing.
+const MAX_CONNECTIONS: usize = 256;
+/// A scraper sends its request at once; a connection that does not is let go after this.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves GET /metrics until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Shared) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS: out of something the next accept needs too. Wait
+                // rather than spin; the connection waits in the backlog.
+                log::debug!("metrics: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
             // Read the request head (bounded; slow clients are cut off).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 while n < buf.len() {
                     match conn.read(&mut buf[n..]).await {
                         Ok(0) | Err(_) => break,
@@ -302,7 +321,7 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn.write_all(resp.as_bytes())).await;
             let _ = conn.shutdown().await;
         });
     }

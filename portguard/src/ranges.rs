@@ -6,15 +6,16 @@
 /// Below 50 ms the reads themselves would be most of the work; above an hour nothing is live.
 pub const INTERVAL: (f64, f64) = (0.05, 3600.0);
 
-/// The capacity of a per-source table (`run --sources`, `sources` in the config file): at
-/// least one entry, at most what the kernel's per-CPU allocator is sensible for.
-pub const SOURCES: (u32, u32) = (1, 16_777_216);
+/// The capacity of a per-source table (`run --sources`, `sources` in the config file): the
+/// bounds the kernel/user contract sets (portguard-common).
+pub const SOURCES: (u32, u32) =
+    (portguard_common::MIN_SOURCE_CAPACITY, portguard_common::MAX_SOURCE_CAPACITY);
 
 /// A table capacity in `SOURCES`.
 pub fn sources(v: u32) -> Result<u32, String> {
     let (lo, hi) = SOURCES;
     if !(lo..=hi).contains(&v) {
-        return Err(format!("{v} sources is not between {lo} and {hi}"));
+        return Err(format!("{v}: the source table holds {lo} to {hi} entries"));
     }
     Ok(v)
 }

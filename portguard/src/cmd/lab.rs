@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use portguard::{
     config::{Flags, Plan},
-    daemon::{self, Daemon, Service},
+    daemon::{self, Daemon, Service, Signals},
     guard::AttachMode,
     lab::{self, GW_IF, Lab, Listeners, OUTSIDE_HOSTS},
     notify::Notifier,
@@ -93,6 +93,8 @@ fn lab(args: Args) -> Result<ExitCode> {
     let seconds = args.seconds;
     // The daemon runs in the gateway's namespace, as `portguard run` would on the router.
     let result = lab::in_netns(&lab.gw, move || -> Result<(u64, u64)> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let signals = rt.block_on(async { Signals::take() })?;
         let mut daemon = Daemon::start(plan, Flags::default(), pins)?;
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -100,10 +102,9 @@ fn lab(args: Args) -> Result<ExitCode> {
             let (stop, sent) = (stop.clone(), sent.clone());
             thread::spawn(move || traffic(&out, &stop, &sent))
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let notifier = Notifier::from_env();
         let quiet = Service { notifier: &notifier, metrics: None };
-        let served = rt.block_on(daemon::serve(&mut daemon, Some(seconds as f64), quiet));
+        let served = rt.block_on(daemon::serve(&mut daemon, signals, Some(seconds as f64), quiet));
         stop.store(true, Ordering::Relaxed);
         let traffic =
             traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked")).and_then(|r| r);

@@ -6,7 +6,7 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use portguard::{
     config::{Flags, Plan},
-    daemon::{self, Daemon, Service, Stopped},
+    daemon::{self, Daemon, Service, Signals, Stopped},
     guard::AttachMode,
     metrics, notices,
     notify::Notifier,
@@ -34,7 +34,7 @@ pub struct Args {
     /// XDP attach mode [default: auto].
     #[arg(long = "xdp-mode", value_enum)]
     pub xdp_mode: Option<AttachMode>,
-    /// Capacity of the per-source table, 1 to 16777216 [default: 65536].
+    /// Capacity of the per-source table, 256 to 1048576 [default: 65536].
     #[arg(long, value_name = "N", value_parser = ranges::parse::sources)]
     pub sources: Option<u32>,
     /// New sources admitted into the table per CPU per 67 ms slice [default: paced so that a
@@ -122,6 +122,7 @@ fn setup_and_guard(plan: Plan, flags: Flags, duration: Option<f64>) -> Result<Ex
         portguard::guard::ifindex(iface)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let signals = rt.block_on(async { Signals::take() })?;
     // Bound before anything is attached: a taken port is an early error with nothing to undo.
     let listener = match plan.metrics {
         Some(addr) => match rt.block_on(metrics::bind(addr)) {
@@ -136,7 +137,7 @@ fn setup_and_guard(plan: Plan, flags: Flags, duration: Option<f64>) -> Result<Ex
         },
         None => None,
     };
-    guard(&rt, plan, flags, listener, duration)
+    guard(&rt, plan, flags, listener, signals, duration)
 }
 
 /// Attaches, serves until told to stop, and releases.
@@ -145,6 +146,7 @@ fn guard(
     plan: Plan,
     flags: Flags,
     listener: Option<tokio::net::TcpListener>,
+    signals: Signals,
     duration: Option<f64>,
 ) -> Result<ExitCode> {
     let ifaces = plan.ifaces.clone();
@@ -166,7 +168,7 @@ fn guard(
         rt.spawn(metrics::serve(l, shared.clone()))
     });
     let service = Service { notifier: &notifier, metrics: Some(shared) };
-    let result = rt.block_on(daemon::serve(&mut daemon, duration, service));
+    let result = rt.block_on(daemon::serve(&mut daemon, signals, duration, service));
     notifier.stopping();
     if let Some(s) = server {
         s.abort();

@@ -66,6 +66,8 @@ pub enum Upkeep {
     Detached { by: u32 },
     /// Not guarding, and it could not guard again.
     Lost(Reason),
+    /// The kernel could not be asked (out of descriptors, say): nothing is done on a guess.
+    Unknown(String),
 }
 
 pub struct Owner {
@@ -286,13 +288,14 @@ impl Owner {
         sys::xdp_link_info(self.link.as_ref()?.as_fd()).ok()
     }
 
-    /// Whether every pin is there: META and the other maps, and the link (ours).
+    /// Whether every pin is there: META and the other maps, and the link (ours). When the
+    /// kernel cannot be asked, they are taken to be there: nothing is re-pinned on a guess.
     fn pinned(&self) -> bool {
         let dir = self.view.dir();
         let maps = portguard_common::map_names::ALL.iter().all(|n| dir.join(n).exists());
-        let link = match (&self.link, self.view.pinned_link()) {
-            (None, _) => true,
-            (Some(_), pin) => pin.is_some() && pin == self.link_info(),
+        let link = match (&self.link, self.view.read_pinned_link()) {
+            (None, _) | (Some(_), Err(_)) => true,
+            (Some(_), Ok(pin)) => pin.is_some() && pin == self.link_info(),
         };
         maps && link
     }
@@ -315,7 +318,7 @@ impl Owner {
         }
         let meta = match self.view.meta() {
             Ok(m) => m,
-            Err(e) => return Upkeep::Lost(Reason::Unknown(format!("{e:#}"))),
+            Err(e) => return Upkeep::Unknown(format!("{e:#}")),
         };
         if meta.state == STATE_DETACHING {
             return self.honour_detach(&meta);
@@ -363,6 +366,7 @@ impl Owner {
                     Upkeep::Gone
                 }
             },
+            Health::NotGuarded(Reason::Unknown(e)) => Upkeep::Unknown(e),
             Health::NotGuarded(why) => Upkeep::Lost(why),
         }
     }
@@ -423,6 +427,7 @@ impl Owner {
             }
             Err(e) => match self.health() {
                 Health::NotGuarded(why @ Reason::OtherProgram { .. }) => Upkeep::Lost(why),
+                Health::Guarded { .. } => Upkeep::Guarding,
                 _ => Upkeep::Lost(Reason::Unknown(format!("{e:#}"))),
             },
         }

@@ -168,8 +168,17 @@ impl View {
 
     /// The pinned link's (program id, ifindex), when it is pinned.
     pub fn pinned_link(&self) -> Option<(u32, u32)> {
-        let fd = sys::obj_get(&self.dir.join(LINK)).ok()?;
-        sys::xdp_link_info(fd.as_fd()).ok()
+        self.read_pinned_link().ok().flatten()
+    }
+
+    /// The pinned link's (program id, ifindex); Ok(None) when there is no pin, Err when the
+    /// kernel could not be asked (out of descriptors, say): not the same as absent.
+    pub(crate) fn read_pinned_link(&self) -> std::io::Result<Option<(u32, u32)>> {
+        match sys::obj_get(&self.dir.join(LINK)) {
+            Ok(fd) => sys::xdp_link_info(fd.as_fd()).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// What the kernel says about this guard now, from its pins. Runs in the guard's network

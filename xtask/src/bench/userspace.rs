@@ -147,7 +147,7 @@ pub(super) fn remove_stale(lab_prefix: &str) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.strip_prefix(prefix).is_some_and(dead) {
-            drop(PinRoot { pins: Pins::new(entry.path()) });
+            portguard_testkit::fixture::remove_root(&entry.path());
         }
     }
 }
@@ -156,13 +156,30 @@ pub(super) fn remove_stale(lab_prefix: &str) {
 /// removes it, whatever went wrong before.
 pub(super) struct PinRoot {
     pub(super) pins: Pins,
+    /// The lab namespace its guard is in.
+    ns: String,
 }
 
 impl PinRoot {
-    pub(super) fn new(pid: u32, tag: &str) -> PinRoot {
-        let root = PinRoot { pins: Pins::new(format!("{PIN_PREFIX}{pid}-{tag}")) };
+    /// A root for a guard in lab namespace `ns`.
+    pub(super) fn new(pid: u32, tag: &str, ns: &str) -> PinRoot {
+        let root =
+            PinRoot { pins: Pins::new(format!("{PIN_PREFIX}{pid}-{tag}")), ns: ns.to_string() };
         root.clean();
         root
+    }
+
+    /// The guard of the lab's gateway, seen from its namespace.
+    pub(super) fn view(&self) -> Result<View> {
+        let pins = self.pins.clone();
+        lab::in_netns(&self.ns, move || View::open(&pins, GW_IF))?
+    }
+
+    /// The binary acting on this root's guards, in the lab's namespace.
+    pub(super) fn cmd(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
+        c.args(["--netns", &self.ns]).env(ROOT_ENV, self.path());
+        c
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -170,10 +187,7 @@ impl PinRoot {
     }
 
     fn clean(&self) {
-        for iface in self.pins.guarded().unwrap_or_default() {
-            let _ = portguard::guard::detach_pinned(&self.pins, &iface);
-        }
-        let _ = std::fs::remove_dir_all(&self.pins.root);
+        portguard_testkit::fixture::remove_root(&self.pins.root);
     }
 }
 
@@ -232,14 +246,14 @@ fn fill(prog: BorrowedFd<'_>, n: usize) -> Result<()> {
 
 /// Times `stats --json`, `stats`, `status --json` and `View::sources()` on a full table.
 fn time_reads(lab: &Lab, bin: &Path, pid: u32) -> Result<(usize, Vec<Timing>)> {
-    let root = PinRoot::new(pid, "stats");
+    let root = PinRoot::new(pid, "stats", &lab.gw);
     let g = filled_guard(lab, &root, FULL, DEFAULT_SOURCE_CAPACITY)?;
     let mut timings = Vec::new();
     for args in [&["stats", "--json"][..], &["stats"], &["status", "--json"]] {
         let what = format!("`portguard {}`", args.join(" "));
         let run = || -> Result<Duration> {
-            let mut c = Command::new(bin);
-            c.args(args).env(ROOT_ENV, root.path());
+            let mut c = root.cmd(bin);
+            c.args(args);
             let start = Instant::now();
             let out = c.output().with_context(|| format!("spawning {what}"))?;
             let took = start.elapsed();
@@ -418,7 +432,7 @@ fn daemon_cost(
     capacity: u32,
     window: Duration,
 ) -> Result<DaemonCost> {
-    let root = PinRoot::new(pid, tag);
+    let root = PinRoot::new(pid, tag, &lab.gw);
     let g = filled_guard(lab, &root, n, capacity)?;
     // Left in place, owner cleared: the daemon adopts it (program replaced, maps kept).
     g.release(true).context("leaving the guard in place")?;
@@ -427,7 +441,7 @@ fn daemon_cost(
     wait_adopted(&mut d, &root)?;
     thread::sleep(WARMUP);
     d.check_alive()?;
-    let before = View::open(&root.pins, GW_IF)?.sources()?.len();
+    let before = root.view()?.sources()?.len();
 
     let ticks = clock_ticks()?;
     let cpu0 = cpu_ticks(d.pid())?;
@@ -442,15 +456,15 @@ fn daemon_cost(
     peak_kb = peak_kb.max(status_kb(d.pid(), "VmRSS:")?);
     let hwm_kb = status_kb(d.pid(), "VmHWM:")?;
     d.check_alive()?;
-    let after = View::open(&root.pins, GW_IF)?.sources()?.len();
+    let after = root.view()?.sources()?.len();
 
     let status = d.stop()?;
     if !status.success() {
         bail!("portguard run exited with {status} on SIGTERM: {}", d.log_tail());
     }
-    let out = Command::new(bin)
+    let out = root
+        .cmd(bin)
         .args(["detach", "--all"])
-        .env(ROOT_ENV, root.path())
         .output()
         .context("spawning portguard detach --all")?;
     if !out.status.success() {
@@ -476,7 +490,7 @@ pub(super) fn wait_adopted(d: &mut Daemon, root: &PinRoot) -> Result<()> {
     let deadline = Instant::now() + ADOPT_TIMEOUT;
     loop {
         d.check_alive()?;
-        let owner = View::open(&root.pins, GW_IF).and_then(|g| g.meta()).map(|m| m.owner_pid);
+        let owner = root.view().and_then(|g| g.meta()).map(|m| m.owner_pid);
         if owner.is_ok_and(|o| o == d.pid()) {
             return Ok(());
         }
