@@ -775,7 +775,15 @@ pub async fn serve(
         }
         let mut out = std::io::stdout().lock();
         let tty = terminal && !daemon.plan.json;
-        report::print_tick(&mut out, &tick, tty, daemon.plan.json)?;
+        if let Err(e) = report::print_tick(&mut out, &tick, tty, daemon.plan.json) {
+            if !tty {
+                return Err(e);
+            }
+            // Its terminal went away (SIGHUP means reload here, so the hang-up alone does not
+            // end it): stop as if asked, rather than guard on unseen with nobody to stop it.
+            log::warn!("the terminal went away ({e:#}): stopping");
+            return Ok(Stopped::Asked);
+        }
         let _ = out.flush();
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Stopped::Asked);

@@ -539,12 +539,14 @@ impl InterfaceJson {
 }
 
 /// One tick's output: on a terminal the table, redrawn in place; otherwise a line (or a JSON
-/// line) per new source and per interface.
+/// line) per new source and per interface. On a terminal, a failed write is an error: the
+/// terminal is gone (a closed window, a dropped ssh session), and the caller stops.
 pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: bool) -> Result<()> {
     if tty {
         let room = Room::terminal();
         let (w, h) = (room.width.unwrap_or(80), room.height.unwrap_or(24));
-        let _ = write!(out, "{}", frame(&tick.snaps, &notices::current(), w, h));
+        write!(out, "{}", frame(&tick.snaps, &notices::current(), w, h))?;
+        out.flush()?;
         return Ok(());
     }
     for (iface, fresh) in &tick.news {

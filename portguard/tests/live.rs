@@ -183,3 +183,33 @@ fn a_warning_leaves_when_it_stops_being_true() {
     });
     assert!(!screen.contains("! "), "{screen}");
 }
+
+/// Its terminal going away (a closed window, a dropped ssh session) ends the live view: SIGHUP
+/// means "reload" to `run`, so the next redraw failing is what stops it; nothing is left
+/// guarding unseen, with nobody to stop it.
+#[test]
+fn hang_up_ends_the_live_view() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = Fixture::new(BIN, "pgl");
+    let tmux = Tmux::new();
+    let cmd = format!(
+        "exec nsenter --net=/run/netns/{} env PORTGUARD_PIN_ROOT={} {BIN} run --iface {GW_IF} \
+         --interval 0.1 --no-metrics",
+        f.lab.gw,
+        f.pins.path.display()
+    );
+    tmux.start("hup", 80, 24, &cmd);
+    tmux.wait_screen("hup", "the table", |sc| sc.contains(&format!("{GW_IF} (native XDP)")));
+    let pid: i32 = String::from_utf8_lossy(
+        &tmux.cmd(&["display-message", "-p", "-t", "hup", "#{pane_pid}"]).stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(tmux.cmd(&["kill-server"]).status.success());
+    // SAFETY: kill with signal 0 only asks whether the process exists.
+    wait_until("run to end with its terminal", || unsafe { libc::kill(pid, 0) } != 0);
+    assert!(!f.attached(), "it released its guard as on SIGTERM");
+}
