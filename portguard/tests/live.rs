@@ -12,11 +12,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_portguard");
 /// A tmux server of the test's own, killed with it.
 struct Tmux {
     server: String,
+    /// The processes in its panes: waited for when it is killed, so that they are gone before
+    /// the fixture removes their pins.
+    pids: std::cell::RefCell<Vec<i32>>,
 }
 
 impl Tmux {
     fn new() -> Tmux {
-        Tmux { server: unique("pglive") }
+        Tmux { server: unique("pglive"), pids: Default::default() }
+    }
+
+    fn pane_pid(&self, s: &str) -> i32 {
+        let out = self.cmd(&["display-message", "-p", "-t", s, "#{pane_pid}"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 
     fn cmd(&self, args: &[&str]) -> Output {
@@ -41,6 +49,7 @@ impl Tmux {
             cmd,
         ]);
         assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        self.pids.borrow_mut().push(self.pane_pid(s));
     }
 
     fn screen(&self, s: &str) -> String {
@@ -65,6 +74,20 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
+        // A live view ends when its terminal goes (`hang_up_ends_the_live_view`); should one
+        // not, it must not outlive the test.
+        for pid in self.pids.borrow().iter() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            // SAFETY: signal 0 only asks whether the process exists; SIGKILL goes to a process
+            // this test started, still running after its terminal went away.
+            while unsafe { libc::kill(*pid, 0) } == 0 {
+                if std::time::Instant::now() > deadline {
+                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -202,12 +225,7 @@ fn hang_up_ends_the_live_view() {
     );
     tmux.start("hup", 80, 24, &cmd);
     tmux.wait_screen("hup", "the table", |sc| sc.contains(&format!("{GW_IF} (native XDP)")));
-    let pid: i32 = String::from_utf8_lossy(
-        &tmux.cmd(&["display-message", "-p", "-t", "hup", "#{pane_pid}"]).stdout,
-    )
-    .trim()
-    .parse()
-    .unwrap();
+    let pid = tmux.pane_pid("hup");
     assert!(tmux.cmd(&["kill-server"]).status.success());
     // SAFETY: kill with signal 0 only asks whether the process exists.
     wait_until("run to end with its terminal", || unsafe { libc::kill(pid, 0) } != 0);
