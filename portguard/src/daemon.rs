@@ -46,8 +46,6 @@ const LOST_GRACE: Duration = Duration::from_secs(5);
 pub const EXIT_DETACHED: u8 = 3;
 
 /// How this process holds one guard.
-// A handful of these per process: the size of a View inline costs nothing worth a Box.
-#[allow(clippy::large_enum_variant)]
 enum Held {
     /// It attached the program and keeps it there.
     Owner(Box<Owner>),
