@@ -100,6 +100,7 @@ pub fn render(s: &Snapshot) -> String {
             ("dropped", t.dropped),
             ("allowed", t.allowed),
             ("untracked", t.untracked),
+            ("unjudged", t.unjudged),
         ] {
             packets.get_or_create(&l(kind)).inc_by(v);
         }
@@ -107,6 +108,7 @@ pub fn render(s: &Snapshot) -> String {
             ("matched", t.matched_bytes),
             ("dropped", t.dropped_bytes),
             ("untracked", t.untracked_bytes),
+            ("unjudged", t.unjudged_bytes),
         ] {
             bytes.get_or_create(&l(kind)).inc_by(v);
         }
