@@ -9,6 +9,7 @@ mod lint;
 mod setup;
 mod test;
 mod util;
+mod vmlab;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ enum Task {
     },
     /// Differential fuzzing: the XDP program against the reference classifier, at length.
     Fuzz(fuzz::Args),
+    /// The router VM lab: portguard on Debian kernels in QEMU guests (x86_64, aarch64).
+    Vmlab(vmlab::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Task::Audit => audit::run(),
         Task::Bench { args } => bench(&args),
         Task::Fuzz(a) => fuzz::run(a),
+        Task::Vmlab(a) => vmlab::run(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
