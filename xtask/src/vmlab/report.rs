@@ -2,7 +2,12 @@
 //! runner's counts) and checking it: every check is recorded, and a run fails with all its
 //! mismatches listed at once.
 
-use std::{collections::BTreeMap, fmt::Display, io::Write as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt::{Debug, Display},
+    io::Write as _,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -91,11 +96,11 @@ impl Checks {
         Checks { label: label.into(), ..Default::default() }
     }
 
-    pub fn eq<T: PartialEq + Display>(&mut self, what: &str, got: T, want: T) {
+    pub fn eq<T: PartialEq + Debug>(&mut self, what: &str, got: T, want: T) {
         if got == want {
             self.passed += 1;
         } else {
-            self.failed.push(format!("{what}: got {got}, want {want}"));
+            self.failed.push(format!("{what}: got {got:?}, want {want:?}"));
         }
     }
 

@@ -271,6 +271,30 @@ fn basic_steps(run: &Run, c: &mut Checks) -> Result<()> {
             &link,
         );
     }
+    // `check` finds the runner's own listeners on 8080 (TCP and UDP): exit 1, "found".
+    let chk = g.vm.sh("portguard check --port 8080 --json", Duration::from_secs(60))?;
+    let v: serde_json::Value = serde_json::from_str(&chk.stdout()).unwrap_or_default();
+    let found: Vec<String> = v["sockets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|s| s["local_port"] == ORDINARY)
+                .map(|s| {
+                    format!(
+                        "{}/{}",
+                        s["protocol"].as_str().unwrap_or("?"),
+                        s["state"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    c.eq("check --port 8080 exits 1 (found)", chk.code.as_str(), "1");
+    c.that(
+        "check finds the TCP listener and the UDP socket on 8080",
+        found.iter().any(|f| f == "tcp/listen") && found.iter().any(|f| f.starts_with("udp/")),
+        format!("{found:?} {}", chk.err.join(" ")),
+    );
     let counts0 = g.vm.counts()?;
 
     // 2. Drop mode: IPv4 and IPv6, UDP and TCP SYN probes from four sources, counted exactly,
