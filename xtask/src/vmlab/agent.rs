@@ -188,10 +188,14 @@ fn run_sh(id: u64, timeout: Duration, cmd: &str) {
     let mut open = 2;
     let mut code: Option<String> = None;
     let mut exited_at = None;
+    let mut last_line = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(10)) {
             Ok(('.', _)) => open -= 1,
-            Ok((k, l)) => say(&format!("PGVM {id} {k} {l}")),
+            Ok((k, l)) => {
+                say(&format!("PGVM {id} {k} {l}"));
+                last_line = Instant::now();
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => open = 0,
         }
@@ -207,9 +211,11 @@ fn run_sh(id: u64, timeout: Duration, cmd: &str) {
                 exited_at = Some(Instant::now());
             }
         }
-        // A background process that kept the pipes open must not hold the answer back.
+        // A background process that kept the pipes open must not hold the answer back: once
+        // the command has exited and its output has gone quiet for half a second, it is done.
+        let quiet = Duration::from_millis(500);
         if let Some(t) = exited_at
-            && (open == 0 || t.elapsed() > Duration::from_millis(500))
+            && (open == 0 || (t.elapsed() > quiet && last_line.elapsed() > quiet))
         {
             break;
         }

@@ -58,3 +58,10 @@ pub fn agent(arch: Arch) -> Result<PathBuf> {
     sh(&mut c).context("building the guest runner")?;
     Ok(out)
 }
+
+/// Today's date and time (UTC), for generated reports.
+pub fn date() -> String {
+    crate::util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

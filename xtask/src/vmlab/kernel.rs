@@ -159,7 +159,8 @@ impl Kernel {
         Ok(p)
     }
 
-    /// The modules that provide `wanted` (names as in `lsmod`), with their dependencies first,
+    /// The modules that provide `wanted` (names as in `lsmod`; "?name" when optional), with
+    /// their dependencies first,
     /// leaving out what the kernel has built in. Compressed modules (.ko.xz, .ko.zst) are
     /// decompressed on the host: busybox's insmod takes plain ELF only.
     pub fn modules(&self, wanted: &[&str]) -> Result<Vec<Module>> {
@@ -175,7 +176,18 @@ impl Kernel {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
         for w in wanted {
-            self.visit(&norm(w), &builtin, &files, &mut seen, &mut order, 0)?;
+            // "?name": only if the kernel has it (as a module or built in).
+            let (name, optional) = match w.strip_prefix('?') {
+                Some(n) => (norm(n), true),
+                None => (norm(w), false),
+            };
+            if optional
+                && !builtin.contains(&name)
+                && !files.iter().any(|p| module_name(p).as_deref() == Some(&name))
+            {
+                continue;
+            }
+            self.visit(&name, &builtin, &files, &mut seen, &mut order, 0)?;
         }
         Ok(order)
     }

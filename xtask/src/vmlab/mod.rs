@@ -249,7 +249,9 @@ fn prepare(arch: Arch, series: &str, scenario: Scenario, refresh: bool) -> Resul
         tools.push("/usr/sbin/bpftool");
     }
     if scenario == Scenario::Bench {
-        wanted.push("nf_tables");
+        // libcrc32c (an nf_tables dependency) needs a crc32c implementation: a soft
+        // dependency modinfo does not spell out as `depends`.
+        wanted.extend(["?crc32c_generic", "nf_tables"]);
         tools.push("/usr/sbin/nft");
     }
     let modules = kernel.modules(&wanted)?;

@@ -39,7 +39,7 @@ impl Spec<'_> {
     }
 
     pub fn boot_timeout(&self) -> Duration {
-        Duration::from_secs(120 + 4 * u64::from(self.cpus))
+        Duration::from_secs(120 + 8 * u64::from(self.cpus))
     }
 
     pub fn command(&self) -> Command {

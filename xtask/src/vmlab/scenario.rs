@@ -130,8 +130,14 @@ impl Guest {
         Ok(o.code == "0")
     }
 
+    /// `stats --json` with every source.
     pub fn stats(&mut self) -> Result<Stats> {
-        let out = self.vm.ok("portguard stats --json --top 100000")?;
+        self.stats_top(100_000)
+    }
+
+    /// `stats --json --top n`: the totals without a long list over the serial console.
+    pub fn stats_top(&mut self, n: usize) -> Result<Stats> {
+        let out = self.vm.ok(&format!("portguard stats --json --top {n}"))?;
         report::stats(&out, &self.nic)
     }
 
