@@ -112,7 +112,7 @@ pub fn xdp_drop_object() -> Vec<u8> {
 /// One drop-rate measurement.
 #[derive(Clone, Debug)]
 pub struct Rate {
-    pub variant: &'static str,
+    pub variant: String,
     pub offered_pps: f64,
     pub guest_pps: f64,
     /// Guest kernel CPU time (system + irq + softirq, all vCPUs) per received packet.
@@ -122,21 +122,91 @@ pub struct Rate {
     pub received: u64,
 }
 
+/// One of portguard's maps as bpftool shows it.
+#[derive(Clone, Debug)]
+pub struct Map {
+    pub name: String,
+    pub kind: String,
+    pub max_entries: u64,
+    /// Value size (per CPU, for per-CPU maps).
+    pub value_bytes: u64,
+    pub memlock: u64,
+}
+
 /// What one guest measured.
+#[derive(Clone, Debug)]
 pub struct Row {
     pub series: String,
     pub release: String,
     pub cpus: u32,
     pub queues: u32,
     pub boot_s: f64,
-    /// (map name, type, max entries, memlock bytes)
-    pub maps: Vec<(String, String, u64, u64)>,
+    pub maps: Vec<Map>,
     pub percpu_rise_kb: i64,
     pub stats_ms_small: u64,
     pub stats_ms_full: u64,
     pub sources_full: u64,
     pub sources_sent: u64,
     pub rates: Vec<Rate>,
+}
+
+impl Row {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "series": self.series, "release": self.release, "cpus": self.cpus,
+            "queues": self.queues, "boot_s": self.boot_s, "percpu_rise_kb": self.percpu_rise_kb,
+            "stats_ms_small": self.stats_ms_small, "stats_ms_full": self.stats_ms_full,
+            "sources_full": self.sources_full, "sources_sent": self.sources_sent,
+            "maps": self.maps.iter().map(|m| serde_json::json!({
+                "name": m.name, "kind": m.kind, "max_entries": m.max_entries,
+                "value_bytes": m.value_bytes, "memlock": m.memlock })).collect::<Vec<_>>(),
+            "rates": self.rates.iter().map(|r| serde_json::json!({
+                "variant": r.variant, "offered_pps": r.offered_pps, "guest_pps": r.guest_pps,
+                "cpu_ns": r.cpu_ns, "dropped": r.dropped, "received": r.received }))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Row> {
+        let u = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        let st = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+        Some(Row {
+            series: v["series"].as_str()?.to_string(),
+            release: st(v, "release"),
+            cpus: u(v, "cpus") as u32,
+            queues: u(v, "queues") as u32,
+            boot_s: f(v, "boot_s"),
+            maps: v["maps"]
+                .as_array()?
+                .iter()
+                .map(|m| Map {
+                    name: st(m, "name"),
+                    kind: st(m, "kind"),
+                    max_entries: u(m, "max_entries"),
+                    value_bytes: u(m, "value_bytes"),
+                    memlock: u(m, "memlock"),
+                })
+                .collect(),
+            percpu_rise_kb: v["percpu_rise_kb"].as_i64().unwrap_or(0),
+            stats_ms_small: u(v, "stats_ms_small"),
+            stats_ms_full: u(v, "stats_ms_full"),
+            sources_full: u(v, "sources_full"),
+            sources_sent: u(v, "sources_sent"),
+            rates: v["rates"]
+                .as_array()?
+                .iter()
+                .map(|r| Rate {
+                    variant: st(r, "variant"),
+                    offered_pps: f(r, "offered_pps"),
+                    guest_pps: f(r, "guest_pps"),
+                    cpu_ns: f(r, "cpu_ns"),
+                    dropped: u(r, "dropped"),
+                    received: u(r, "received"),
+                })
+                .collect(),
+        })
+    }
 }
 
 /// Seconds of flood per variant and rounds (variants interleaved in every round).
@@ -175,20 +245,19 @@ fn steps(run: &Run, c: &mut Checks) -> Result<Row> {
     let pid = g.start_daemon("")?;
     let percpu1 = meminfo_kb(&g.vm.ok("cat /proc/meminfo")?, "Percpu");
     let maps: serde_json::Value = serde_json::from_str(&g.vm.ok("bpftool map show -j")?)?;
-    let maps: Vec<(String, String, u64, u64)> = maps
+    let maps: Vec<Map> = maps
         .as_array()
         .context("bpftool map show")?
         .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or("?").to_string(),
-                m["type"].as_str().unwrap_or("?").to_string(),
-                m["max_entries"].as_u64().unwrap_or(0),
-                m["bytes_memlock"].as_u64().unwrap_or(0),
-            )
+        .map(|m| Map {
+            name: m["name"].as_str().unwrap_or("?").to_string(),
+            kind: m["type"].as_str().unwrap_or("?").to_string(),
+            max_entries: m["max_entries"].as_u64().unwrap_or(0),
+            value_bytes: m["bytes_value"].as_u64().unwrap_or(0),
+            memlock: m["bytes_memlock"].as_u64().unwrap_or(0),
         })
         .collect();
-    let total: u64 = maps.iter().map(|m| m.3).sum();
+    let total: u64 = maps.iter().map(|m| m.memlock).sum();
     c.value("maps_memlock_mib", format!("{:.1}", total as f64 / 1048576.0));
     c.value("percpu_rise_mib", format!("{:.1}", (percpu1 - percpu0) as f64 / 1024.0));
 
@@ -338,7 +407,7 @@ fn dropped_so_far(g: &mut Guest, variant: &str, nic: &str) -> Result<u64> {
     })
 }
 
-fn measure(g: &mut Guest, variant: &'static str, nic: &str) -> Result<Rate> {
+fn measure(g: &mut Guest, variant: &str, nic: &str) -> Result<Rate> {
     match variant {
         "portguard" => {
             g.start_daemon("")?;
@@ -383,7 +452,7 @@ fn measure(g: &mut Guest, variant: &'static str, nic: &str) -> Result<Rate> {
         );
     }
     Ok(Rate {
-        variant,
+        variant: variant.to_string(),
         offered_pps: sent as f64 / FLOOD_SECS,
         guest_pps: received as f64 / FLOOD_SECS,
         // USER_HZ is 100: a jiffy is 10 ms.
@@ -423,16 +492,57 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-/// bench/vm.md: the "Router VM" section, from the rows this run measured.
+/// Where every bench row measured so far is kept (one JSON object per line): bench/vm.md is
+/// generated from the newest row of each kernel and CPU count, so a partial run (one kernel,
+/// one CPU count) updates its rows and keeps the others.
+fn store() -> std::path::PathBuf {
+    super::artifacts::lab_dir().join("bench-rows.jsonl")
+}
+
+/// Records this run's rows and regenerates bench/vm.md.
 pub fn write(rows: &[Row]) -> Result<()> {
+    let mut text = std::fs::read_to_string(store()).unwrap_or_default();
+    for r in rows {
+        text.push_str(&r.to_json().to_string());
+        text.push('\n');
+    }
+    std::fs::write(store(), &text)?;
+    let mut latest: std::collections::BTreeMap<(String, u32), Row> = Default::default();
+    for l in text.lines() {
+        if let Some(r) = serde_json::from_str(l).ok().as_ref().and_then(Row::from_json) {
+            latest.insert((r.series.clone(), r.cpus), r);
+        }
+    }
+    let mut all: Vec<Row> = latest.into_values().collect();
+    all.sort_by(|a, b| {
+        let key = |r: &Row| {
+            r.series.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>()
+        };
+        key(a).cmp(&key(b)).then(a.cpus.cmp(&b.cpus))
+    });
+    let path = crate::util::root().join("bench/vm.md");
+    std::fs::write(&path, markdown(&all))?;
+    eprintln!("vmlab: wrote {}", path.display());
+    Ok(())
+}
+
+fn range(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(0.0, f64::max);
+    format!("{lo:.0}–{hi:.0}")
+}
+
+/// The "Router VM" section.
+pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Router VM\n");
     let _ = writeln!(
         s,
-        "Generated by `cargo xtask vmlab --scenario bench` on {} (QEMU TCG on this machine: \
-         emulated guests, so absolute speeds mean little; compare within a guest). Each guest \
-         boots a Debian kernel from its package, with a virtio-net NIC of 2 queue pairs per \
-         vCPU on a tap; portguard runs `run --iface eth0 --xdp-mode native` with its default \
+        "Generated by `cargo xtask vmlab --scenario bench --cpus 2 --cpus 16 --cpus 64` (last \
+         written {}). QEMU TCG on this machine (2 cores shared with other work): emulated \
+         guests, so absolute speeds mean little; compare within a guest. Each guest boots a \
+         Debian kernel from its package, with a virtio-net NIC of 2 queue pairs per vCPU on a \
+         tap; portguard runs `run --iface eth0 --xdp-mode native` with its default \
          65,536-source table.\n",
         crate::vmlab::artifacts::date()
     );
@@ -450,28 +560,41 @@ pub fn write(rows: &[Row]) -> Result<()> {
     let _ = writeln!(s, "\n### Map memory and `stats` by CPU count\n");
     let _ = writeln!(
         s,
-        "memlock: the sum of bpftool's `bytes_memlock` over portguard's maps; per-CPU rise: \
-         /proc/meminfo Percpu before and after portguard starts. `stats --json` time is measured \
-         in the guest, with 2 sources and after {MANY_SOURCES} distinct sources were sent (the \
-         admission budget decides how many get a row).\n"
+        "memlock: the sum of bpftool's `bytes_memlock` over portguard's maps (kernels account \
+         differently: 6.12 counts more of the hash tables' overhead); per-CPU rise: \
+         /proc/meminfo Percpu before and after portguard starts. `stats --json` runs in the \
+         guest, with 2 sources and after {MANY_SOURCES} distinct sources were sent (the \
+         admission budget decides how many get a row); \"read\" is what one `stats` copies \
+         out of the per-CPU source table: rows × value size × CPUs.\n"
     );
     let _ = writeln!(
         s,
-        "| kernel | vCPUs | memlock (MiB) | per-CPU rise (MiB) | largest map | stats, 2 sources (ms) | sources tracked | stats, many sources (ms) |\n| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"
+        "| kernel | vCPUs | memlock (MiB) | per-CPU rise (MiB) | largest map | stats, 2 sources (ms) | sources tracked | read (MiB) | stats (ms) |\n| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"
     );
     for r in rows {
-        let total: u64 = r.maps.iter().map(|m| m.3).sum();
-        let big = r
-            .maps
-            .iter()
-            .max_by_key(|m| m.3)
+        let total: u64 = r.maps.iter().map(|m| m.memlock).sum();
+        let big = r.maps.iter().max_by_key(|m| m.memlock);
+        let big_s = big
             .map(|m| {
-                format!("{} ({}, {} entries): {:.1} MiB", m.0, m.1, m.2, m.3 as f64 / 1048576.0)
+                format!(
+                    "{} ({}, {} × {} B): {:.1} MiB",
+                    m.name,
+                    m.kind,
+                    m.max_entries,
+                    m.value_bytes,
+                    m.memlock as f64 / 1048576.0
+                )
             })
             .unwrap_or_default();
+        let per_cpu =
+            big.is_some_and(|m| m.kind.starts_with("percpu") || m.kind.starts_with("lru_percpu"));
+        let read = big.map_or(0.0, |m| {
+            (r.sources_full * m.value_bytes * if per_cpu { u64::from(r.cpus) } else { 1 }) as f64
+                / 1048576.0
+        });
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {big} | {} | {} of {} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {big_s} | {} | {} of {} | {read:.1} | {} |",
             r.series,
             r.cpus,
             total as f64 / 1048576.0,
@@ -492,45 +615,81 @@ pub fn write(rows: &[Row]) -> Result<()> {
             s,
             "A UDP flood to 2745 from 16 sources (random source ports, so every RX queue takes \
              some), offered at {OFFERED_PPS:.0} frames/s for {FLOOD_SECS:.0} s per variant, \
-             {ROUNDS} rounds with the variants interleaved; medians. `xdp-drop` is `r0 = XDP_DROP; \
-             exit`; `nftables` is `udp dport 2745 counter drop` in a netdev ingress chain; `stack` \
-             is no filter (the kernel delivers the flood to a UDP socket). pps: frames the guest \
-             received per second; CPU: guest kernel time (system + irq + softirq, all vCPUs) per \
-             received frame. Ratios are against xdp-drop.\n"
+             {ROUNDS} rounds with the variants interleaved; medians, and the range over the \
+             rounds. `xdp-drop` is `r0 = XDP_DROP; exit`; `nftables` is `udp dport 2745 counter \
+             drop` in a netdev ingress chain at priority -500; `stack` is no filter (the kernel \
+             delivers the flood to a UDP socket). pps: frames the guest received per second \
+             (QEMU's tap and virtio emulation bound it: it is below what was offered); CPU: \
+             guest kernel time (system + irq + softirq, all vCPUs) per received frame, which \
+             includes the emulated driver's work. Ratios are medians against xdp-drop's. When \
+             the rounds' ranges overlap, the variants cannot be told apart here.\n"
         );
         let _ = writeln!(
             s,
-            "| kernel | vCPUs | variant | guest pps | ÷ xdp-drop | CPU ns/frame | ÷ xdp-drop |\n| --- | ---: | --- | ---: | ---: | ---: | ---: |"
+            "| kernel | vCPUs | variant | guest pps | range | ÷ xdp-drop | CPU ns/frame | range | ÷ xdp-drop |\n| --- | ---: | --- | ---: | --- | ---: | ---: | --- | ---: |"
         );
         for r in with_rates {
-            let med = |variant: &str, f: fn(&Rate) -> f64| {
-                let mut v: Vec<f64> =
-                    r.rates.iter().filter(|x| x.variant == variant).map(f).collect();
-                median(&mut v)
+            let pick = |variant: &str, f: fn(&Rate) -> f64| -> Vec<f64> {
+                r.rates.iter().filter(|x| x.variant == variant).map(f).collect()
             };
-            let (base_pps, base_ns) =
-                (med("xdp-drop", |x| x.guest_pps), med("xdp-drop", |x| x.cpu_ns));
+            let base_pps = median(&mut pick("xdp-drop", |x| x.guest_pps));
+            let base_ns = median(&mut pick("xdp-drop", |x| x.cpu_ns));
             for variant in ["portguard", "xdp-drop", "nftables", "stack"] {
-                let (pps, ns) = (med(variant, |x| x.guest_pps), med(variant, |x| x.cpu_ns));
+                let (mut pps, mut ns) =
+                    (pick(variant, |x| x.guest_pps), pick(variant, |x| x.cpu_ns));
+                let (rp, rn) = (range(&pps), range(&ns));
+                let (mp, mn) = (median(&mut pps), median(&mut ns));
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {variant} | {pps:.0} | {:.2}× | {ns:.0} | {:.2}× |",
+                    "| {} | {} | {variant} | {mp:.0} | {rp} | {:.2}× | {mn:.0} | {rn} | {:.2}× |",
                     r.series,
                     r.cpus,
-                    pps / base_pps.max(1.0),
-                    ns / base_ns.max(1.0)
+                    mp / base_pps.max(1.0),
+                    mn / base_ns.max(1.0)
                 );
             }
         }
     }
-    let path = crate::util::root().join("bench/vm.md");
-    std::fs::write(&path, s)?;
-    eprintln!("vmlab: wrote {}", path.display());
-    Ok(())
+    s
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rows_round_trip_and_render() {
+        let r = super::Row {
+            series: "6.1".into(),
+            release: "6.1.0-57-amd64".into(),
+            cpus: 2,
+            queues: 4,
+            boot_s: 3.5,
+            maps: vec![super::Map {
+                name: "SOURCES".into(),
+                kind: "percpu_hash".into(),
+                max_entries: 65536,
+                value_bytes: 48,
+                memlock: 7 << 20,
+            }],
+            percpu_rise_kb: 6144,
+            stats_ms_small: 200,
+            stats_ms_full: 250,
+            sources_full: 4000,
+            sources_sent: 4098,
+            rates: vec![super::Rate {
+                variant: "xdp-drop".into(),
+                offered_pps: 1.0,
+                guest_pps: 2.0,
+                cpu_ns: 3.0,
+                dropped: 4,
+                received: 5,
+            }],
+        };
+        let back = super::Row::from_json(&r.to_json()).unwrap();
+        assert_eq!(format!("{r:?}"), format!("{back:?}"));
+        let md = super::markdown(&[back]);
+        assert!(md.contains("| 6.1 | 2 | 7.0 | 6.0 | SOURCES (percpu_hash, 65536 × 48 B): 7.0 MiB | 200 | 4000 of 4098 | 0.4 | 250 |"), "{md}");
+    }
+
     #[test]
     fn xdp_drop_object_is_elf_for_bpf() {
         let o = super::xdp_drop_object();
