@@ -46,7 +46,24 @@ impl Guest {
             initrd: run.initrd,
             dir: &run.dir,
         };
-        let vm = Vm::boot(&lab, &spec)?;
+        // An emulated guest can crash while booting (multi-threaded TCG and the kernel
+        // patching its own text on other vCPUs: an int3 Oops, seen once in dozens of boots).
+        // Such a crash, before the runner starts, gets one more boot; the first transcript is
+        // kept. Anything after the runner's hello counts.
+        let vm = match Vm::boot(&lab, &spec) {
+            Ok(vm) => vm,
+            Err(e) if crashed_booting(&run.dir) => {
+                let kept = run.dir.join("serial-crashed-boot.log");
+                let _ = std::fs::rename(run.dir.join("serial.log"), &kept);
+                eprintln!(
+                    "vmlab: the guest crashed while booting ({e:#}); booting again (transcript kept in {})",
+                    kept.display()
+                );
+                checks.value("boot_retries", 1);
+                Vm::boot(&lab, &spec)?
+            }
+            Err(e) => return Err(e),
+        };
         let tap = Arc::new(Tap::open(&lab)?);
         let h = &vm.hello;
         let nic = h.get("nic").cloned().unwrap_or_default();
@@ -188,6 +205,12 @@ impl Guest {
     pub fn rng(&mut self) -> &mut Rng {
         &mut self.rng
     }
+}
+
+/// Whether the guest's transcript shows a kernel crash (the runner never started).
+fn crashed_booting(dir: &std::path::Path) -> bool {
+    let t = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+    !t.contains("PGVM hello") && (t.contains("Oops") || t.contains("Kernel panic"))
 }
 
 /// `udp` UDP datagrams and `tcp` TCP SYNs to the guarded port from each source, random source
