@@ -42,8 +42,12 @@ pub const PORT_TABLE_ENTRIES: u32 = 65_536;
 /// PORTS value for a guarded port; 0 means not guarded.
 pub const PORT_GUARDED: u8 = 1;
 
-/// Default capacity of SOURCES (sources tracked individually); `--sources N` changes it.
+/// Default capacity of SOURCES (sources tracked individually); `--sources N` changes it,
+/// within MIN..=MAX: below the minimum, making room would forget nearly every source each
+/// interval; above the maximum, the per-CPU table outgrows any router's memory.
 pub const DEFAULT_SOURCE_CAPACITY: u32 = 65_536;
+pub const MIN_SOURCE_CAPACITY: u32 = 256;
+pub const MAX_SOURCE_CAPACITY: u32 = 1 << 20;
 /// Userspace makes room in SOURCES when it is fuller than this (percent)...
 pub const EVICT_ABOVE_PERCENT: u32 = 90;
 /// ...by removing the sources seen least recently until it is this full.
@@ -104,10 +108,6 @@ pub const DIR_SRC: u8 = 1 << 1;
 pub const ALLOW_HAS_V4: u8 = 1 << 0;
 pub const ALLOW_HAS_V6: u8 = 1 << 1;
 
-/// `SourceStats::flags` bits.
-/// The source matched the allowlist (its packets were passed, not dropped).
-pub const SOURCE_ALLOWED: u8 = 1 << 0;
-
 /// CONFIG\[0\]: the runtime configuration, written by userspace, read once per packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,6 +134,7 @@ const _: () = assert!(size_of::<Config>() == 8);
 /// could not get a SOURCES entry (admission budget spent or map full); they are still dropped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Totals {
     pub seen: u64,
     pub matched: u64,
@@ -145,43 +146,40 @@ pub struct Totals {
     pub fragments_followed: u64,
     pub untracked: u64,
     pub untracked_bytes: u64,
+    #[cfg_attr(feature = "user", serde(rename = "sources_admitted"))]
     pub admitted: u64,
 }
 const _: () = assert!(size_of::<Totals>() == 88);
 
 impl Totals {
-    /// Adds another CPU's counters to these.
-    pub fn add(&mut self, o: &Totals) {
-        self.seen += o.seen;
-        self.matched += o.matched;
-        self.matched_bytes += o.matched_bytes;
-        self.dropped += o.dropped;
-        self.dropped_bytes += o.dropped_bytes;
-        self.allowed += o.allowed;
-        self.malformed += o.malformed;
-        self.fragments_followed += o.fragments_followed;
-        self.untracked += o.untracked;
-        self.untracked_bytes += o.untracked_bytes;
-        self.admitted += o.admitted;
+    /// Every counter, in declaration order: the names JSON and metrics use.
+    pub const NAMES: [&'static str; 11] = [
+        "seen",
+        "matched",
+        "matched_bytes",
+        "dropped",
+        "dropped_bytes",
+        "allowed",
+        "malformed",
+        "fragments_followed",
+        "untracked",
+        "untracked_bytes",
+        "sources_admitted",
+    ];
+
+    /// The counters as one array, in declaration order (userspace sums CPUs and takes
+    /// differences over it, so a new counter is one field here and one name above).
+    pub fn to_array(self) -> [u64; Self::NAMES.len()] {
+        // SAFETY: repr(C), only u64 fields, no padding (size asserted below).
+        unsafe { core::mem::transmute::<Totals, [u64; Self::NAMES.len()]>(self) }
     }
 
-    /// What moved between an `earlier` reading and this one.
-    pub fn since(&self, earlier: &Totals) -> Totals {
-        Totals {
-            seen: self.seen.wrapping_sub(earlier.seen),
-            matched: self.matched.wrapping_sub(earlier.matched),
-            matched_bytes: self.matched_bytes.wrapping_sub(earlier.matched_bytes),
-            dropped: self.dropped.wrapping_sub(earlier.dropped),
-            dropped_bytes: self.dropped_bytes.wrapping_sub(earlier.dropped_bytes),
-            allowed: self.allowed.wrapping_sub(earlier.allowed),
-            malformed: self.malformed.wrapping_sub(earlier.malformed),
-            fragments_followed: self.fragments_followed.wrapping_sub(earlier.fragments_followed),
-            untracked: self.untracked.wrapping_sub(earlier.untracked),
-            untracked_bytes: self.untracked_bytes.wrapping_sub(earlier.untracked_bytes),
-            admitted: self.admitted.wrapping_sub(earlier.admitted),
-        }
+    pub fn from_array(a: [u64; Self::NAMES.len()]) -> Totals {
+        // SAFETY: as above; every bit pattern is a valid u64.
+        unsafe { core::mem::transmute::<[u64; Self::NAMES.len()], Totals>(a) }
     }
 }
+const _: () = assert!(size_of::<Totals>() == Totals::NAMES.len() * 8);
 
 /// ADMISSION\[0\], one per CPU: the admission budget's state (see `ADMISSION_SLICE_SHIFT`).
 #[repr(C)]
@@ -217,16 +215,6 @@ impl SourceKey {
         // SAFETY: SourceKey is 16 plain bytes; [u64; 2] is 16 bytes with no invalid values.
         unsafe { core::mem::transmute::<[u64; 2], SourceKey>([0, lo]) }
     }
-
-    /// The IPv4 address, when this key holds one.
-    pub fn as_v4(&self) -> Option<[u8; 4]> {
-        let a = &self.addr;
-        if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
-            Some([a[12], a[13], a[14], a[15]])
-        } else {
-            None
-        }
-    }
 }
 
 /// SOURCES value, one per CPU (a per-CPU hash): what one source sent to guarded ports, as
@@ -235,7 +223,7 @@ impl SourceKey {
 /// Times are jiffies (`bpf_jiffies64()`, which the verifier inlines into one load: the known-
 /// source path reads no clock helper at all), except `admitted_ns`, which the CPU that admitted
 /// the source stamps with `bpf_ktime_get_coarse_ns()` along with `first_jiffies`: that pair
-/// lets userspace turn jiffies into CLOCK_MONOTONIC (see `JiffyClock`).
+/// lets userspace turn jiffies into CLOCK_MONOTONIC (portguard's `counters::JiffyClock`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceSlot {
@@ -257,127 +245,69 @@ pub struct SourceSlot {
 }
 const _: () = assert!(size_of::<SourceSlot>() == 48);
 
-/// Converts the kernel's jiffies into CLOCK_MONOTONIC nanoseconds, from one simultaneous
-/// (jiffies, ns) reading. The tick rate is not exported anywhere a program can read, but
-/// jiffies start at boot from `INITIAL_JIFFIES` = (u32)(-300 × HZ) while the monotonic clock
-/// starts near 0, so only the true HZ makes the reading consistent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JiffyClock {
-    pub hz: u64,
-    pub jiffies: u64,
-    pub ns: u64,
-}
-
-impl JiffyClock {
-    /// Every CONFIG_HZ Linux offers.
-    const CANDIDATES: [u64; 10] = [24, 48, 100, 250, 256, 300, 512, 864, 1000, 1024];
-
-    pub fn fit(jiffies: u64, ns: u64) -> JiffyClock {
-        let mut best = (u64::MAX, 250);
-        for hz in Self::CANDIDATES {
-            let initial = (300u64 * hz).wrapping_neg() & 0xffff_ffff;
-            let uptime_ns =
-                (jiffies.wrapping_sub(initial) as u128 * 1_000_000_000 / hz as u128) as u64;
-            let err = uptime_ns.abs_diff(ns);
-            if err < best.0 {
-                best = (err, hz);
-            }
-        }
-        JiffyClock { hz: best.1, jiffies, ns }
-    }
-
-    /// The monotonic time of `j` (0 stays 0: never seen).
-    pub fn ns(&self, j: u64) -> u64 {
-        if j == 0 {
-            return 0;
-        }
-        let d = j as i128 - self.jiffies as i128;
-        (self.ns as i128 + d * 1_000_000_000 / self.hz as i128).max(1) as u64
-    }
-}
-
-/// One source's counters with its CPUs merged and its times in CLOCK_MONOTONIC nanoseconds:
-/// what userspace works with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceStats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
-    pub tcp_syns: u32,
-    pub last_port: u16,
-    pub directions: u8,
-    pub protocols: u8,
-}
-
-impl SourceStats {
-    /// Merges a source's per-CPU slots: sums the counters, the earliest first and latest last
-    /// packet, the port of the latest, the union of the bit sets. `clock` converts jiffies;
-    /// without it (no slot was admitted: impossible unless the map was written by hand), the
-    /// slots' own admission stamp is used.
-    pub fn merge(slots: &[SourceSlot], clock: Option<&JiffyClock>) -> SourceStats {
-        let own = slots
-            .iter()
-            .find(|s| s.admitted_ns != 0)
-            .map(|s| JiffyClock::fit(s.first_jiffies, s.admitted_ns));
-        let Some(clock) = clock.or(own.as_ref()) else {
-            return SourceStats::default();
-        };
-        let mut m = SourceStats::default();
-        let mut last_j = 0;
-        let mut first_j = u64::MAX;
-        for s in slots.iter().filter(|s| s.packets > 0) {
-            m.packets += s.packets;
-            m.bytes += s.bytes;
-            m.tcp_syns += s.tcp_syns;
-            m.directions |= s.directions;
-            m.protocols |= s.protocols;
-            first_j = first_j.min(s.first_jiffies);
-            if s.last_jiffies >= last_j {
-                last_j = s.last_jiffies;
-                m.last_port = s.last_port;
-            }
-        }
-        if m.packets > 0 {
-            m.first_seen_ns = clock.ns(first_j);
-            m.last_seen_ns = clock.ns(last_j);
-        }
-        m
-    }
-}
-
 /// The version of the map layouts in this file. A new portguard adopting pinned maps of another
 /// layout would misread them: it refuses, and says how to start afresh. Bump it whenever a
 /// type below changes size or meaning.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// META\[0\]: facts about the attachment that userspace records for other portguard processes
-/// (`status`, adoption after a restart). The XDP program never reads it.
+/// (`status`, adoption after a restart, `detach`). The XDP program never reads it.
+///
+/// A guard's identity is (network namespace, interface): the namespace by its cookie (unique
+/// for the boot, never reused, unlike its inode), the interface by its index in that
+/// namespace, with its name kept for people and for following a device that is replaced.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     /// `LAYOUT_VERSION` of the portguard that created the maps.
     pub layout: u32,
-    /// The interface index attached to.
+    /// The interface index attached to (in the namespace below).
     pub ifindex: u32,
     /// When the interface was first guarded, seconds since the Unix epoch.
     pub since_unix: u64,
+    /// SO_NETNS_COOKIE of the interface's network namespace (its inode on kernels before 5.14,
+    /// which have no cookies).
+    pub netns_cookie: u64,
+    /// The namespace's inode (`ip netns identify`, `lsns`), for people.
+    pub netns_inode: u64,
     /// SOURCES capacity.
     pub capacity: u32,
-    /// `XDP_MODE_*`.
-    pub xdp_mode: u8,
-    pub _pad: [u8; 3],
     /// The process that owns the attachment (0: none; it was left in place on exit).
     pub owner_pid: u32,
-    /// Bumped by every change of the settings (`portguard set`, SIGHUP), so that watchers
-    /// re-read the port table only when it changed.
+    /// Bumped by every change of the settings, so that other processes re-read them (and the
+    /// daemon logs the change) only when they moved.
     pub generation: u32,
+    /// The process that made the latest change of the settings, and how (`CHANGE_*`).
+    pub changed_by: u32,
+    /// The interface's name, NUL-padded.
+    pub ifname: [u8; 16],
+    /// `XDP_MODE_*`.
+    pub xdp_mode: u8,
+    /// `STATE_*`.
+    pub state: u8,
+    /// `CHANGE_*` of the latest change of the settings.
+    pub change: u8,
+    pub _pad: u8,
+    /// The `portguard detach` that asked for STATE_DETACHING.
+    pub detach_by: u32,
 }
-const _: () = assert!(size_of::<Meta>() == 32);
+const _: () = assert!(size_of::<Meta>() == 72);
 
 /// `Meta::xdp_mode`.
 pub const XDP_MODE_NATIVE: u8 = 1;
 pub const XDP_MODE_GENERIC: u8 = 2;
+
+/// `Meta::state`: guarding (what a zeroed META says), or a `portguard detach` asked the owner to
+/// stop: a deliberate, recorded request, which the owner honours instead of guarding again.
+pub const STATE_GUARDING: u8 = 0;
+pub const STATE_DETACHING: u8 = 1;
+
+/// `Meta::change`: who changed the settings last.
+pub const CHANGE_ATTACH: u8 = 1;
+pub const CHANGE_ADOPT: u8 = 2;
+pub const CHANGE_SET: u8 = 3;
+pub const CHANGE_RELOAD: u8 = 4;
+pub const CHANGE_TOP: u8 = 5;
 
 /// FRAGMENTS key: one fragmented datagram whose first fragment matched. Fields mirror the
 /// kernel's reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), `proto` = 0.
@@ -433,74 +363,17 @@ mod tests {
     }
 
     #[test]
-    fn totals_since_undoes_add() {
-        let a = Totals { seen: 5, dropped: 2, malformed: 1, ..Totals::default() };
-        let mut b = a;
-        b.add(&Totals { seen: 3, matched: 1, ..Totals::default() });
-        assert_eq!(b.since(&a), Totals { seen: 3, matched: 1, ..Totals::default() });
+    fn totals_round_trip_through_an_array() {
+        let t = Totals { seen: 1, admitted: 11, malformed: 7, ..Totals::default() };
+        let a = t.to_array();
+        assert_eq!((a[0], a[6], a[10]), (1, 7, 11));
+        assert_eq!(Totals::NAMES[6], "malformed");
+        assert_eq!(Totals::from_array(a), t);
     }
 
     #[test]
-    fn v4_keys_round_trip() {
+    fn v4_keys_are_mapped_addresses() {
         let k = SourceKey::v4([198, 18, 0, 1]);
-        assert_eq!(k.as_v4(), Some([198, 18, 0, 1]));
-        let mut v6 = k;
-        v6.addr[0] = 0x20;
-        assert_eq!(v6.as_v4(), None);
-    }
-
-    #[test]
-    fn jiffies_fit_the_tick_rate() {
-        // Read off this machine (HZ=250): /proc/timer_list "jiffies" and "now at".
-        let c = JiffyClock::fit(4_295_313_110, 1_683_461_283_565);
-        assert_eq!(c.hz, 250);
-        assert_eq!(c.ns(4_295_313_110 + 250), 1_684_461_283_565);
-        for hz in [100u64, 300, 1000] {
-            let initial = (300 * hz).wrapping_neg() & 0xffff_ffff;
-            let uptime_s = 86_400 * 3;
-            let c = JiffyClock::fit(initial + uptime_s * hz, uptime_s * 1_000_000_000 + 123);
-            assert_eq!(c.hz, hz);
-        }
-        assert_eq!(c.ns(0), 0);
-    }
-
-    #[test]
-    fn merge_takes_earliest_first_and_latest_last() {
-        let clock = JiffyClock { hz: 1000, jiffies: 10_000, ns: 5_000_000_000 };
-        let a = SourceSlot {
-            packets: 2,
-            bytes: 120,
-            admitted_ns: 5_000_000_000,
-            first_jiffies: 10_000,
-            last_jiffies: 10_400,
-            tcp_syns: 2,
-            last_port: 2745,
-            directions: DIR_DST,
-            protocols: PROTO_TCP,
-        };
-        let b = SourceSlot {
-            packets: 1,
-            bytes: 60,
-            admitted_ns: 0,
-            first_jiffies: 10_050,
-            last_jiffies: 10_900,
-            tcp_syns: 0,
-            last_port: 2746,
-            directions: DIR_SRC,
-            protocols: PROTO_UDP,
-        };
-        let m = SourceStats::merge(&[a, SourceSlot::default(), b], Some(&clock));
-        assert_eq!(m.packets, 3);
-        assert_eq!(m.bytes, 180);
-        assert_eq!(m.first_seen_ns, 5_000_000_000);
-        assert_eq!(m.last_seen_ns, 5_900_000_000);
-        assert_eq!(m.last_port, 2746);
-        assert_eq!(m.directions, DIR_DST | DIR_SRC);
-        assert_eq!(m.protocols, PROTO_TCP | PROTO_UDP);
-        // Without a clock the admitting slot calibrates itself.
-        let own = SourceStats::merge(&[a, b], None);
-        assert_eq!(own.packets, 3);
-        assert!(own.first_seen_ns > 0 && own.last_seen_ns > own.first_seen_ns);
-        assert_eq!(SourceStats::merge(&[SourceSlot::default()], None), SourceStats::default());
+        assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1]);
     }
 }

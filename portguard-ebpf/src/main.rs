@@ -45,7 +45,7 @@ pub fn portguard(ctx: XdpContext) -> u32 {
             XDP_PASS
         }
         Frame::Ports(p) => judge(&ctx, cfg, &p, totals),
-        Frame::Fragment(ip, id, proto) => follow(&ip.fragment_key(id, proto), totals),
+        Frame::Fragment { ip, id, ip_proto } => follow(&ip.fragment_key(id, ip_proto), totals),
     };
     if verdict == XDP_DROP {
         totals.dropped += 1;
@@ -67,7 +67,7 @@ fn guarded(port: u16) -> bool {
 /// The verdict for a frame with readable ports.
 #[inline(always)]
 fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 {
-    if cfg.protocols & p.proto == 0 {
+    if cfg.protocols & p.l4 == 0 {
         return XDP_PASS;
     }
     let mut direction = 0;
@@ -102,7 +102,7 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
         // times out waiting for the head we dropped.
         let _ = FRAGMENTS.insert(key, verdict, 0);
     }
-    let hit = Hit { bytes, port, direction, proto: p.proto, syn: p.syn };
+    let hit = Hit { bytes, port, direction, l4: p.l4, syn: p.syn };
     sources::record(ctx, &p.ip.source_key(), &hit, cfg.admit_per_slice, totals);
     verdict
 }
@@ -120,6 +120,10 @@ fn follow(key: &FragmentKey, totals: &mut Totals) -> u32 {
     }
 }
 
+/// A source is looked up in the allowlist tries as a host route: its whole address.
+const V4_HOST_PREFIX: u32 = 32;
+const V6_HOST_PREFIX: u32 = 128;
+
 #[inline(always)]
 fn allowlisted(allow: u8, ip: &Ip) -> bool {
     // LPM keys are packed (a 4-byte prefix length, then the address). They are built in
@@ -134,7 +138,7 @@ fn allowlisted(allow: u8, ip: &Ip) -> bool {
         let a = ip.v6_src();
         let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
         let mut k = K([0; 6]);
-        for (i, v) in [128, w(0), w(4), w(8), w(12)].into_iter().enumerate() {
+        for (i, v) in [V6_HOST_PREFIX, w(0), w(4), w(8), w(12)].into_iter().enumerate() {
             // SAFETY: in bounds of the local array.
             unsafe { core::ptr::write_volatile(&mut k.0[i], v) };
         }
@@ -151,7 +155,7 @@ fn allowlisted(allow: u8, ip: &Ip) -> bool {
         let mut k = K([0; 2]);
         // SAFETY: in bounds of the local array.
         unsafe {
-            core::ptr::write_volatile(&mut k.0[0], 32);
+            core::ptr::write_volatile(&mut k.0[0], V4_HOST_PREFIX);
             core::ptr::write_volatile(&mut k.0[1], u32::from_ne_bytes(a));
         }
         // SAFETY: Key<[u8; 4]> is 8 packed bytes.

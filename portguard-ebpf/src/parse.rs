@@ -1,8 +1,9 @@
-//! Frame parsing: a cursor over the packet, advanced by one small bounds-checked step per
-//! header. Each step either yields the next protocol or ends the walk with a `Frame` saying what
-//! the frame is. Every read is checked against `data_end` first; a frame that ends early, or
-//! whose header fields contradict each other, is `Malformed`, never an error path that could
-//! make the program abort.
+//! Frame parsing: one small bounds-checked step per header, each reading at an offset into the
+//! frame and returning the next protocol and the offset of its header, or ending the walk with
+//! a `Frame` saying what the frame is. Every read is checked against `data_end` first; a frame
+//! that ends early, or whose header fields contradict each other, is `Malformed`, never an
+//! error path that could make the program abort. Header fields are read at the named offsets
+//! below (as in xdp-tools' parsing_helpers.h, where the kernel's structs name them).
 //!
 //! The contract with main.rs: `frame()` reads, it never writes, and it never looks at ports in
 //! a non-first fragment (RFC 1858, RFC 8200 §4.5): those frames come back as `Fragment`, to be
@@ -35,6 +36,56 @@ const IPPROTO_MH: u8 = 135;
 const IPPROTO_HIP: u8 = 139;
 const IPPROTO_SHIM6: u8 = 140;
 
+/// Ethernet: the EtherType is the header's last two bytes.
+const ETH_PROTO: usize = 12;
+/// An 802.1Q/802.1ad tag: 2 bytes of TCI, then the inner EtherType.
+const VLAN_HLEN: usize = 4;
+const VLAN_PROTO: usize = 2;
+/// PPPoE session header (RFC 2516): ver/type, code, session id, length; then the PPP protocol.
+const PPPOE_HLEN: usize = 8;
+const PPPOE_VER_TYPE: usize = 0;
+const PPPOE_CODE: usize = 1;
+const PPPOE_PPP_PROTO: usize = 6;
+/// Version 1, type 1.
+const PPPOE_VER_TYPE_1_1: u8 = 0x11;
+const PPPOE_CODE_SESSION: u8 = 0;
+
+/// IPv4 (struct iphdr).
+const IPV4_HLEN: usize = 20;
+const IPV4_VER_IHL: usize = 0;
+const IPV4_TOT_LEN: usize = 2;
+const IPV4_ID: usize = 4;
+const IPV4_FRAG_OFF: usize = 6;
+const IPV4_PROTOCOL: usize = 9;
+pub const IPV4_SADDR: usize = 12;
+pub const IPV4_DADDR: usize = 16;
+/// IPV4_FRAG_OFF bits: more fragments follow; the fragment offset (in 8-byte units).
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// IPv6 (struct ipv6hdr).
+const IPV6_HLEN: usize = 40;
+const IPV6_VERSION: usize = 0;
+const IPV6_NEXTHDR: usize = 6;
+pub const IPV6_SADDR: usize = 8;
+pub const IPV6_DADDR: usize = 24;
+/// An extension header starts with the next header and its length.
+const EXT_NEXTHDR: usize = 0;
+const EXT_LEN: usize = 1;
+/// The fragment header (struct frag_hdr): next header, reserved, offset and flags, id.
+const FRAG_HLEN: usize = 8;
+const FRAG_OFF: usize = 2;
+const FRAG_ID: usize = 4;
+/// FRAG_OFF bits: the offset (in 8-byte units, above 3 flag bits) and "more fragments".
+const IP6_OFFSET_SHIFT: u16 = 3;
+const IP6_MF: u16 = 0x0001;
+
+/// TCP (struct tcphdr) and UDP (struct udphdr): ports first, in both.
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const L4_SPORT: usize = 0;
+const L4_DPORT: usize = 2;
+const TCP_FLAGS: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
@@ -56,13 +107,13 @@ impl Ip {
     #[inline(always)]
     pub fn v4_src(&self) -> [u8; 4] {
         // SAFETY: 20 bytes were checked at `hdr` (see the type's doc).
-        unsafe { *(self.hdr.add(12) as *const [u8; 4]) }
+        unsafe { *(self.hdr.add(IPV4_SADDR) as *const [u8; 4]) }
     }
 
     #[inline(always)]
     pub fn v6_src(&self) -> [u8; 16] {
         // SAFETY: 40 bytes were checked at `hdr` for IPv6.
-        unsafe { *(self.hdr.add(8) as *const [u8; 16]) }
+        unsafe { *(self.hdr.add(IPV6_SADDR) as *const [u8; 16]) }
     }
 
     #[inline(always)]
@@ -75,11 +126,11 @@ impl Ip {
     #[inline(always)]
     pub fn fragment_key(&self, id: u32, proto: u8) -> FragmentKey {
         let (src, dst, proto) = if self.v6 {
-            // SAFETY: 40 bytes were checked at `hdr`; the destination follows the source.
-            unsafe { (words(self.hdr.add(8)), words(self.hdr.add(24)), 0) }
+            // SAFETY: 40 bytes were checked at `hdr`; both addresses are inside them.
+            unsafe { (words(self.hdr.add(IPV6_SADDR)), words(self.hdr.add(IPV6_DADDR)), 0) }
         } else {
             // SAFETY: 20 bytes were checked at `hdr`.
-            let dst = unsafe { *(self.hdr.add(16) as *const [u8; 4]) };
+            let dst = unsafe { *(self.hdr.add(IPV4_DADDR) as *const [u8; 4]) };
             (key_words(SourceKey::v4(self.v4_src())), key_words(SourceKey::v4(dst)), proto)
         };
         let i = id.to_ne_bytes();
@@ -97,6 +148,7 @@ impl Ip {
 /// `p` must point to 16 readable bytes.
 #[inline(always)]
 unsafe fn words(p: *const u8) -> [u64; 2] {
+    // SAFETY: the caller vouches for 16 readable bytes at `p`; unaligned reads need nothing more.
     unsafe { [(p as *const u64).read_unaligned(), (p.add(8) as *const u64).read_unaligned()] }
 }
 
@@ -109,8 +161,8 @@ fn key_words(k: SourceKey) -> [u64; 2] {
 /// A TCP or UDP header read from an unfragmented frame or a first fragment.
 pub struct Ports {
     pub ip: Ip,
-    /// `PROTO_TCP` or `PROTO_UDP`.
-    pub proto: u8,
+    /// `PROTO_TCP` or `PROTO_UDP`: the bit CONFIG and a source's slot use.
+    pub l4: u8,
     pub sport: u16,
     pub dport: u16,
     /// SYN without ACK: a connection attempt.
@@ -118,7 +170,7 @@ pub struct Ports {
     /// Set on a first fragment: the datagram's identification, under which the rest of it is
     /// remembered.
     pub first_fragment: Option<u32>,
-    /// The IP protocol number (for the IPv4 reassembly key).
+    /// The IP protocol number, 6 or 17 (for the IPv4 reassembly key).
     pub ip_proto: u8,
 }
 
@@ -129,8 +181,14 @@ pub enum Frame {
     Malformed,
     /// TCP or UDP with readable ports.
     Ports(Ports),
-    /// A non-first fragment: (header, identification, IP protocol).
-    Fragment(Ip, u32, u8),
+    /// A non-first fragment, to be judged by the verdict its datagram's first fragment got.
+    Fragment {
+        ip: Ip,
+        /// The datagram's identification.
+        id: u32,
+        /// The IP protocol number (IPv4; 0 for IPv6, whose reassembly key has none).
+        ip_proto: u8,
+    },
 }
 
 struct Cursor {
@@ -179,29 +237,27 @@ pub fn frame(ctx: &XdpContext) -> Frame {
 /// (an EtherType, PPP's mapped onto it) and the offset of its header. `None`: malformed.
 #[inline(always)]
 fn link_layer(c: &Cursor) -> Option<(u16, usize)> {
-    let mut proto = be16(*c.bytes::<2>(ETH_HLEN - 2)?);
+    let mut proto = be16(*c.bytes::<2>(ETH_PROTO)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(proto) {
             break;
         }
-        // A tag is 2 bytes of TCI then the inner EtherType.
-        let tag = c.bytes::<4>(off)?;
-        proto = be16([tag[2], tag[3]]);
-        off += 4;
+        let tag = c.bytes::<VLAN_HLEN>(off)?;
+        proto = be16([tag[VLAN_PROTO], tag[VLAN_PROTO + 1]]);
+        off += VLAN_HLEN;
     }
     if is_vlan(proto) {
         // Deeper than we follow: the stack has no device for it either.
         return None;
     }
     if proto == ETH_P_PPP_SES {
-        // PPPoE session header: ver/type 0x11, code 0, session id, length; then PPP protocol.
-        let h = c.bytes::<8>(off)?;
-        if h[0] != 0x11 || h[1] != 0 {
+        let h = c.bytes::<PPPOE_HLEN>(off)?;
+        if h[PPPOE_VER_TYPE] != PPPOE_VER_TYPE_1_1 || h[PPPOE_CODE] != PPPOE_CODE_SESSION {
             return None;
         }
-        off += 8;
-        proto = match be16([h[6], h[7]]) {
+        off += PPPOE_HLEN;
+        proto = match be16([h[PPPOE_PPP_PROTO], h[PPPOE_PPP_PROTO + 1]]) {
             PPP_IP => ETH_P_IP,
             PPP_IPV6 => ETH_P_IPV6,
             // LCP, IPCP and friends: not IP.
@@ -218,29 +274,32 @@ fn is_vlan(proto: u16) -> bool {
 
 #[inline(always)]
 fn ipv4(c: &Cursor, off: usize) -> Frame {
-    let Some(h) = c.bytes::<20>(off) else {
+    let Some(h) = c.bytes::<IPV4_HLEN>(off) else {
         return Frame::Malformed;
     };
-    if h[0] >> 4 != 4 {
+    if h[IPV4_VER_IHL] >> 4 != 4 {
         return Frame::Malformed;
     }
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let ihl = ((h[IPV4_VER_IHL] & 0x0f) as usize) * 4;
     // Options are skipped, not read, but a header that claims more than the frame holds is
     // malformed whatever follows it.
-    if ihl < 20 || (be16([h[2], h[3]]) as usize) < ihl || !c.covers(off + ihl) {
+    if ihl < IPV4_HLEN
+        || (be16([h[IPV4_TOT_LEN], h[IPV4_TOT_LEN + 1]]) as usize) < ihl
+        || !c.covers(off + ihl)
+    {
         return Frame::Malformed;
     }
-    let proto = h[9];
+    let proto = h[IPV4_PROTOCOL];
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Frame::Other;
     }
-    let frag = be16([h[6], h[7]]);
-    let more_fragments = frag & 0x2000 != 0;
-    let frag_offset = frag & 0x1fff;
+    let frag = be16([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]);
+    let more_fragments = frag & IP_MF != 0;
+    let frag_offset = frag & IP_OFFSET;
     let ip = Ip { hdr: h.as_ptr(), v6: false };
-    let id = be16([h[4], h[5]]) as u32;
+    let id = be16([h[IPV4_ID], h[IPV4_ID + 1]]) as u32;
     if frag_offset != 0 {
-        return Frame::Fragment(ip, id, proto);
+        return Frame::Fragment { ip, id, ip_proto: proto };
     }
     let first_fragment = if more_fragments { Some(id) } else { None };
     transport(c, off + ihl, proto, ip, first_fragment)
@@ -248,15 +307,15 @@ fn ipv4(c: &Cursor, off: usize) -> Frame {
 
 #[inline(always)]
 fn ipv6(c: &Cursor, off: usize) -> Frame {
-    let Some(h) = c.bytes::<40>(off) else {
+    let Some(h) = c.bytes::<IPV6_HLEN>(off) else {
         return Frame::Malformed;
     };
-    if h[0] >> 4 != 6 {
+    if h[IPV6_VERSION] >> 4 != 6 {
         return Frame::Malformed;
     }
     let ip = Ip { hdr: h.as_ptr(), v6: true };
-    let mut next = h[6];
-    let mut p = off + 40;
+    let mut next = h[IPV6_NEXTHDR];
+    let mut p = off + IPV6_HLEN;
     let mut first_fragment = None;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
@@ -266,31 +325,38 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
                 let Some(e) = c.bytes::<2>(p) else {
                     return Frame::Malformed;
                 };
-                next = e[0];
-                p += (e[1] as usize + 1) * 8;
+                next = e[EXT_NEXTHDR];
+                // In 8-octet units, not counting the first 8 (RFC 8200 §4.3).
+                p += (e[EXT_LEN] as usize + 1) * 8;
             }
             IPPROTO_AH => {
                 let Some(e) = c.bytes::<2>(p) else {
                     return Frame::Malformed;
                 };
-                next = e[0];
-                p += (e[1] as usize + 2) * 4;
+                next = e[EXT_NEXTHDR];
+                // In 4-octet units, minus 2 (RFC 4302 §2.2).
+                p += (e[EXT_LEN] as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let Some(e) = c.bytes::<8>(p) else {
+                let Some(e) = c.bytes::<FRAG_HLEN>(p) else {
                     return Frame::Malformed;
                 };
-                let fo = be16([e[2], e[3]]);
-                let id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
-                if fo >> 3 != 0 {
-                    return Frame::Fragment(ip, id, 0);
+                let fo = be16([e[FRAG_OFF], e[FRAG_OFF + 1]]);
+                let id = u32::from_be_bytes([
+                    e[FRAG_ID],
+                    e[FRAG_ID + 1],
+                    e[FRAG_ID + 2],
+                    e[FRAG_ID + 3],
+                ]);
+                if fo >> IP6_OFFSET_SHIFT != 0 {
+                    return Frame::Fragment { ip, id, ip_proto: 0 };
                 }
-                if fo & 1 != 0 {
+                if fo & IP6_MF != 0 {
                     first_fragment = Some(id);
                 }
                 // else an atomic fragment (RFC 6946): a whole datagram.
-                next = e[0];
-                p += 8;
+                next = e[EXT_NEXTHDR];
+                p += FRAG_HLEN;
             }
             _ => return no_ports(c, p),
         }
@@ -317,16 +383,26 @@ fn no_ports(c: &Cursor, chain_end: usize) -> Frame {
 /// the whole header chain).
 #[inline(always)]
 fn transport(c: &Cursor, off: usize, proto: u8, ip: Ip, first_fragment: Option<u32>) -> Frame {
-    let (bit, sport, dport, syn) = if proto == IPPROTO_TCP {
-        let Some(t) = c.bytes::<20>(off) else {
+    let (l4, sport, dport, syn) = if proto == IPPROTO_TCP {
+        let Some(t) = c.bytes::<TCP_HLEN>(off) else {
             return Frame::Malformed;
         };
-        (PROTO_TCP, be16([t[0], t[1]]), be16([t[2], t[3]]), t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN)
+        (
+            PROTO_TCP,
+            be16([t[L4_SPORT], t[L4_SPORT + 1]]),
+            be16([t[L4_DPORT], t[L4_DPORT + 1]]),
+            t[TCP_FLAGS] & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        )
     } else {
-        let Some(u) = c.bytes::<8>(off) else {
+        let Some(u) = c.bytes::<UDP_HLEN>(off) else {
             return Frame::Malformed;
         };
-        (PROTO_UDP, be16([u[0], u[1]]), be16([u[2], u[3]]), false)
+        (
+            PROTO_UDP,
+            be16([u[L4_SPORT], u[L4_SPORT + 1]]),
+            be16([u[L4_DPORT], u[L4_DPORT + 1]]),
+            false,
+        )
     };
-    Frame::Ports(Ports { ip, proto: bit, sport, dport, syn, first_fragment, ip_proto: proto })
+    Frame::Ports(Ports { ip, l4, sport, dport, syn, first_fragment, ip_proto: proto })
 }

@@ -15,7 +15,8 @@ pub struct Hit {
     pub bytes: u64,
     pub port: u16,
     pub direction: u8,
-    pub proto: u8,
+    /// `PROTO_*` bit.
+    pub l4: u8,
     pub syn: bool,
 }
 
@@ -36,6 +37,7 @@ pub fn record<C: EbpfContext>(
         return;
     }
     // An unknown source: the rarer path can afford the real clock.
+    // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if !admit(now, budget) {
         totals.untracked += 1;
@@ -70,7 +72,7 @@ fn update(s: &mut SourceSlot, hit: &Hit, jiffies: u64) {
     s.last_jiffies = jiffies;
     s.last_port = hit.port;
     s.directions |= hit.direction;
-    s.protocols |= hit.proto;
+    s.protocols |= hit.l4;
     s.tcp_syns += hit.syn as u32;
 }
 

@@ -1,14 +1,24 @@
-//! The configuration file (TOML). Flags given on the command line override it; SIGHUP re-reads
-//! it. `packaging/portguard.toml` documents every key.
+//! The configuration file (TOML), and the plan a daemon runs: the file's keys with the command
+//! line's flags over them. SIGHUP re-reads the file and makes the plan again.
+//! `packaging/portguard.toml` documents every key.
 
-use std::path::Path;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
+use portguard_common::{
+    DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY, MAX_SOURCE_CAPACITY, MIN_SOURCE_CAPACITY,
+};
+
+/// The largest config file read: the full example with comments is under 2 KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 use serde::Deserialize;
 
 use crate::{
     guard::AttachMode,
-    settings::{Cidr, Direction, Mode, Protocol},
+    settings::{Cidr, Direction, Mode, Protocol, Settings},
 };
 
 /// The file's contents. Every key is optional; a missing key keeps the built-in default.
@@ -61,9 +71,34 @@ pub struct Metrics {
 
 impl FileConfig {
     /// Reads and parses `path`. Errors are one line naming the file and the line.
+    /// Reads and parses `path`. Only a regular file of at most MAX_CONFIG_BYTES is read: a
+    /// FIFO would block the daemon (on start and on every SIGHUP), a huge file would cost its
+    /// size in memory several times over.
     pub fn load(path: &Path) -> Result<FileConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow!("cannot read config {}: {e}", path.display()))?;
+        use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+        let cannot =
+            |e: &dyn std::fmt::Display| anyhow!("cannot read config {}: {e}", path.display());
+        // Non-blocking: opening a FIFO for reading would wait for a writer.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| cannot(&e))?;
+        let m = f.metadata().map_err(|e| cannot(&e))?;
+        if !m.is_file() {
+            return Err(cannot(&"not a regular file"));
+        }
+        if m.len() > MAX_CONFIG_BYTES {
+            return Err(cannot(&format!(
+                "{} bytes, more than a config file needs ({MAX_CONFIG_BYTES} at most)",
+                m.len()
+            )));
+        }
+        let mut text = String::new();
+        f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(|e| cannot(&e))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(cannot(&format!("more than {MAX_CONFIG_BYTES} bytes")));
+        }
         FileConfig::parse(&text).map_err(|e| anyhow!("config {}: {e}", path.display()))
     }
 
@@ -79,8 +114,13 @@ impl FileConfig {
         if let Some(p) = c.ports.as_ref().and_then(|p| p.iter().find(|p| **p == 0)) {
             return Err(format!("port {p} is not a valid port (1..=65535)"));
         }
-        if c.sources == Some(0) {
-            return Err("sources must be at least 1".into());
+        if let Some(n) = c.sources
+            && !(MIN_SOURCE_CAPACITY..=MAX_SOURCE_CAPACITY).contains(&n)
+        {
+            return Err(format!(
+                "sources = {n}: the source table holds {MIN_SOURCE_CAPACITY} to \
+                 {MAX_SOURCE_CAPACITY} entries"
+            ));
         }
         if let Some(i) = c.output.interval
             && !(0.05..=3600.0).contains(&i)
@@ -88,6 +128,131 @@ impl FileConfig {
             return Err("output.interval must be between 0.05 and 3600 seconds".into());
         }
         Ok(c)
+    }
+}
+
+/// What the command line said; unset flags leave the file's value (or the default) alone.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub ifaces: Vec<String>,
+    pub mode: Option<Mode>,
+    pub ports: Vec<u16>,
+    pub direction: Option<Direction>,
+    pub protocols: Vec<Protocol>,
+    pub allow: Vec<Cidr>,
+    pub xdp_mode: Option<AttachMode>,
+    pub sources: Option<u32>,
+    pub admit_per_slice: Option<u32>,
+    pub interval: Option<f64>,
+    pub top: Option<usize>,
+    pub json: bool,
+    pub persist: bool,
+    pub detach_on_exit: bool,
+    pub metrics: Option<SocketAddr>,
+    pub no_metrics: bool,
+    pub metrics_top: Option<usize>,
+}
+
+/// Flags and config file merged, validated: what a daemon runs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub ifaces: Vec<String>,
+    pub settings: Settings,
+    pub xdp_mode: AttachMode,
+    pub sources: u32,
+    pub interval: f64,
+    pub top: usize,
+    pub json: bool,
+    /// Leave what this run attached in place when it ends.
+    pub persist: bool,
+    /// Detach on exit even a guard this run adopted (left in place by an earlier run), which
+    /// otherwise stays.
+    pub detach_on_exit: bool,
+    /// Where metrics are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The address was given (flag or file), not the default.
+    pub metrics_chosen: bool,
+    pub metrics_top: usize,
+    /// The network namespace the interfaces are in, when it has a name worth showing.
+    pub netns: Option<String>,
+}
+
+impl Plan {
+    /// Reads the config file named by the flags (if any) and merges the flags over it.
+    pub fn load(flags: &Flags) -> Result<Plan> {
+        let file = match &flags.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        Plan::merge(flags, &file)
+    }
+
+    /// The flags over `file`.
+    pub fn merge(flags: &Flags, file: &FileConfig) -> Result<Plan> {
+        fn pick<T: Clone>(flag: &[T], file: &Option<Vec<T>>, default: Vec<T>) -> Vec<T> {
+            if !flag.is_empty() { flag.to_vec() } else { file.clone().unwrap_or(default) }
+        }
+        let mut ifaces = pick(&flags.ifaces, &file.interfaces, Vec::new());
+        // `--iface X --iface X` is one interface: the second would watch the first.
+        let mut seen = std::collections::HashSet::new();
+        ifaces.retain(|i| seen.insert(i.clone()));
+        if ifaces.is_empty() {
+            bail!("no interface to guard: give --iface IFACE (or `interfaces` in the config file)");
+        }
+        let mut ports = pick(&flags.ports, &file.ports, vec![DEFAULT_PORT]);
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.is_empty() {
+            bail!("no port to guard");
+        }
+        let mut protocols =
+            pick(&flags.protocols, &file.protocols, vec![Protocol::Tcp, Protocol::Udp]);
+        protocols.sort_by_key(|p| *p as u8);
+        protocols.dedup();
+        if protocols.is_empty() {
+            bail!("no protocol to guard");
+        }
+        let mut allow = pick(&flags.allow, &file.allow, Vec::new());
+        allow.dedup();
+        let interval = flags.interval.or(file.output.interval).unwrap_or(1.0);
+        if !(0.05..=3600.0).contains(&interval) {
+            bail!("--interval must be between 0.05 and 3600 seconds");
+        }
+        Ok(Plan {
+            ifaces,
+            settings: Settings {
+                mode: flags.mode.or(file.mode).unwrap_or(Mode::Drop),
+                ports,
+                protocols,
+                direction: flags.direction.or(file.direction).unwrap_or(Direction::Dst),
+                allow,
+                admit_per_slice: flags.admit_per_slice,
+            },
+            xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
+            sources: flags.sources.or(file.sources).unwrap_or(DEFAULT_SOURCE_CAPACITY),
+            interval,
+            top: flags.top.or(file.output.top).unwrap_or(10),
+            json: flags.json || file.output.json.unwrap_or(false),
+            persist: flags.persist || file.persist.unwrap_or(false),
+            detach_on_exit: flags.detach_on_exit,
+            metrics: if flags.no_metrics {
+                None
+            } else if let Some(a) = flags.metrics {
+                Some(a)
+            } else {
+                match file.metrics.listen.as_deref() {
+                    Some("off") => None,
+                    Some(a) => Some(a.parse().map_err(|_| {
+                        anyhow!("metrics.listen: '{a}' is not an address like 127.0.0.1:9745 (or \"off\")")
+                    })?),
+                    None => Some(crate::metrics::DEFAULT_LISTEN.parse()?),
+                }
+            },
+            metrics_chosen: flags.metrics.is_some() || file.metrics.listen.is_some(),
+            metrics_top: flags.metrics_top.or(file.metrics.top_sources).unwrap_or(10),
+            netns: None,
+        })
     }
 }
 

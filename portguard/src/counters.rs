@@ -1,8 +1,28 @@
-//! Counter snapshots and the rates between two of them.
+//! Counter snapshots: TOTALS summed over CPUs, a source's per-CPU slots merged, the rates between
+//! two readings, and the jiffy clock that turns the program's timestamps into monotonic time.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
-use portguard_common::Totals;
+use portguard_common::{SourceSlot, Totals};
+
+use crate::wire::{Directions, Protocols};
+
+/// TOTALS of every CPU added up.
+pub fn sum(cpus: impl IntoIterator<Item = Totals>) -> Totals {
+    let mut acc = [0u64; Totals::NAMES.len()];
+    for t in cpus {
+        for (a, v) in acc.iter_mut().zip(t.to_array()) {
+            *a += v;
+        }
+    }
+    Totals::from_array(acc)
+}
+
+/// What moved between an `earlier` reading and `later`.
+pub fn since(later: &Totals, earlier: &Totals) -> Totals {
+    let (a, b) = (later.to_array(), earlier.to_array());
+    Totals::from_array(std::array::from_fn(|i| a[i].wrapping_sub(b[i])))
+}
 
 /// Per-second rates between two snapshots of the totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -19,5 +39,170 @@ pub fn rates(prev: &Totals, cur: &Totals, dt: Duration) -> Rates {
         seen: r(prev.seen, cur.seen),
         matched: r(prev.matched, cur.matched),
         dropped: r(prev.dropped, cur.dropped),
+    }
+}
+
+/// One source's merged counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub addr: IpAddr,
+    pub stats: SourceStats,
+}
+
+/// Converts the kernel's jiffies into CLOCK_MONOTONIC nanoseconds, from one simultaneous
+/// (jiffies, ns) reading. The tick rate is not exported anywhere a program can read, but
+/// jiffies start at boot from `INITIAL_JIFFIES` = (u32)(-300 × HZ) while the monotonic clock
+/// starts near 0, so only the true HZ makes the reading consistent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JiffyClock {
+    pub hz: u64,
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
+impl JiffyClock {
+    /// Every CONFIG_HZ Linux offers.
+    const CANDIDATES: [u64; 10] = [24, 48, 100, 250, 256, 300, 512, 864, 1000, 1024];
+
+    pub fn fit(jiffies: u64, ns: u64) -> JiffyClock {
+        let mut best = (u64::MAX, 250);
+        for hz in Self::CANDIDATES {
+            let initial = (300u64 * hz).wrapping_neg() & 0xffff_ffff;
+            let uptime_ns =
+                (jiffies.wrapping_sub(initial) as u128 * 1_000_000_000 / hz as u128) as u64;
+            let err = uptime_ns.abs_diff(ns);
+            if err < best.0 {
+                best = (err, hz);
+            }
+        }
+        JiffyClock { hz: best.1, jiffies, ns }
+    }
+
+    /// The monotonic time of `j` (0 stays 0: never seen).
+    pub fn ns(&self, j: u64) -> u64 {
+        if j == 0 {
+            return 0;
+        }
+        let d = j as i128 - self.jiffies as i128;
+        (self.ns as i128 + d * 1_000_000_000 / self.hz as i128).max(1) as u64
+    }
+}
+
+/// One source's counters with its CPUs merged and its times in CLOCK_MONOTONIC nanoseconds:
+/// what userspace works with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub tcp_syns: u32,
+    pub last_port: u16,
+    pub directions: Directions,
+    pub protocols: Protocols,
+}
+
+impl SourceStats {
+    /// Merges a source's per-CPU slots: sums the counters, the earliest first and latest last
+    /// packet, the port of the latest, the union of the bit sets. `clock` converts jiffies;
+    /// without it (no slot was admitted: impossible unless the map was written by hand), the
+    /// slots' own admission stamp is used.
+    pub fn merge(slots: &[SourceSlot], clock: Option<&JiffyClock>) -> SourceStats {
+        let own = slots
+            .iter()
+            .find(|s| s.admitted_ns != 0)
+            .map(|s| JiffyClock::fit(s.first_jiffies, s.admitted_ns));
+        let Some(clock) = clock.or(own.as_ref()) else {
+            return SourceStats::default();
+        };
+        let mut m = SourceStats::default();
+        let mut last_j = 0;
+        let mut first_j = u64::MAX;
+        for s in slots.iter().filter(|s| s.packets > 0) {
+            m.packets += s.packets;
+            m.bytes += s.bytes;
+            m.tcp_syns += s.tcp_syns;
+            m.directions.0 |= s.directions;
+            m.protocols.0 |= s.protocols;
+            first_j = first_j.min(s.first_jiffies);
+            if s.last_jiffies >= last_j {
+                last_j = s.last_jiffies;
+                m.last_port = s.last_port;
+            }
+        }
+        if m.packets > 0 {
+            m.first_seen_ns = clock.ns(first_j);
+            m.last_seen_ns = clock.ns(last_j);
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portguard_common::{DIR_DST, DIR_SRC, PROTO_TCP, PROTO_UDP};
+
+    use super::*;
+
+    #[test]
+    fn since_undoes_sum() {
+        let a = Totals { seen: 5, dropped: 2, malformed: 1, ..Totals::default() };
+        let b = sum([a, Totals { seen: 3, matched: 1, ..Totals::default() }]);
+        assert_eq!(since(&b, &a), Totals { seen: 3, matched: 1, ..Totals::default() });
+    }
+
+    #[test]
+    fn jiffies_fit_the_tick_rate() {
+        // Read off this machine (HZ=250): /proc/timer_list "jiffies" and "now at".
+        let c = JiffyClock::fit(4_295_313_110, 1_683_461_283_565);
+        assert_eq!(c.hz, 250);
+        assert_eq!(c.ns(4_295_313_110 + 250), 1_684_461_283_565);
+        for hz in [100u64, 300, 1000] {
+            let initial = (300 * hz).wrapping_neg() & 0xffff_ffff;
+            let uptime_s = 86_400 * 3;
+            let c = JiffyClock::fit(initial + uptime_s * hz, uptime_s * 1_000_000_000 + 123);
+            assert_eq!(c.hz, hz);
+        }
+        assert_eq!(c.ns(0), 0);
+    }
+
+    #[test]
+    fn merge_takes_earliest_first_and_latest_last() {
+        let clock = JiffyClock { hz: 1000, jiffies: 10_000, ns: 5_000_000_000 };
+        let a = SourceSlot {
+            packets: 2,
+            bytes: 120,
+            admitted_ns: 5_000_000_000,
+            first_jiffies: 10_000,
+            last_jiffies: 10_400,
+            tcp_syns: 2,
+            last_port: 2745,
+            directions: DIR_DST,
+            protocols: PROTO_TCP,
+        };
+        let b = SourceSlot {
+            packets: 1,
+            bytes: 60,
+            admitted_ns: 0,
+            first_jiffies: 10_050,
+            last_jiffies: 10_900,
+            tcp_syns: 0,
+            last_port: 2746,
+            directions: DIR_SRC,
+            protocols: PROTO_UDP,
+        };
+        let m = SourceStats::merge(&[a, SourceSlot::default(), b], Some(&clock));
+        assert_eq!(m.packets, 3);
+        assert_eq!(m.bytes, 180);
+        assert_eq!(m.first_seen_ns, 5_000_000_000);
+        assert_eq!(m.last_seen_ns, 5_900_000_000);
+        assert_eq!(m.last_port, 2746);
+        assert_eq!(m.directions, Directions(DIR_DST | DIR_SRC));
+        assert_eq!(m.protocols, Protocols(PROTO_TCP | PROTO_UDP));
+        // Without a clock the admitting slot calibrates itself.
+        let own = SourceStats::merge(&[a, b], None);
+        assert_eq!(own.packets, 3);
+        assert!(own.first_seen_ns > 0 && own.last_seen_ns > own.first_seen_ns);
+        assert_eq!(SourceStats::merge(&[SourceSlot::default()], None), SourceStats::default());
     }
 }

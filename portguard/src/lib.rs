@@ -1,34 +1,43 @@
 //! portguard's userspace: loads the XDP program, configures it through its maps, attaches it,
-//! and reads back what it counted.
+//! keeps it attached, and reads back what it counted.
 //!
-//! - `guard`: load, configure and attach the program (one `Guard` per interface).
-//! - `settings`: what an admin asks for (mode, ports, direction, ...) and its validation.
-//! - `counters`: reading TOTALS and SOURCES, merged across CPUs.
-//! - `report`: rendering counters for people and for machines.
-//! - `privileges`: the capability check that runs before anything is loaded.
-//! - `lab`: network namespaces joined by veth pairs, for the built-in lab and the tests.
+//! - `daemon`: the running guards of `portguard run`, kept up every interval.
+//! - `guard`: one guarded interface, held as its owner, as a view, or loaded for tests.
+//! - `config`: the configuration file and the plan a daemon runs (flags over the file).
+//! - `settings`: what an admin asks for (mode, ports, direction, ...), validated.
+//! - `wire`: every conversion between those values and the bytes in the maps.
+//! - `maps`: reads and writes of the maps, bytes only; `pins`: where they live in bpffs.
+//! - `counters`: totals and per-source counters merged over CPUs, rates, the jiffy clock.
+//! - `table`: upkeep of the per-source table (what to forget when it fills).
+//! - `report`: rendering for people and machines; `metrics`: Prometheus; `notify`: systemd.
 //! - `check`: which sockets use a guarded port, and which processes own them.
-//! - `tui`: `portguard top`, the live full-screen view over the pinned maps.
-//! - `clock`: turning the program's monotonic timestamps into ages and wall-clock times.
-//! - `frames`: hand-built frames; `fuzz`: random and mutated ones from the same shapes.
-//! - `reference`: the verdict semantics as plain Rust, which the differential test compares
-//!   with the program.
+//! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
+//!   `capture`: pcapng files of matched packets.
+//! - `tui`: `portguard top`.
+//! - `lab`: network namespaces joined by veth pairs, for `portguard lab` and the tests.
+//! - `privileges`, `clock`, `error`, `sys`: the capability check, time, typed errors, and the
+//!   bpf(2) commands aya does not wrap.
 
+pub mod capture;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod counters;
-pub mod frames;
-pub mod fuzz;
+pub mod daemon;
+pub mod error;
+pub mod fingerprint;
 pub mod guard;
 pub mod lab;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
+pub mod netns;
 pub mod notify;
 pub mod pins;
 pub mod privileges;
-pub mod reference;
 pub mod report;
 pub mod settings;
 mod sys;
+pub mod table;
 pub mod tui;
+pub mod wire;

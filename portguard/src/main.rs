@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "portguard", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Act in network namespace /run/netns/NAME (as `ip -n NAME` does): its guards, its
+    /// interfaces, its sockets. Default: the namespace portguard runs in.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +42,24 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if !matches!(cli.command, Command::Run(_) | Command::Lab(_) | Command::Top(_)) {
+        // One-shot verbs end quietly when their reader goes away (`status | head -1`), as
+        // other Unix tools do; the long-running ones check their writes instead.
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if let Command::Check(a) = cli.command {
+        // check has its own exit codes: 0 clean, 1 found, 2 error; it enters the namespace on a
+        // thread of its own.
+        return cmd::check::run(a, cli.netns.as_deref());
+    }
+    if let Some(ns) = &cli.netns {
+        // Before any other thread starts, so that they all live in it.
+        if let Err(e) = portguard::netns::enter(ns) {
+            eprintln!("portguard: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Stats(a) => cmd::stats::run(a),
@@ -48,8 +70,7 @@ fn main() -> ExitCode {
         Command::Completions(a) => cmd::completions::run::<Cli>(a),
         Command::Man => cmd::completions::man::<Cli>(),
         Command::Top(a) => cmd::top::run(a),
-        // check has its own exit codes: 0 clean, 1 found, 2 error.
-        Command::Check(a) => return cmd::check::run(a),
+        Command::Check(_) => unreachable!("check returned above"),
     };
     match result {
         Ok(code) => code,

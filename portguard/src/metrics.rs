@@ -20,7 +20,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::{guard::Source, report};
+use crate::counters::Source;
 
 /// The default endpoint: loopback only; exposing it is a deliberate choice (`--metrics`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9745";
@@ -31,6 +31,8 @@ pub struct IfaceMetrics {
     pub iface: String,
     pub xdp_mode: String,
     pub mode: String,
+    /// Whether the kernel says the interface runs portguard's program now.
+    pub guarded: bool,
     pub totals: Totals,
     pub tracked: usize,
     pub capacity: u32,
@@ -69,6 +71,7 @@ pub fn render(s: &Snapshot) -> String {
     reg.register("build_info", "portguard's version", build);
 
     let info = Family::<Labels, Gauge>::default();
+    let guarded = Family::<Labels, Gauge>::default();
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let malformed = Family::<Labels, Counter>::default();
@@ -87,6 +90,7 @@ pub fn render(s: &Snapshot) -> String {
             ("mode", &i.mode),
         ]))
         .set(1);
+        guarded.get_or_create(&labels(&[("iface", &i.iface)])).set(i.guarded as i64);
         for (kind, v) in [
             ("seen", t.seen),
             ("matched", t.matched),
@@ -110,7 +114,7 @@ pub fn render(s: &Snapshot) -> String {
         capacity.get_or_create(&il).set(i.capacity as i64);
         for src in &i.top {
             let addr = src.addr.to_string();
-            let direction = report::direction_word(&src.stats);
+            let direction = src.stats.directions.word();
             let sl = labels(&[("iface", &i.iface), ("source", &addr), ("direction", direction)]);
             src_packets.get_or_create(&sl).inc_by(src.stats.packets);
             src_bytes.get_or_create(&sl).inc_by(src.stats.bytes);
@@ -118,6 +122,11 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     reg.register("guard_info", "A guarded interface: XDP mode and action", info);
+    reg.register(
+        "guarded",
+        "1 when the kernel runs portguard's program on the interface now, else 0",
+        guarded,
+    );
     reg.register("packets", "Packets by interface and what happened to them", packets);
     reg.register("bytes", "Bytes (whole frames) by interface and what happened to them", bytes);
     reg.register(
@@ -197,16 +206,35 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// Connections served at once. A scraper needs one; a local user holding many open must not
+/// run the daemon out of descriptors (its own health checks need a few), so the rest wait in
+/// the kernel's backlog, costing this process nothing.
+const MAX_CONNECTIONS: usize = 256;
+/// A scraper sends its request at once; a connection that does not is let go after this.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves GET /metrics until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Shared) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS: out of something the next accept needs too. Wait
+                // rather than spin; the connection waits in the backlog.
+                log::debug!("metrics: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
             // Read the request head (bounded; slow clients are cut off).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 while n < buf.len() {
                     match conn.read(&mut buf[n..]).await {
                         Ok(0) | Err(_) => break,
@@ -256,7 +284,7 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn.write_all(resp.as_bytes())).await;
             let _ = conn.shutdown().await;
         });
     }
@@ -265,7 +293,7 @@ pub async fn serve(listener: TcpListener, shared: Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portguard_common::SourceStats;
+    use crate::{counters::SourceStats, wire::Directions};
 
     #[test]
     fn renders_openmetrics() {
@@ -274,6 +302,7 @@ mod tests {
                 iface: "eth1".into(),
                 xdp_mode: "native".into(),
                 mode: "drop".into(),
+                guarded: true,
                 totals: Totals {
                     seen: 10,
                     matched: 4,
@@ -288,7 +317,7 @@ mod tests {
                     stats: SourceStats {
                         packets: 4,
                         bytes: 240,
-                        directions: 1,
+                        directions: Directions(portguard_common::DIR_DST),
                         last_port: 2745,
                         ..SourceStats::default()
                     },
@@ -308,6 +337,7 @@ mod tests {
             "portguard_sources_tracked{iface=\"eth1\"} 1",
             "portguard_local_sockets{port=\"2745\",protocol=\"tcp\",state=\"listen\"} 1",
             "portguard_guard_info{iface=\"eth1\",xdp_mode=\"native\",mode=\"drop\"} 1",
+            "portguard_guarded{iface=\"eth1\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

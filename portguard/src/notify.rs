@@ -25,7 +25,11 @@ impl Notifier {
                 }
                 None => SocketAddr::from_pathname(&p).ok()?,
             };
-            Some((UnixDatagram::unbound().ok()?, addr))
+            let sock = UnixDatagram::unbound().ok()?;
+            // A notify socket nobody reads fills up; the daemon must not block on it (its
+            // guard upkeep runs on the same thread). Such a message is dropped instead.
+            sock.set_nonblocking(true).ok()?;
+            Some((sock, addr))
         });
         let ours = std::env::var("WATCHDOG_PID")
             .map_or(true, |p| p.trim() == std::process::id().to_string());

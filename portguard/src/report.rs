@@ -4,15 +4,20 @@
 
 use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
 
-use portguard_common::{DIR_DST, DIR_SRC, PROTO_TCP, PROTO_UDP, SourceStats, Totals};
+use anyhow::Result;
+use portguard_common::Totals;
 use serde::Serialize;
 
 use crate::{
     clock,
-    counters::Rates,
-    guard::{Attached, Source},
+    counters::{Rates, Source},
+    daemon::Tick,
+    guard::{Attached, Health},
     settings::Settings,
 };
+
+/// New-source lines printed per interface per interval; the rest are summed up in one line.
+const NEW_SOURCE_LINES: usize = 10;
 
 /// How the source table is ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,12 +39,18 @@ pub struct Ranked {
 /// One interface at one instant.
 pub struct Snapshot {
     pub iface: String,
+    /// The network namespace of the interface, when it is not this process's own.
+    pub netns: Option<String>,
+    /// The XDP mode the kernel runs the program in (None: not guarded, or not known).
     pub attached: Option<Attached>,
+    /// What the kernel says of the guard now.
+    pub health: Health,
     pub settings: Settings,
     pub totals: Totals,
     pub rates: Rates,
-    /// How many sources the table holds.
+    /// How many sources the table holds, of how many it can.
     pub tracked: usize,
+    pub capacity: u32,
     /// The top sources, ordered.
     pub sources: Vec<Ranked>,
 }
@@ -92,36 +103,6 @@ pub fn rank(
     out
 }
 
-/// "probing 2745", "answering from 2745", or both.
-pub fn what(stats: &SourceStats) -> String {
-    let port = stats.last_port;
-    match (stats.directions & DIR_DST != 0, stats.directions & DIR_SRC != 0) {
-        (true, true) => format!("probing and answering from {port}"),
-        (false, true) => format!("answering from {port}"),
-        _ => format!("probing {port}"),
-    }
-}
-
-/// "probing", "answering" or "both": the direction as JSON and metrics label it.
-pub fn direction_word(stats: &SourceStats) -> &'static str {
-    match (stats.directions & DIR_DST != 0, stats.directions & DIR_SRC != 0) {
-        (true, true) => "both",
-        (false, true) => "answering",
-        _ => "probing",
-    }
-}
-
-fn protocol_names(p: u8) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if p & PROTO_TCP != 0 {
-        v.push("tcp");
-    }
-    if p & PROTO_UDP != 0 {
-        v.push("udp");
-    }
-    v
-}
-
 fn attached_str(a: Option<Attached>) -> &'static str {
     a.map_or("unknown", Attached::as_str)
 }
@@ -132,8 +113,14 @@ pub fn table(snaps: &[Snapshot]) -> String {
     let mut s = String::new();
     for v in snaps {
         let t = &v.totals;
-        let _ =
-            writeln!(s, "{} ({} XDP): {}", v.iface, attached_str(v.attached), v.settings.summary());
+        let _ = writeln!(
+            s,
+            "{}{} ({} XDP): {}",
+            v.iface,
+            v.netns.as_ref().map(|n| format!(" (namespace {n})")).unwrap_or_default(),
+            attached_str(v.attached),
+            v.settings.summary()
+        );
         let _ = writeln!(
             s,
             "  seen {} ({:.0}/s)  matched {} ({:.0}/s)  dropped {} ({:.0}/s)  allowed {}  \
@@ -168,10 +155,10 @@ pub fn table(snaps: &[Snapshot]) -> String {
                 r.rate,
                 st.bytes,
                 st.tcp_syns,
-                protocol_names(st.protocols).join("+"),
+                st.protocols.to_string(),
                 format!("{} ago", clock::short(clock::age(st.last_seen_ns, now))),
                 format!("{} ago", clock::short(clock::age(st.first_seen_ns, now))),
-                what(st)
+                st.directions.describe(st.last_port)
             );
         }
         if v.tracked > v.sources.len() {
@@ -185,9 +172,10 @@ pub fn table(snaps: &[Snapshot]) -> String {
 pub fn line(v: &Snapshot) -> String {
     let t = &v.totals;
     let mut s = format!(
-        "iface={} xdp={} mode={} seen={} matched={} dropped={} allowed={} malformed={} \
+        "iface={}{} xdp={} mode={} seen={} matched={} dropped={} allowed={} malformed={} \
          fragments_followed={} untracked={} sources={} drop_rate={:.1}",
         v.iface,
+        v.netns.as_ref().map(|n| format!(" (namespace {n})")).unwrap_or_default(),
         attached_str(v.attached),
         v.settings.mode.as_str(),
         t.seen,
@@ -214,44 +202,10 @@ pub fn new_source_line(iface: &str, s: &Source) -> String {
     format!(
         "new source on {iface}: {} {} ({}), {} packets",
         s.addr,
-        what(&s.stats),
-        protocol_names(s.stats.protocols).join("+"),
+        s.stats.directions.describe(s.stats.last_port),
+        s.stats.protocols,
         s.stats.packets
     )
-}
-
-/// TOTALS in JSON.
-#[derive(Serialize)]
-pub struct TotalsJson {
-    pub seen: u64,
-    pub matched: u64,
-    pub matched_bytes: u64,
-    pub dropped: u64,
-    pub dropped_bytes: u64,
-    pub allowed: u64,
-    pub malformed: u64,
-    pub fragments_followed: u64,
-    pub untracked: u64,
-    pub untracked_bytes: u64,
-    pub sources_admitted: u64,
-}
-
-impl From<&Totals> for TotalsJson {
-    fn from(t: &Totals) -> Self {
-        TotalsJson {
-            seen: t.seen,
-            matched: t.matched,
-            matched_bytes: t.matched_bytes,
-            dropped: t.dropped,
-            dropped_bytes: t.dropped_bytes,
-            allowed: t.allowed,
-            malformed: t.malformed,
-            fragments_followed: t.fragments_followed,
-            untracked: t.untracked,
-            untracked_bytes: t.untracked_bytes,
-            sources_admitted: t.admitted,
-        }
-    }
 }
 
 /// One source in JSON.
@@ -292,8 +246,8 @@ impl SourceJson {
                 / 10.0,
             tcp_syns: st.tcp_syns,
             last_port: st.last_port,
-            direction: direction_word(st),
-            protocols: protocol_names(st.protocols),
+            direction: st.directions.word(),
+            protocols: st.protocols.names(),
         }
     }
 }
@@ -305,7 +259,7 @@ pub struct InterfaceJson {
     pub xdp_mode: &'static str,
     pub mode: &'static str,
     pub ports: Vec<u16>,
-    pub totals: TotalsJson,
+    pub totals: Totals,
     pub drop_rate_pps: f64,
     pub sources_tracked: usize,
     pub sources: Vec<SourceJson>,
@@ -319,10 +273,60 @@ impl InterfaceJson {
             xdp_mode: attached_str(v.attached),
             mode: v.settings.mode.as_str(),
             ports: v.settings.ports.clone(),
-            totals: TotalsJson::from(&v.totals),
+            totals: v.totals,
             drop_rate_pps: (v.rates.dropped * 10.0).round() / 10.0,
             sources_tracked: v.tracked,
             sources: v.sources.iter().map(|r| SourceJson::new(r, now)).collect(),
         }
+    }
+}
+
+/// One tick's output: on a terminal the table, redrawn in place; otherwise a line (or a JSON
+/// line) per new source and per interface.
+pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: bool) -> Result<()> {
+    if tty {
+        // Home, clear screen.
+        let _ = write!(out, "\x1b[H\x1b[2J{}", table(&tick.snaps));
+        return Ok(());
+    }
+    for (iface, fresh) in &tick.news {
+        print_new_sources(out, iface, fresh, json);
+    }
+    for v in &tick.snaps {
+        let line = if json {
+            let mut j = serde_json::to_value(InterfaceJson::new(v))?;
+            j["event"] = "interval".into();
+            j.to_string()
+        } else {
+            line(v)
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(())
+}
+
+fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source], json: bool) {
+    let now = clock::monotonic_ns();
+    for s in fresh.iter().take(NEW_SOURCE_LINES) {
+        let line = if json {
+            let r = Ranked { source: *s, rate: 0.0 };
+            let mut j = serde_json::to_value(SourceJson::new(&r, now)).unwrap_or_default();
+            j["event"] = "new_source".into();
+            j["iface"] = iface.into();
+            j.to_string()
+        } else {
+            new_source_line(iface, s)
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    if fresh.len() > NEW_SOURCE_LINES {
+        let more = fresh.len() - NEW_SOURCE_LINES;
+        let line = if json {
+            serde_json::json!({"event": "new_sources_suppressed", "iface": iface, "count": more})
+                .to_string()
+        } else {
+            format!("... and {more} more new sources on {iface}")
+        };
+        let _ = writeln!(out, "{line}");
     }
 }

@@ -1,5 +1,4 @@
-//! What an admin asks portguard to do, validated, and its translation into the program's
-//! CONFIG and PORTS contents.
+//! What an admin asks portguard to do, validated. `wire.rs` turns it into map contents.
 
 use std::{
     fmt,
@@ -7,10 +6,7 @@ use std::{
     str::FromStr,
 };
 
-use portguard_common::{
-    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DEFAULT_PORT, DIR_DST, DIR_SRC,
-    PROTO_TCP, PROTO_UDP,
-};
+use portguard_common::DEFAULT_PORT;
 
 /// What happens to a matched packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -52,14 +48,6 @@ impl Direction {
             Direction::Both => "both",
         }
     }
-
-    pub fn bits(self) -> u8 {
-        match self {
-            Direction::Dst => DIR_DST,
-            Direction::Src => DIR_SRC,
-            Direction::Both => DIR_DST | DIR_SRC,
-        }
-    }
 }
 
 /// Guarded L4 protocols.
@@ -83,13 +71,6 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
-        }
-    }
-
-    pub fn bit(self) -> u8 {
-        match self {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
         }
     }
 }
@@ -183,31 +164,37 @@ impl Settings {
         Settings { ports: Vec::new(), allow: Vec::new(), ..Settings::default() }
     }
 
-    /// The CONFIG entry these settings become, for a source table of `capacity` entries on
-    /// `cpus` CPUs.
-    pub fn config(&self, capacity: u32, cpus: u32) -> Config {
-        let mut allow = 0;
-        for c in &self.allow {
-            allow |= if c.addr.is_ipv4() { ALLOW_HAS_V4 } else { ALLOW_HAS_V6 };
-        }
-        Config {
-            action: match self.mode {
-                Mode::Drop => ACTION_DROP,
-                Mode::Count => ACTION_COUNT,
-            },
-            protocols: self.protocols.iter().fold(0, |b, p| b | p.bit()),
-            direction: self.direction.bits(),
-            allow,
-            admit_per_slice: self
-                .admit_per_slice
-                .unwrap_or_else(|| portguard_common::admit_per_slice(capacity, cpus)),
-        }
-    }
-
     /// "tcp+udp dst": what the ports apply to.
     pub fn scope(&self) -> String {
-        let protos: Vec<&str> = self.protocols.iter().map(|p| p.as_str()).collect();
-        format!("{} {}", protos.join("+"), self.direction.as_str())
+        let protos: crate::wire::Protocols = self.protocols.iter().copied().collect();
+        format!("{protos} {}", self.direction.as_str())
+    }
+
+    /// What differs from `self` to `new`, one phrase each: "mode drop → count", "ports +3000",
+    /// "allow -198.18.0.0/24". Empty when nothing does.
+    pub fn diff(&self, new: &Settings) -> Vec<String> {
+        fn set<T: PartialEq + fmt::Display>(what: &str, old: &[T], new: &[T]) -> Option<String> {
+            let added: Vec<String> =
+                new.iter().filter(|x| !old.contains(x)).map(|x| format!("+{x}")).collect();
+            let gone: Vec<String> =
+                old.iter().filter(|x| !new.contains(x)).map(|x| format!("-{x}")).collect();
+            let all = [added, gone].concat();
+            (!all.is_empty()).then(|| format!("{what} {}", all.join(" ")))
+        }
+        let mut out = Vec::new();
+        if self.mode != new.mode {
+            out.push(format!("mode {} → {}", self.mode.as_str(), new.mode.as_str()));
+        }
+        if self.direction != new.direction {
+            out.push(format!("direction {} → {}", self.direction.as_str(), new.direction.as_str()));
+        }
+        out.extend(set("ports", &self.ports, &new.ports));
+        out.extend(set("protocols", &self.protocols, &new.protocols));
+        out.extend(set("allow", &self.allow, &new.allow));
+        if self.admit_per_slice != new.admit_per_slice {
+            out.push("admission budget changed".into());
+        }
+        out
     }
 
     /// One line for logs and headers: "drop tcp+udp dst port 2745".
@@ -251,14 +238,19 @@ mod tests {
     }
 
     #[test]
-    fn default_config_drops_tcp_and_udp_to_2745() {
-        let s = Settings::default();
-        let c = s.config(65_536, 2);
-        assert_eq!(c.admit_per_slice, 274);
-        assert_eq!(c.action, ACTION_DROP);
-        assert_eq!(c.protocols, PROTO_TCP | PROTO_UDP);
-        assert_eq!(c.direction, DIR_DST);
-        assert_eq!(c.allow, 0);
-        assert_eq!(s.summary(), "drop tcp+udp dst port 2745");
+    fn diff_names_each_change() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        b.mode = Mode::Count;
+        b.ports.push(3000);
+        b.allow.push("198.18.0.0/24".parse().unwrap());
+        assert_eq!(a.diff(&b), ["mode drop → count", "ports +3000", "allow +198.18.0.0/24"]);
+        assert_eq!(b.diff(&a), ["mode count → drop", "ports -3000", "allow -198.18.0.0/24"]);
+        assert!(a.diff(&a).is_empty());
+    }
+
+    #[test]
+    fn default_settings_drop_tcp_and_udp_to_2745() {
+        assert_eq!(Settings::default().summary(), "drop tcp+udp dst port 2745");
     }
 }

@@ -1,9 +1,10 @@
-//! The two bpf(2) commands aya 0.14 does not wrap: batched map reads (a full source table in a
-//! few syscalls instead of two per entry) and forced link detach.
+//! The bpf(2) commands aya 0.14 does not wrap, or keeps private: batched map reads (a full
+//! source table in a few syscalls instead of two per entry), forced link detach, a pinned
+//! object's fd, a program or map by id, and their info.
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -91,7 +92,85 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 pub fn xdp_link_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 whose xdp member
     // starts with ifindex.
-    let mut info = [0u64; 8];
+    let mut info = [0u32; 16];
+    obj_info(fd, &mut info)?;
+    Ok((info[2], info[4]))
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    // Explicit: the kernel rejects non-zero bytes past the last field, and padding is not
+    // guaranteed to be zero.
+    _pad: u32,
+}
+
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Opens a pinned object (BPF_OBJ_GET). aya keeps the fds of its links private; portguard
+/// needs one for link info and forced detach.
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr =
+        ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
+    bpf_fd(BPF_OBJ_GET, &mut attr)
+}
+
+/// Pins an object (a map, a link) at `path` (BPF_OBJ_PIN): how an owner puts back pins that
+/// were removed under it, from the fds it holds.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    bpf(BPF_OBJ_PIN, &mut attr)
+}
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+/// A bpf(2) command that returns a new fd.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: as in `bpf`.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>())
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+fn fd_by_id(cmd: libc::c_long, id: u32) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    bpf_fd(cmd, &mut Attr { id, next_id: 0, open_flags: 0 })
+}
+
+/// A loaded program by id.
+pub fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
+    fd_by_id(BPF_PROG_GET_FD_BY_ID, id)
+}
+
+fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
     #[repr(C)]
     struct Attr {
         bpf_fd: u32,
@@ -100,45 +179,74 @@ pub fn xdp_link_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     }
     let mut attr = Attr {
         bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
+        info_len: size_of::<T>() as u32,
+        info: info as *mut T as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let words: [u32; 16] = unsafe { std::mem::transmute(info) };
-    Ok((words[2], words[4]))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
 }
 
-const BPF_OBJ_GET: libc::c_long = 7;
+/// The head of struct bpf_prog_info (include/uapi/linux/bpf.h), up to btf_id: the kernel
+/// fills what fits in the length it is given.
+#[repr(C)]
+#[derive(Default)]
+struct RawProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+    ifindex: u32,
+    gpl_compatible: u32,
+    netns_dev: u64,
+    netns_ino: u64,
+    nr_jited_ksyms: u32,
+    nr_jited_func_lens: u32,
+    jited_ksyms: u64,
+    jited_func_lens: u64,
+    btf_id: u32,
+    func_info_rec_size: u32,
+}
+const _: () = assert!(size_of::<RawProgInfo>() == 136);
 
-/// Opens a pinned object (BPF_OBJ_GET). aya keeps the fds of its links private; portguard
-/// needs one for link info and forced detach.
-pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    #[repr(C)]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        // Explicit: the kernel rejects non-zero bytes past the last field, and padding is not
-        // guaranteed to be zero.
-        _pad: u32,
-    }
-    let mut attr =
-        Attr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
-    // SAFETY: as in `bpf`, and the returned fd is new and ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &mut attr as *mut Attr as *mut libc::c_void,
-            size_of::<Attr>(),
-        )
+/// What portguard reads of a program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgInfo {
+    pub prog_type: u32,
+    pub id: u32,
+    pub tag: [u8; 8],
+    /// Boot-time nanoseconds.
+    pub load_time: u64,
+    /// The kernel's copy of the name: at most 15 bytes.
+    pub name: String,
+    pub map_ids: Vec<u32>,
+    pub btf_id: u32,
+}
+
+/// The info of a program.
+pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
+    let mut map_ids = vec![0u32; 64];
+    let mut raw = RawProgInfo {
+        nr_map_ids: map_ids.len() as u32,
+        map_ids: map_ids.as_mut_ptr() as u64,
+        ..Default::default()
     };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+    obj_info(fd, &mut raw)?;
+    map_ids.truncate((raw.nr_map_ids as usize).min(64));
+    let n = raw.name.iter().position(|b| *b == 0).unwrap_or(raw.name.len());
+    Ok(ProgInfo {
+        prog_type: raw.prog_type,
+        id: raw.id,
+        tag: raw.tag,
+        load_time: raw.load_time,
+        name: String::from_utf8_lossy(&raw.name[..n]).into_owned(),
+        map_ids,
+        btf_id: raw.btf_id,
+    })
 }

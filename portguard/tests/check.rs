@@ -15,6 +15,7 @@ use portguard::{
     check::{self, Family, Protocol, Report, Socket},
     lab::{self, Lab},
 };
+use portguard_testkit::{root_or_skip, wait_until};
 
 const PORT: u16 = 2745;
 
@@ -54,6 +55,9 @@ fn assert_owned_by(sockets: &[&Socket], pid: u32, what: &str) {
 
 #[test]
 fn reports_listeners_bound_udp_and_outbound_connections() {
+    if !root_or_skip() {
+        return;
+    }
     let lab = lab(1);
     let me = std::process::id();
     let v4 = SocketAddr::new(lab::gw_v4(), PORT);
@@ -112,6 +116,9 @@ impl Drop for Reaped {
 
 #[test]
 fn reports_another_process_by_pid_and_name() {
+    if !root_or_skip() {
+        return;
+    }
     let lab = lab(2);
     let python = if std::path::Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
@@ -149,6 +156,9 @@ fn reports_another_process_by_pid_and_name() {
 
 #[test]
 fn clean_namespace_exits_0_and_a_listener_exits_1() {
+    if !root_or_skip() {
+        return;
+    }
     let lab = lab(3);
     let report = check::scan(&[PORT], Some(&lab.gw)).unwrap();
     assert!(report.clean && report.sockets.is_empty(), "{report:#?}");
@@ -185,6 +195,9 @@ fn clean_namespace_exits_0_and_a_listener_exits_1() {
 
 #[test]
 fn json_has_the_documented_fields() {
+    if !root_or_skip() {
+        return;
+    }
     let lab = lab(4);
     let addr = SocketAddr::new(lab::gw_v4(), PORT);
     let listener = lab::in_netns(&lab.gw, move || TcpListener::bind(addr)).unwrap().unwrap();
@@ -242,18 +255,46 @@ fn errors_exit_2_with_one_line() {
     }
 }
 
+/// Without --netns, check looks at its own namespace: run inside a lab namespace, it answers
+/// for that namespace alone, clean and then not.
 #[test]
-fn host_scan_answers() {
-    // The host may or may not use 2745; the question must be answerable either way.
-    let out = portguard(&["check"]);
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
-    let report = check::scan(&[PORT], None).unwrap();
-    assert_eq!(report.clean, report.sockets.is_empty());
-    assert!(report.netns.is_none());
+fn own_namespace_scan_answers_for_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = lab(9);
+    let own = |json: bool| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", lab.gw))
+            .arg(env!("CARGO_BIN_EXE_portguard"))
+            .arg("check");
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let out = own(true);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["clean"].clone(), doc["netns"].clone()),
+        (true.into(), serde_json::Value::Null)
+    );
+    let v4 = SocketAddr::new(lab::gw_v4(), PORT);
+    let _udp = lab::in_netns(&lab.gw, move || UdpSocket::bind(v4)).unwrap().unwrap();
+    let out = own(true);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["clean"], false);
+    assert_eq!(doc["sockets"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(own(false).status.code(), Some(1));
 }
 
 #[test]
 fn sockets_without_a_process_are_listed_not_dropped() {
+    if !root_or_skip() {
+        return;
+    }
     let lab = lab(5);
     let peer = SocketAddr::new(lab::outside(false, 1), PORT);
     let server = lab::in_netns(&lab.out, move || TcpListener::bind(peer)).unwrap().unwrap();
@@ -269,19 +310,16 @@ fn sockets_without_a_process_are_listed_not_dropped() {
     drop(accepted);
 
     let mut waiting = Vec::new();
-    for _ in 0..100 {
+    wait_until("the TIME-WAIT socket", || {
         let report = check::scan(&[PORT], Some(&lab.gw)).unwrap();
         waiting = report
             .sockets
             .into_iter()
             .filter(|s| s.state == "time-wait" && s.local() == local && s.remote() == peer)
             .collect();
-        if !waiting.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(waiting.len(), 1, "no TIME-WAIT socket for {local} -> {peer}");
+        !waiting.is_empty()
+    });
+    assert_eq!(waiting.len(), 1, "{local} -> {peer}: {waiting:#?}");
     let s = &waiting[0];
     assert!(!s.owner_visible && s.processes.is_empty(), "{s:#?}");
     assert!(s.owner_note.is_some(), "{s:#?}");
@@ -297,6 +335,9 @@ fn sockets_without_a_process_are_listed_not_dropped() {
 
 #[test]
 fn reports_a_connection_attempt_in_syn_sent() {
+    if !root_or_skip() {
+        return;
+    }
     let lab = lab(6);
     // An address on the lab's link that nobody answers for: the SYN never leaves the veth, and
     // the socket stays in SYN-SENT while the kernel retries.

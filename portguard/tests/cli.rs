@@ -51,6 +51,9 @@ fn invalid_ports_and_cidrs() {
 
 #[test]
 fn reading_pinned_state_without_privileges() {
+    if !portguard_testkit::root_or_skip() {
+        return;
+    }
     // The pin root is 0700: an unprivileged user is told why, in one line.
     let root = format!("/sys/fs/bpf/pgtest-cli-{}", std::process::id());
     std::fs::create_dir_all(&root).unwrap();
@@ -77,6 +80,9 @@ fn reading_pinned_state_without_privileges() {
 
 #[test]
 fn without_privileges() {
+    if !portguard_testkit::root_or_skip() {
+        return;
+    }
     // Drop to nobody with no capabilities; `setpriv` is util-linux.
     let out = Command::new("setpriv")
         .args([

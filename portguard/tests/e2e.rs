@@ -1,44 +1,38 @@
 //! End to end: the program attached natively to a veth in a namespace, real TCP connects and
 //! UDP datagrams from the other namespace, over IPv4 and IPv6.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, thread, time::Duration};
 
 use portguard::{
-    guard::{AttachMode, Attached, Guard},
+    guard::{Acquired, AttachMode, Attached, Owner},
     lab::{self, GW_IF, Lab, Listeners},
+    pins::Pins,
     settings::{Mode, Settings},
 };
+use portguard_common::DEFAULT_SOURCE_CAPACITY;
+use portguard_testkit::{Fixture, root_or_skip, wait_until};
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-fn lab() -> Lab {
-    Lab::create(&format!("pge{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
-        .unwrap()
+fn fixture() -> Fixture {
+    Fixture::new(env!("CARGO_BIN_EXE_portguard"), "pge")
 }
 
-fn attach(lab: &Lab, settings: Settings, mode: AttachMode) -> Guard {
-    lab::in_netns(&lab.gw, move || {
-        let mut g = Guard::load_default(&settings).unwrap();
-        g.attach(GW_IF, mode).unwrap();
-        g
+/// Guards the lab's gateway from this process, its pins in the fixture's root.
+fn attach(f: &Fixture, settings: Settings, mode: AttachMode) -> Owner {
+    let pins = Pins::new(&f.pins.path);
+    let acquired = lab::in_netns(&f.lab.gw, move || {
+        Owner::acquire(&pins, GW_IF, Some(&settings), DEFAULT_SOURCE_CAPACITY, mode)
     })
     .unwrap()
+    .unwrap();
+    match acquired {
+        Acquired::Attached(o) => o,
+        _ => panic!("the lab's interface was already guarded"),
+    }
 }
 
 /// Waits until the listeners have counted `tcp` and `udp` (delivery is asynchronous).
 fn settle(l: &Listeners, tcp: u64, udp: u64) {
-    for _ in 0..100 {
-        if l.tcp() >= tcp && l.udp() >= udp {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the listeners to count what was sent", || l.tcp() >= tcp && l.udp() >= udp);
 }
 
 fn traffic(lab: &Lab, port: u16, timeout: Duration) -> (u32, u32) {
@@ -58,24 +52,28 @@ fn traffic(lab: &Lab, port: u16, timeout: Duration) -> (u32, u32) {
 
 #[test]
 fn drop_mode_drops_2745_and_delivers_everything_else() {
-    let lab = lab();
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
+    let lab = &f.lab;
     let guarded = Listeners::start(&lab.gw, 2745).unwrap();
     let service = Listeners::start(&lab.gw, 8080).unwrap();
-    let g = attach(&lab, Settings::default(), AttachMode::Native);
-    assert_eq!(g.attached, Some(Attached::Native));
+    let g = attach(&f, Settings::default(), AttachMode::Native);
+    assert_eq!(g.attached(), Attached::Native);
 
-    let (connected, _) = traffic(&lab, 2745, Duration::from_millis(300));
+    let (connected, _) = traffic(lab, 2745, Duration::from_millis(300));
     assert_eq!(connected, 0, "no TCP connection to 2745 may get through");
-    let (ok, sent) = traffic(&lab, 8080, Duration::from_secs(2));
+    let (ok, sent) = traffic(lab, 8080, Duration::from_secs(2));
     assert_eq!(ok, 2, "ordinary TCP over IPv4 and IPv6 is delivered");
     settle(&service, 2, sent as u64);
     assert_eq!(service.udp(), sent as u64, "ordinary UDP is delivered");
     thread::sleep(Duration::from_millis(100));
     assert_eq!((guarded.tcp(), guarded.udp()), (0, 0));
 
-    let t = g.totals().unwrap();
+    let t = g.view().totals().unwrap();
     assert!(t.dropped >= 12, "{t:?}");
-    let sources = g.sources().unwrap();
+    let sources = g.view().sources().unwrap();
     for v6 in [false, true] {
         let who = lab::outside(v6, 1);
         let s = sources
@@ -91,89 +89,75 @@ fn drop_mode_drops_2745_and_delivers_everything_else() {
     assert_eq!(sources.len(), 2, "{sources:?}");
     // The 8080 traffic was seen but not matched.
     assert!(t.seen > t.matched);
-    drop(g);
+    g.release(false).unwrap();
     // Detached: 2745 reachable again.
-    let (connected, _) = traffic(&lab, 2745, Duration::from_secs(2));
+    let (connected, _) = traffic(lab, 2745, Duration::from_secs(2));
     assert_eq!(connected, 2);
 }
 
 #[test]
 fn count_mode_delivers_and_counts() {
-    let lab = lab();
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
+    let lab = &f.lab;
     let guarded = Listeners::start(&lab.gw, 2745).unwrap();
-    let g = attach(&lab, Settings { mode: Mode::Count, ..Settings::default() }, AttachMode::Native);
-    let (connected, sent) = traffic(&lab, 2745, Duration::from_secs(2));
+    let g = attach(&f, Settings { mode: Mode::Count, ..Settings::default() }, AttachMode::Native);
+    let (connected, sent) = traffic(lab, 2745, Duration::from_secs(2));
     assert_eq!(connected, 2);
     settle(&guarded, 2, sent as u64);
     assert_eq!(guarded.udp(), sent as u64);
-    let t = g.totals().unwrap();
+    let t = g.view().totals().unwrap();
     assert_eq!(t.dropped, 0);
     assert!(t.matched >= 12, "{t:?}");
-    let sources = g.sources().unwrap();
+    let sources = g.view().sources().unwrap();
     assert!(sources.iter().any(|s| s.addr == lab::outside(true, 1) && s.stats.tcp_syns == 1));
 }
 
 #[test]
 fn generic_mode_drops_too() {
-    let lab = lab();
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
+    let lab = &f.lab;
     let guarded = Listeners::start(&lab.gw, 2745).unwrap();
-    let g = attach(&lab, Settings::default(), AttachMode::Generic);
-    assert_eq!(g.attached, Some(Attached::Generic));
-    let (connected, _) = traffic(&lab, 2745, Duration::from_millis(300));
+    let g = attach(&f, Settings::default(), AttachMode::Generic);
+    assert_eq!(g.attached(), Attached::Generic);
+    let (connected, _) = traffic(lab, 2745, Duration::from_millis(300));
     assert_eq!(connected, 0);
+    wait_until("12 drops", || g.view().totals().unwrap().dropped >= 12);
+    // Anything that got through would have arrived by now: the drops were counted after it.
     thread::sleep(Duration::from_millis(100));
     assert_eq!(guarded.udp(), 0);
-    assert!(g.totals().unwrap().dropped >= 12);
 }
 
 /// `portguard run` as an admin runs it, inside the gateway namespace, until SIGTERM.
 #[test]
 fn run_command_guards_until_sigterm_and_detaches() {
-    let lab = lab();
-    let guarded = Listeners::start(&lab.gw, 2745).unwrap();
-    let root = format!("/sys/fs/bpf/pgtest-e2e-{}", std::process::id());
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.gw))
-        .arg(env!("CARGO_BIN_EXE_portguard"))
-        .args(["run", "--iface", GW_IF, "--interval", "0.2"])
-        .env("PORTGUARD_PIN_ROOT", &root)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until it is attached: a link appears on the interface.
-    let mut attached = false;
-    for _ in 0..400 {
-        let out = Command::new("ip").args(["-n", &lab.gw, "link", "show", GW_IF]).output().unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains("xdp") {
-            attached = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(50));
+    if !root_or_skip() {
+        return;
     }
-    assert!(attached, "portguard run did not attach");
-    let (connected, _) = traffic(&lab, 2745, Duration::from_millis(300));
+    let mut f = fixture();
+    let guarded = Listeners::start(&f.lab.gw, 2745).unwrap();
+    let run = f.run(&["--interval", "0.2"]);
+    wait_until("portguard run to attach", || f.attached());
+    let (connected, _) = traffic(&f.lab, 2745, Duration::from_millis(300));
     assert_eq!(connected, 0);
-    // Wait until the drops are counted, then for an interval or two to be printed.
-    let stats = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
-            .args(["stats", "--json"])
-            .env("PORTGUARD_PIN_ROOT", &root)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["interfaces"][0]["totals"]["dropped"].as_u64().unwrap_or(0)
+    let dropped = || {
+        f.bin.stats().and_then(|v| v["interfaces"][0]["totals"]["dropped"].as_u64()).unwrap_or(0)
     };
-    for _ in 0..400 {
-        if stats() >= 12 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(1500));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    wait_until("12 drops", || dropped() >= 12);
+    // An interval printed after the drops were counted.
+    let printed = |d: &portguard_testkit::Daemon| {
+        d.out().lines().rev().find_map(|l| {
+            l.split_whitespace().find_map(|kv| kv.strip_prefix("dropped=")?.parse::<u64>().ok())
+        })
+    };
+    wait_until("an interval line with the drops", || printed(&f.daemons[run]) >= Some(12));
+    f.daemons[run].signal(libc::SIGTERM);
+    let out = f.daemons[run].wait();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();
@@ -183,20 +167,11 @@ fn run_command_guards_until_sigterm_and_detaches() {
             || last.contains(&format!("{}:", lab::outside(false, 1))),
         "{last}"
     );
-    let dropped: u64 = last
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("dropped="))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(dropped >= 12, "{last}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("detached"), "{stderr}");
     // Nothing left attached.
-    let link = Command::new("ip").args(["-n", &lab.gw, "link", "show", GW_IF]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
+    assert!(!f.attached());
     assert_eq!(guarded.tcp(), 0);
-    let (connected, _) = traffic(&lab, 2745, Duration::from_secs(2));
+    let (connected, _) = traffic(&f.lab, 2745, Duration::from_secs(2));
     assert_eq!(connected, 2, "reachable again after detach");
-    let _: IpAddr = lab::gw_v4();
-    let _ = std::fs::remove_dir(&root);
 }

@@ -6,7 +6,6 @@
 //! (it is `#[ignore]`d in the parallel run). PORTGUARD_FLOOD_SECONDS shortens it.
 
 use std::{
-    io::Read as _,
     net::SocketAddr,
     process::{Command, Stdio},
     sync::{
@@ -17,10 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod common;
-
-use common::PinRoot;
 use portguard::lab::{self, GW_IF, Lab};
+use portguard_testkit::{Bin, Daemon, PinRoot, root_or_skip, wait_until};
 use serde_json::Value;
 
 /// A veth counter read inside its namespace (`ip -s -j`, since /sys/class/net shows only the
@@ -46,36 +43,23 @@ fn rss_kb(pid: u32) -> u64 {
 #[test]
 #[ignore = "a minute of flood: cargo xtask test runs it on its own"]
 fn sustained_spoofed_source_flood() {
+    if !root_or_skip() {
+        return;
+    }
     let seconds: u64 =
         std::env::var("PORTGUARD_FLOOD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let lab = Lab::create(&format!("pgflood{}", std::process::id())).unwrap();
     // Removes the pins however the test ends (a failed assertion included).
     let pins = PinRoot::new("flood");
-    let root = pins.0.clone();
+    let bin = Bin::new(env!("CARGO_BIN_EXE_portguard"), &pins.path).in_netns(&lab.gw);
     let capacity = 65_536u64;
-    let mut daemon = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.gw))
-        .arg(env!("CARGO_BIN_EXE_portguard"))
-        .args(["run", "--iface", GW_IF, "--no-metrics", "--interval", "1"])
-        .env("PORTGUARD_PIN_ROOT", &root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = daemon.id();
+    let mut daemon = Daemon::spawn(&bin, &lab.gw, &["--no-metrics", "--interval", "1"], &[]);
+    let pid = daemon.pid();
     let stats = || -> Option<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
-            .args(["stats", "--json", "--top", "5"])
-            .env("PORTGUARD_PIN_ROOT", &root)
-            .output()
-            .ok()?;
+        let out = bin.output(&["stats", "--json", "--top", "5"]);
         serde_json::from_slice::<Value>(&out.stdout).ok().map(|v| v["interfaces"][0].clone())
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stats().is_none() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(stats().is_some(), "portguard did not start");
+    wait_until("portguard to start", || stats().is_some());
 
     // The frame: UDP to 198.18.0.1:2745 from 198.19.x.y with x.y random per packet (the
     // prober, 198.18.0.6, is outside that range), the IPv4 checksum recomputed per packet.
@@ -124,21 +108,13 @@ fn sustained_spoofed_source_flood() {
     // The prober is in the table before the flood starts: the flood must not push it out nor
     // cost it a packet.
     let prober_tracked = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
-            .args(["stats", "--json", "--top", "1000000"])
-            .env("PORTGUARD_PIN_ROOT", &root)
-            .output()
-            .unwrap();
+        let out = bin.output(&["stats", "--json", "--top", "1000000"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         v["interfaces"][0]["sources"].as_array().and_then(|a| {
             a.iter().find(|x| x["address"] == "198.18.0.6").and_then(|p| p["packets"].as_u64())
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while prober_tracked().is_none() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(prober_tracked().is_some(), "the prober was never tracked");
+    wait_until("the prober to be tracked", || prober_tracked().is_some());
     // trafgen on one CPU, bounded in time. It leaves the machine's socket memory limits and IRQ
     // affinities alone; with the default send buffer a flush of its default ring can fail with
     // EAGAIN, which it treats as fatal, so the ring is small, and a trafgen that stops early is
@@ -233,10 +209,8 @@ fn sustained_spoofed_source_flood() {
         assert!(*b < 96 * 1024, "RSS {b} kB");
     }
     // No map errors: the daemon logged none.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let mut err = String::new();
-    let _ = daemon.stderr.take().unwrap().read_to_string(&mut err);
-    let _ = daemon.wait();
+    daemon.signal(libc::SIGTERM);
+    let err = String::from_utf8_lossy(&daemon.wait().stderr).into_owned();
     assert!(!err.contains("ERROR"), "{err}");
     let _ = std::fs::remove_file(conf_path);
 }

@@ -3,191 +3,30 @@
 //! traffic. Each test has its own pin root and namespaces.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
+    process::{Command, Output},
 };
 
-mod common;
-
-use common::{PinRoot, wait_until};
-use portguard::lab::{self, GW_IF, Lab, Listeners};
+use portguard::lab::{GW_IF, Listeners};
+use portguard_testkit::{Fixture, fixture::unique, root_or_skip, wait_until};
 use serde_json::Value;
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-/// A lab, a pin root of its own, and cleanup of both (and of any child left running).
-struct Fixture {
-    lab: Lab,
-    root: PathBuf,
-    _pins: PinRoot,
-    children: Vec<Child>,
-    /// Each child's stderr so far, read as it comes (the daemon logs there).
-    logs: Vec<Arc<Mutex<String>>>,
-    /// Each child's stdout so far (the counters).
-    outs: Vec<Arc<Mutex<String>>>,
+fn fixture() -> Fixture {
+    Fixture::new(env!("CARGO_BIN_EXE_portguard"), "pgo")
 }
 
-fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let sink = buf.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    buf
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let lab = Lab::create(&format!("pgo{}-{n}", std::process::id())).unwrap();
-        let pins = PinRoot::new(&format!("op-{n}"));
-        Fixture {
-            lab,
-            root: pins.0.clone(),
-            _pins: pins,
-            children: Vec::new(),
-            logs: Vec::new(),
-            outs: Vec::new(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_portguard"));
-        c.args(args).env("PORTGUARD_PIN_ROOT", &self.root).env("RUST_LOG", "info");
-        c
-    }
-
-    /// Runs a verb outside the namespace (pins are visible from anywhere).
-    fn portguard(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.portguard(args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// `portguard run` inside the gateway namespace, in the background.
-    fn spawn_run(&mut self, args: &[&str]) -> usize {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.lab.gw))
-            .arg(env!("CARGO_BIN_EXE_portguard"))
-            .arg("run")
-            .args(["--iface", GW_IF])
-            .args(args)
-            .env("PORTGUARD_PIN_ROOT", &self.root)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        self.logs.push(collect(child.stderr.take().unwrap()));
-        self.outs.push(collect(child.stdout.take().unwrap()));
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    /// Waits until child `i` has logged `needle`.
-    fn wait_log(&self, i: usize, needle: &str) {
-        wait_until(needle, || self.logs[i].lock().unwrap().contains(needle));
-    }
-
-    fn log(&self, i: usize) -> String {
-        self.logs[i].lock().unwrap().clone()
-    }
-
-    /// The owner pid `status` reports, if any.
-    fn owner(&self) -> Option<u64> {
-        let doc = self.json(&["status", "--json"]);
-        doc["interfaces"].as_array()?.iter().find(|i| i["iface"] == GW_IF)?["owner_pid"].as_u64()
-    }
-
-    fn dropped(&self) -> u64 {
-        let doc = self.json(&["stats", "--json"]);
-        iface_entry(&doc, GW_IF)["totals"]["dropped"].as_u64().unwrap()
-    }
-
-    fn wait_guarded(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.root.join(GW_IF).join("link").exists() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("not guarded within 10 s");
-    }
-
-    fn signal(&self, i: usize, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.children[i].id() as i32, sig) };
-    }
-
-    /// Waits for child `i` to exit; its stderr is in `log(i)`. Indices stay valid.
-    fn wait_child(&mut self, i: usize) -> Output {
-        let out = self.children[i].wait().unwrap();
-        // Let the reader threads drain what is left.
-        thread::sleep(Duration::from_millis(100));
-        let stdout = self.outs[i].lock().unwrap().clone().into_bytes();
-        Output { status: out, stdout, stderr: self.log(i).into_bytes() }
-    }
-
-    fn attached(&self) -> bool {
-        let out =
-            Command::new("ip").args(["-n", &self.lab.gw, "link", "show", GW_IF]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
-    }
-
-    fn probe(&self, host: u8, datagrams: u32) {
-        for v6 in [false, true] {
-            let gw = if v6 { lab::gw_v6() } else { lab::gw_v4() };
-            lab::udp_send(
-                &self.lab.out,
-                lab::outside(v6, host),
-                SocketAddr::new(gw, 2745),
-                datagrams,
-                64,
-            )
-            .unwrap();
-        }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // The pin root is cleaned by its own guard, after the children are gone.
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn iface_entry<'a>(doc: &'a Value, iface: &str) -> &'a Value {
-    doc["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["iface"] == iface)
-        .unwrap_or_else(|| panic!("{doc}"))
+fn iface_entry(doc: &Value, iface: &str) -> Value {
+    Fixture::entry(doc, iface)
 }
 
 #[test]
 fn stats_status_set_detach_on_a_running_guard() {
-    let mut f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
     let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
-    let run = f.spawn_run(&["--interval", "0.2"]);
+    let run = f.run(&["--interval", "0.2"]);
     f.wait_guarded();
     f.probe(0, 5);
     f.probe(3, 2);
@@ -240,7 +79,7 @@ fn stats_status_set_detach_on_a_running_guard() {
     assert_eq!(s["direction"], "dst");
     assert!(s["program_id"].as_u64().unwrap() > 0);
     // The owner is the portguard that nsenter exec()s into: the same pid.
-    assert_eq!(s["owner_pid"].as_u64().unwrap(), f.children[run].id() as u64);
+    assert_eq!(s["owner_pid"].as_u64().unwrap(), f.daemons[run].pid() as u64);
     assert!(s["guarded_since_unix"].as_u64().unwrap() > 1_700_000_000);
     assert_eq!(s["source_capacity"], 65536);
 
@@ -253,10 +92,7 @@ fn stats_status_set_detach_on_a_running_guard() {
             .contains("count tcp+udp dst port 2745,3127, allow 198.18.0.0/30")
     );
     f.probe(1, 3);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while listeners.udp() < 6 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("count mode to deliver 6 datagrams", || listeners.udp() >= 6);
     assert_eq!(listeners.udp(), 6, "count mode delivers");
     let doc = f.json(&["stats", "--json"]);
     let e = iface_entry(&doc, GW_IF);
@@ -267,9 +103,7 @@ fn stats_status_set_detach_on_a_running_guard() {
     assert_eq!(iface_entry(&doc, GW_IF)["ports"], serde_json::json!([2745, 3127]));
     assert_eq!(iface_entry(&doc, GW_IF)["allow"], serde_json::json!(["198.18.0.0/30"]));
     // The running daemon follows the change.
-    wait_until("the daemon to show count mode", || {
-        f.outs[run].lock().unwrap().contains("mode=count")
-    });
+    wait_until("the daemon to show count mode", || f.daemons[run].out().contains("mode=count"));
     let out = f.portguard(&[
         "set",
         "--mode",
@@ -281,15 +115,17 @@ fn stats_status_set_detach_on_a_running_guard() {
     ]);
     assert!(out.status.success(), "{out:?}");
 
-    // detach: removes everything; the daemon notices and exits.
+    // detach: removes everything; the daemon honours the request and exits with 3 (detached
+    // on request: not a failure, and not to be restarted).
     let out = f.portguard(&["detach", "--iface", GW_IF]);
     assert!(out.status.success(), "{out:?}");
     assert!(!f.attached());
-    assert!(!f.root.join(GW_IF).exists());
-    let out = f.wait_child(run);
-    assert!(out.status.success(), "{out:?}");
+    assert!(!f.dir.exists());
+    let out = f.daemons[run].wait();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("detached by another process"), "{stderr}");
+    assert!(stderr.contains("detached by `portguard detach`"), "{stderr}");
+    assert!(!f.attached(), "nothing brought it back");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("iface=pg-wan") && stdout.contains("mode=count"),
@@ -300,15 +136,18 @@ fn stats_status_set_detach_on_a_running_guard() {
 
 #[test]
 fn persist_then_adopt_keeps_counters_and_never_unguards() {
-    let mut f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
     let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
-    let first = f.spawn_run(&["--persist"]);
+    let first = f.run(&["--persist"]);
     f.wait_guarded();
     f.probe(0, 4);
     // probe() sends over IPv4 and IPv6: 8 datagrams.
     wait_until("8 drops", || f.dropped() == 8);
-    f.signal(first, libc::SIGTERM);
-    let out = f.wait_child(first);
+    f.daemons[first].signal(libc::SIGTERM);
+    let out = f.daemons[first].wait();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("left pg-wan guarded"));
     // Still attached with nobody running: probes are still dropped.
@@ -317,21 +156,30 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     wait_until("16 drops", || f.dropped() == 16);
     assert_eq!(f.owner(), None);
     // kill -9 of a new owner also leaves the guard in place.
-    let second = f.spawn_run(&["--persist"]);
-    f.wait_log(second, "adopted the guard left on pg-wan");
-    f.signal(second, libc::SIGKILL);
-    let _ = f.wait_child(second);
+    let second = f.run(&["--persist"]);
+    f.daemons[second].wait_log("adopted the guard left on pg-wan");
+    f.daemons[second].signal(libc::SIGKILL);
+    let _ = f.daemons[second].wait();
     assert!(f.attached());
     f.probe(0, 4);
     wait_until("24 drops", || f.dropped() == 24);
-    // A third start adopts it: counters kept.
-    let third = f.spawn_run(&[]);
-    f.wait_log(third, "adopted the guard left on pg-wan");
+    // A third start, by hand without --persist, adopts it, says so, and leaves it in place at
+    // the end: a guard someone left is not removed by a run that happened by.
+    let third = f.run(&[]);
+    f.daemons[third].wait_log("adopted the guard left on pg-wan");
+    f.daemons[third].wait_log("it stays in place when this run ends");
     wait_until("24 drops", || f.dropped() == 24);
-    f.signal(third, libc::SIGINT);
-    let out = f.wait_child(third);
+    f.daemons[third].signal(libc::SIGINT);
+    let out = f.daemons[third].wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left pg-wan guarded"));
+    assert!(f.attached());
+    // Asked to, a run detaches what it adopted.
+    let fourth = f.run(&["--detach-on-exit"]);
+    f.daemons[fourth].wait_log("it is detached when this run ends");
+    f.daemons[fourth].signal(libc::SIGINT);
+    let out = f.daemons[fourth].wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("adopted the guard left on pg-wan"), "{stderr}");
     assert!(stderr.contains("detached from pg-wan"), "{stderr}");
     assert!(!f.attached());
     assert_eq!(listeners.udp(), 0, "no probe ever got through");
@@ -341,33 +189,39 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
 /// says so, keeps its counters, and guards it again without being told.
 #[test]
 fn a_deleted_interface_is_guarded_again_when_it_returns() {
-    let mut f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
     let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
-    let run = f.spawn_run(&["--interval", "0.2"]);
+    let run = f.run(&["--interval", "0.2"]);
     f.wait_guarded();
     f.probe(0, 2);
     wait_until("4 drops", || f.dropped() == 4);
     f.lab.unplug().unwrap();
-    f.wait_log(run, "pg-wan went away");
+    f.daemons[run].wait_log("pg-wan went away");
     f.lab.plug().unwrap();
-    f.wait_log(run, "pg-wan is back: guarding it again (native XDP), counters kept");
+    f.daemons[run].wait_log("pg-wan is back: guarding it again (native XDP), counters kept");
     assert!(f.attached());
     f.probe(1, 2);
     wait_until("8 drops: counted on top of the old ones", || f.dropped() == 8);
     assert_eq!(listeners.udp(), 0);
-    f.signal(run, libc::SIGTERM);
-    let out = f.wait_child(run);
+    f.daemons[run].signal(libc::SIGTERM);
+    let out = f.daemons[run].wait();
     assert!(out.status.success(), "{out:?}");
     assert!(!f.attached());
 }
 
 #[test]
 fn a_second_run_watches_instead_of_attaching_twice() {
-    let mut f = Fixture::new();
-    let owner = f.spawn_run(&[]);
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    let owner = f.run(&[]);
     f.wait_guarded();
-    let watcher = f.spawn_run(&["--mode", "count", "--duration", "1"]);
-    let out = f.wait_child(watcher);
+    let watcher = f.run(&["--mode", "count", "--duration", "1"]);
+    let out = f.daemons[watcher].wait();
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already guarded by a running portguard"), "{stderr}");
@@ -375,20 +229,23 @@ fn a_second_run_watches_instead_of_attaching_twice() {
     assert!(f.attached());
     let doc = f.json(&["status", "--json"]);
     assert_eq!(iface_entry(&doc, GW_IF)["mode"], "drop");
-    f.signal(owner, libc::SIGTERM);
-    let out = f.wait_child(owner);
+    f.daemons[owner].signal(libc::SIGTERM);
+    let out = f.daemons[owner].wait();
     assert!(out.status.success());
     assert!(!f.attached());
 }
 
 #[test]
 fn config_file_flags_override_and_sighup_reloads() {
-    let mut f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
     let dir = tempdir();
     let path = dir.join("portguard.toml");
     std::fs::write(&path, "mode = \"count\"\nports = [2745, 3127]\n[output]\ninterval = 0.2\n")
         .unwrap();
-    let run = f.spawn_run(&["--config", path.to_str().unwrap(), "--direction", "both"]);
+    let run = f.run(&["--config", path.to_str().unwrap(), "--direction", "both"]);
     f.wait_guarded();
     let doc = f.json(&["status", "--json"]);
     let s = iface_entry(&doc, GW_IF);
@@ -397,19 +254,19 @@ fn config_file_flags_override_and_sighup_reloads() {
     assert_eq!(s["direction"], "both");
     // A broken file on SIGHUP: the running configuration stays, the line is named.
     std::fs::write(&path, "mode = \"drop\"\nportz = [1]\n").unwrap();
-    f.signal(run, libc::SIGHUP);
-    f.wait_log(run, "keeping the running configuration");
+    f.daemons[run].signal(libc::SIGHUP);
+    f.daemons[run].wait_log("keeping the running configuration");
     assert_eq!(iface_entry(&f.json(&["status", "--json"]), GW_IF)["mode"], "count");
     // A good one is applied in place.
     std::fs::write(&path, "mode = \"drop\"\nports = [2745]\n").unwrap();
-    f.signal(run, libc::SIGHUP);
-    f.wait_log(run, "reloaded:");
+    f.daemons[run].signal(libc::SIGHUP);
+    f.daemons[run].wait_log("reloaded:");
     let doc = f.json(&["status", "--json"]);
     assert_eq!(iface_entry(&doc, GW_IF)["mode"], "drop");
     assert_eq!(iface_entry(&doc, GW_IF)["ports"], serde_json::json!([2745]));
     assert_eq!(iface_entry(&doc, GW_IF)["direction"], "both", "the flag still overrides");
-    f.signal(run, libc::SIGTERM);
-    let out = f.wait_child(run);
+    f.daemons[run].signal(libc::SIGTERM);
+    let out = f.daemons[run].wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("keeping the running configuration")
@@ -422,11 +279,14 @@ fn config_file_flags_override_and_sighup_reloads() {
 
 #[test]
 fn json_lines_from_run() {
-    let mut f = Fixture::new();
-    let run = f.spawn_run(&["--json", "--interval", "0.2", "--duration", "2"]);
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    let run = f.run(&["--json", "--interval", "0.2", "--duration", "2"]);
     f.wait_guarded();
     f.probe(2, 2);
-    let out = f.wait_child(run);
+    let out = f.daemons[run].wait();
     assert!(out.status.success(), "{out:?}");
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -442,7 +302,10 @@ fn json_lines_from_run() {
 
 #[test]
 fn errors_are_one_line_and_leave_nothing_behind() {
-    let f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
     let one_line = |out: &Output, code: i32, needle: &str| {
         assert_eq!(out.status.code(), Some(code), "{out:?}");
         let e = String::from_utf8_lossy(&out.stderr);
@@ -475,11 +338,11 @@ fn errors_are_one_line_and_leave_nothing_behind() {
         .arg(format!("--net=/run/netns/{}", f.lab.gw))
         .arg(env!("CARGO_BIN_EXE_portguard"))
         .args(["run", "--iface", "lo", "--xdp-mode", "native", "--duration", "1"])
-        .env("PORTGUARD_PIN_ROOT", &f.root)
+        .env("PORTGUARD_PIN_ROOT", &f.pins.path)
         .output()
         .unwrap();
     one_line(&out, 1, "cannot attach to lo in native XDP mode");
-    assert!(!f.root.join("lo").exists(), "nothing left pinned");
+    assert!(!f.dir.with_file_name("lo").exists(), "nothing left pinned");
     let _ = std::fs::remove_dir_all(dir);
     // A status with nothing guarded is not an error.
     let out = f.portguard(&["status"]);
@@ -489,7 +352,10 @@ fn errors_are_one_line_and_leave_nothing_behind() {
 
 #[test]
 fn completions_and_man_page() {
-    let f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
     let out = f.portguard(&["completions", "bash"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--add-port"));
@@ -499,12 +365,7 @@ fn completions_and_man_page() {
 }
 
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "pgtest-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let d = std::env::temp_dir().join(unique("pgtest-"));
     std::fs::create_dir_all(&d).unwrap();
-    let _ = std::io::stdout().flush();
     d
 }

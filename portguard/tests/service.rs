@@ -7,7 +7,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::net::UnixDatagram,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -16,79 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod common;
-
-use common::{PinRoot, wait_until};
-use portguard::lab::{self, GW_IF, Lab, Listeners};
+use portguard::lab::{self, Listeners};
+use portguard_testkit::{Fixture, fixture::unique, root_or_skip, wait_until};
 use serde_json::Value;
 
-static N: AtomicU32 = AtomicU32::new(0);
-
-struct Fixture {
-    lab: Lab,
-    root: PathBuf,
-    _pins: PinRoot,
-    children: Vec<Child>,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let lab = Lab::create(&format!("pgs{}-{n}", std::process::id())).unwrap();
-        let pins = PinRoot::new(&format!("svc-{n}"));
-        Fixture { lab, root: pins.0.clone(), _pins: pins, children: Vec::new() }
-    }
-
-    fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.lab.gw))
-            .arg(env!("CARGO_BIN_EXE_portguard"))
-            .args(["run", "--iface", GW_IF])
-            .args(args)
-            .env("PORTGUARD_PIN_ROOT", &self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        self.children.push(c.spawn().unwrap());
-        self.children.len() - 1
-    }
-
-    fn signal(&self, i: usize, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.children[i].id() as i32, sig) };
-    }
-
-    fn stderr(&mut self, i: usize) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.children[i].stderr.take() {
-            e.read_to_string(&mut s).unwrap();
-        }
-        s
-    }
-
-    fn stats(&self) -> Option<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
-            .args(["stats", "--json"])
-            .env("PORTGUARD_PIN_ROOT", &self.root)
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // The pin root is cleaned by its own guard, after the children are gone.
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+fn fixture() -> Fixture {
+    Fixture::new(env!("CARGO_BIN_EXE_portguard"), "pgs")
 }
 
 fn unit_for_test() -> PathBuf {
@@ -149,71 +82,48 @@ fn unit_file_verifies_and_is_hardened() {
 /// drops, WATCHDOG pings, RELOADING then READY on SIGHUP, STOPPING on SIGTERM.
 #[test]
 fn notifies_systemd_over_a_real_socket() {
-    let mut f = Fixture::new();
-    let dir = std::env::temp_dir().join(format!(
-        "pg-notify-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    let dir = std::env::temp_dir().join(unique("pg-notify-"));
     std::fs::create_dir_all(&dir).unwrap();
     let sock_path = dir.join("notify");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let config = dir.join("portguard.toml");
     std::fs::write(&config, "mode = \"drop\"\n").unwrap();
-    let i = f.run(
+    let i = f.run_with_env(
         &["--config", config.to_str().unwrap(), "--interval", "0.2", "--no-metrics"],
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
     );
     let mut msgs: Vec<String> = Vec::new();
-    let recv_until = |msgs: &mut Vec<String>, needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    // Every message from `from` on is kept; waits until one of them contains `needle`.
+    let recv_until_from = |msgs: &mut Vec<String>, from: usize, needle: &str| {
         let mut buf = [0u8; 1024];
-        while Instant::now() < deadline {
-            if msgs.iter().any(|m| m.contains(needle)) {
-                return;
-            }
+        wait_until(needle, || {
             if let Ok(n) = sock.recv(&mut buf) {
                 msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
-        }
-        panic!("no {needle} in {msgs:?}");
+            msgs[from.min(msgs.len())..].iter().any(|m| m.contains(needle))
+        });
     };
+    let recv_until = |msgs: &mut Vec<String>, needle: &str| recv_until_from(msgs, 0, needle);
     recv_until(&mut msgs, "READY=1");
     let ready = msgs.iter().find(|m| m.contains("READY=1")).unwrap();
     assert!(ready.contains("STATUS=guarding pg-wan (native, drop): 0 dropped"), "{ready}");
-    for n in 0..3 {
-        lab::udp_send(
-            &f.lab.out,
-            lab::outside(false, 0),
-            SocketAddr::new(lab::gw_v4(), 2745),
-            1,
-            32,
-        )
+    lab::udp_send(&f.lab.out, lab::outside(false, 0), SocketAddr::new(lab::gw_v4(), 2745), 3, 32)
         .unwrap();
-        let _ = n;
-    }
     recv_until(&mut msgs, "STATUS=guarding pg-wan (native, drop): 3 dropped");
     recv_until(&mut msgs, "WATCHDOG=1");
-    f.signal(i, libc::SIGHUP);
+    f.daemons[i].signal(libc::SIGHUP);
     recv_until(&mut msgs, "RELOADING=1");
     let reloading = msgs.iter().position(|m| m.contains("RELOADING=1")).unwrap();
-    recv_until(&mut msgs, "MONOTONIC_USEC=");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !msgs[reloading..].iter().any(|m| m.contains("READY=1")) && Instant::now() < deadline {
-        recv_until(&mut msgs, "STATUS=");
-        let mut buf = [0u8; 1024];
-        if let Ok(n) = sock.recv(&mut buf) {
-            msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
-    assert!(
-        msgs[reloading..].iter().any(|m| m.contains("READY=1")),
-        "READY after RELOADING: {msgs:?}"
-    );
-    f.signal(i, libc::SIGTERM);
+    assert!(msgs[reloading].contains("MONOTONIC_USEC="), "{msgs:?}");
+    recv_until_from(&mut msgs, reloading, "READY=1");
+    f.daemons[i].signal(libc::SIGTERM);
     recv_until(&mut msgs, "STOPPING=1");
-    let _ = f.children[i].wait();
+    f.daemons[i].wait();
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -239,9 +149,12 @@ fn sample(text: &str, name_and_labels: &str) -> Option<u64> {
 /// Debian's prometheus package, unpacked by `cargo xtask setup`) accepts the exposition.
 #[test]
 fn metrics_over_http_match_the_maps() {
-    let mut f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
     let _l = Listeners::start(&f.lab.gw, 2745).unwrap();
-    let i = f.run(&["--interval", "0.2", "--metrics-top", "2"], &[]);
+    let i = f.run(&["--interval", "0.2", "--metrics-top", "2"]);
     wait_until("metrics", || scrape(&f.lab.gw, None).contains("200 OK"));
     for host in 0..4u8 {
         lab::udp_send(
@@ -261,7 +174,7 @@ fn metrics_over_http_match_the_maps() {
     });
     let text = scrape(&f.lab.gw, None);
     assert!(text.contains("Content-Type: text/plain; version=0.0.4"), "{text}");
-    let stats = f.stats().unwrap();
+    let stats = f.bin.stats().unwrap();
     let t = &stats["interfaces"][0]["totals"];
     assert_eq!(
         sample(&text, "portguard_packets_total{iface=\"pg-wan\",kind=\"matched\"}"),
@@ -320,11 +233,8 @@ fn metrics_over_http_match_the_maps() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Default bind is loopback only.
-    let stderr = {
-        f.signal(i, libc::SIGTERM);
-        let _ = f.children[i].wait();
-        f.stderr(i)
-    };
+    f.daemons[i].signal(libc::SIGTERM);
+    let stderr = String::from_utf8_lossy(&f.daemons[i].wait().stderr).into_owned();
     assert!(stderr.contains("metrics on http://127.0.0.1:9745/metrics"), "{stderr}");
 }
 
@@ -333,10 +243,13 @@ fn metrics_over_http_match_the_maps() {
 /// goes backwards.
 #[test]
 fn restarts_never_open_a_gap() {
-    let mut f = Fixture::new();
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
     let listeners = Listeners::start(&f.lab.gw, 2745).unwrap();
-    let mut current = f.run(&["--persist", "--no-metrics"], &[]);
-    wait_until("guarded", || f.root.join(GW_IF).join("link").exists());
+    let mut current = f.run(&["--persist", "--no-metrics"]);
+    f.wait_guarded();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU32::new(0));
     let sender = {
@@ -362,7 +275,7 @@ fn restarts_never_open_a_gap() {
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
     let mut last = 0;
     let mut watch = |f: &Fixture| {
-        if let Some(s) = f.stats()
+        if let Some(s) = f.bin.stats()
             && let Some(p) = s["interfaces"][0]["sources"][0]["packets"].as_u64()
         {
             assert!(p >= last, "a per-source counter went backwards: {last} -> {p}");
@@ -372,19 +285,15 @@ fn restarts_never_open_a_gap() {
     };
     for _ in 0..5 {
         watch(&f);
-        f.signal(current, libc::SIGTERM);
-        let _ = f.children[current].wait();
+        f.daemons[current].signal(libc::SIGTERM);
+        f.daemons[current].wait();
         watch(&f);
-        current = f.run(&["--persist", "--no-metrics"], &[]);
+        current = f.run(&["--persist", "--no-metrics"]);
         let c = current;
         wait_until("adoption", || {
-            let out = Command::new(env!("CARGO_BIN_EXE_portguard"))
-                .args(["status", "--json"])
-                .env("PORTGUARD_PIN_ROOT", &f.root)
-                .output()
-                .unwrap();
+            let out = f.portguard(&["status", "--json"]);
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["interfaces"][0]["owner_pid"].as_u64() == Some(f.children[c].id() as u64)
+            v["interfaces"][0]["owner_pid"].as_u64() == Some(f.daemons[c].pid() as u64)
         });
         watch(&f);
     }
@@ -392,7 +301,8 @@ fn restarts_never_open_a_gap() {
     sender.join().unwrap();
     let total = sent.load(Ordering::Relaxed) as u64;
     wait_until("every datagram counted", || {
-        f.stats().and_then(|s| s["interfaces"][0]["sources"][0]["packets"].as_u64()) == Some(total)
+        f.bin.stats().and_then(|s| s["interfaces"][0]["sources"][0]["packets"].as_u64())
+            == Some(total)
     });
     watch(&f);
     assert!(total > 100, "the stream ran: {total}");
@@ -419,7 +329,7 @@ fn fleet_rules_and_dashboard_use_real_metrics() {
     assert!(dashboard["panels"].as_array().unwrap().len() >= 5);
     let exported = portguard::metrics::render_classic(&portguard::metrics::Snapshot {
         ifaces: vec![portguard::metrics::IfaceMetrics {
-            top: vec![portguard::guard::Source {
+            top: vec![portguard::counters::Source {
                 addr: "198.18.0.2".parse().unwrap(),
                 stats: Default::default(),
             }],

@@ -12,13 +12,13 @@ use std::{
 };
 
 use portguard::{
-    frames::Frame,
-    guard::{AttachMode, Guard},
+    guard::{Acquired, AttachMode, Owner, View},
     lab::{self, GW_IF, Lab},
     pins::Pins,
     settings::{Mode, Settings},
 };
 use portguard_common::DEFAULT_SOURCE_CAPACITY;
+use portguard_testkit::{frames::Frame, root_or_skip, wait_until};
 
 static N: AtomicU32 = AtomicU32::new(0);
 const BIN: &str = env!("CARGO_BIN_EXE_portguard");
@@ -31,7 +31,7 @@ const LAN_IF: &str = "pg-lan";
 struct Fixture {
     name: String,
     root: PathBuf,
-    guards: Vec<Guard>,
+    guards: Vec<Owner>,
     /// Released before the lab goes (its interfaces take the links with them).
     lab: Option<Lab>,
     sessions: Vec<String>,
@@ -75,8 +75,8 @@ impl Fixture {
     /// Guards `iface` in the gateway namespace with pinned state under this fixture's root.
     fn guard(&mut self, iface: &'static str) {
         let pins = self.pins();
-        let g = lab::in_netns(&self.lab().gw, move || {
-            Guard::acquire(
+        let acquired = lab::in_netns(&self.lab().gw, move || {
+            Owner::acquire(
                 &pins,
                 iface,
                 Some(&Settings::default()),
@@ -85,8 +85,8 @@ impl Fixture {
             )
         })
         .unwrap()
-        .unwrap()
-        .0;
+        .unwrap();
+        let Acquired::Attached(g) = acquired else { panic!("{iface} was guarded already") };
         self.guards.push(g);
     }
 
@@ -126,7 +126,7 @@ impl Fixture {
         self.udp(false, 0, 5);
         self.udp(true, 1, 3);
         let g = &self.guards[0];
-        wait("the program to count the probes", || g.totals().unwrap().matched >= 39);
+        wait_until("the program to count the probes", || g.view().totals().unwrap().matched >= 39);
     }
 
     fn tmux(&self, args: &[&str]) -> Output {
@@ -141,7 +141,9 @@ impl Fixture {
     /// Starts `portguard top ARGS` in a `w`×`h` session; returns the session name.
     fn top(&mut self, w: u16, h: u16, args: &str) -> String {
         let s = format!("{}-{}", self.name, self.sessions.len());
-        let cmd = format!("exec env PORTGUARD_PIN_ROOT={} {BIN} top {args}", self.root.display());
+        let netns = self.lab.as_ref().map(|l| format!("--netns {} ", l.gw)).unwrap_or_default();
+        let cmd =
+            format!("exec env PORTGUARD_PIN_ROOT={} {BIN} {netns}top {args}", self.root.display());
         let out = self.tmux(&[
             "new-session",
             "-d",
@@ -170,19 +172,19 @@ impl Fixture {
         String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", s]).stdout).into_owned()
     }
 
-    /// The screen once `ok` holds for it; fails with the last screen after 10 s.
+    /// The screen once `ok` holds for it; fails naming `what` (and showing the last screen).
     fn wait_screen(&self, s: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let screen = self.screen(s);
-            if ok(&screen) {
-                return screen;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; the screen:\n{screen}");
-            }
-            thread::sleep(Duration::from_millis(100));
+        let mut last = String::new();
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, || {
+                last = self.screen(s);
+                ok(&last)
+            })
+        }));
+        if ready.is_err() {
+            panic!("timed out waiting for {what}; the screen:\n{last}");
         }
+        last
     }
 
     fn keys(&self, s: &str, keys: &[&str]) {
@@ -229,7 +231,9 @@ impl Fixture {
     }
 
     fn mode(&self) -> Mode {
-        Guard::open(&self.pins(), GW_IF).unwrap().settings().mode
+        let pins = self.pins();
+        lab::in_netns(&self.lab().gw, move || View::open(&pins, GW_IF).unwrap().settings().mode)
+            .unwrap()
     }
 }
 
@@ -277,14 +281,6 @@ fn ensure_bpffs() {
     }
 }
 
-fn wait(what: &str, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The screen line that mentions `addr` as a whole address.
 fn line_of<'a>(screen: &'a str, addr: &str) -> Option<&'a str> {
     screen.lines().find(|l| l.split_whitespace().any(|w| w.trim_matches('│') == addr))
@@ -298,6 +294,9 @@ fn before(screen: &str, a: &str, b: &str) -> bool {
 
 #[test]
 fn shows_the_sources_and_follows_the_keys() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     f.probes();
     let s = f.top(100, 30, "");
@@ -370,6 +369,9 @@ fn shows_the_sources_and_follows_the_keys() {
 
 #[test]
 fn i_cycles_the_interfaces() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     f.second_interface();
     f.probes();
@@ -395,6 +397,9 @@ fn i_cycles_the_interfaces() {
 
 #[test]
 fn m_switches_drop_and_count_after_asking() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     f.probes();
     let s = f.top(100, 30, "");
@@ -413,10 +418,10 @@ fn m_switches_drop_and_count_after_asking() {
     assert_eq!(f.mode(), Mode::Count);
     // The switch is real: probes are counted now, not dropped.
     let g = &f.guards[0];
-    let before = g.totals().unwrap();
+    let before = g.view().totals().unwrap();
     f.udp(false, 1, 4);
-    wait("counted, not dropped", || {
-        let t = g.totals().unwrap();
+    wait_until("counted, not dropped", || {
+        let t = g.view().totals().unwrap();
         t.matched >= before.matched + 4 && t.dropped == before.dropped
     });
 
@@ -427,10 +432,16 @@ fn m_switches_drop_and_count_after_asking() {
     assert_eq!(f.mode(), Mode::Drop);
 
     // Another portguard switching it shows within a refresh or two.
-    let mut other = Guard::open(&f.pins(), GW_IF).unwrap();
-    let mut count = other.settings().clone();
-    count.mode = Mode::Count;
-    other.apply(&count).unwrap();
+    let pins = f.pins();
+    lab::in_netns(&f.lab().gw, move || {
+        let mut other = View::open(&pins, GW_IF).unwrap();
+        other.update(portguard_common::CHANGE_SET, |s| {
+            s.mode = Mode::Count;
+            Ok(())
+        })
+    })
+    .unwrap()
+    .unwrap();
     f.wait_screen(&s, "count mode from elsewhere", |sc| sc.contains("action count"));
     f.keys(&s, &["q"]);
     assert_eq!(f.wait_exit(&s), "0");
@@ -438,6 +449,9 @@ fn m_switches_drop_and_count_after_asking() {
 
 #[test]
 fn fits_80x24_and_resizes() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     f.probes();
     let s = f.top(80, 24, "");
@@ -466,6 +480,9 @@ fn fits_80x24_and_resizes() {
 
 #[test]
 fn too_small_at_40x10() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     let s = f.top(40, 10, "");
     f.wait_screen(&s, "too small", |sc| sc.contains("terminal too small: 60×15 needed"));
@@ -475,6 +492,9 @@ fn too_small_at_40x10() {
 
 #[test]
 fn nothing_guarded() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(false);
     let s = f.top(100, 30, "");
     f.wait_screen(&s, "the message", |sc| sc.contains(NOTHING));
@@ -490,6 +510,9 @@ fn nothing_guarded() {
 
 #[test]
 fn sigterm_restores_the_terminal() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     let s = f.top(100, 30, "");
     f.wait_screen(&s, "the view", |sc| sc.contains("portguard top"));
@@ -503,6 +526,9 @@ fn sigterm_restores_the_terminal() {
 /// is left behind spinning on a dead terminal.
 #[test]
 fn hang_up_ends_it() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     let s = f.top(100, 30, "");
     f.wait_screen(&s, "the view", |sc| sc.contains("portguard top"));
@@ -528,40 +554,50 @@ fn cpu_share(pid: &str, secs: u64) -> f64 {
     (c1 - c0) as f64 / hz / (t1 - t0).as_secs_f64()
 }
 
-/// Under 2% of a core at the default 1 s refresh, measured over 10 s once it runs (the startup
-/// reads the settings once, which is not what this is about).
+/// Under half a percent of a core at the default 1 s refresh (README: "under 0.5%"), measured
+/// over 20 s once it runs (the startup reads the settings once, which is not what this is
+/// about). /proc counts in ticks of 10 ms: 20 s resolve 0.05%.
 #[test]
-fn cpu_under_two_percent() {
+fn cpu_under_half_a_percent() {
+    if !root_or_skip() {
+        return;
+    }
     let mut f = Fixture::new(true);
     f.probes();
     let s = f.top(100, 30, "");
     f.wait_screen(&s, "the sources with a rate", |sc| {
         line_of(sc, "198.18.0.3").is_some_and(|l| l.contains("/s"))
     });
-    let share = cpu_share(&f.pane(&s, "#{pane_pid}"), 10);
+    let share = cpu_share(&f.pane(&s, "#{pane_pid}"), 20);
     eprintln!("portguard top, 3 sources: {:.2}% of a core at 1 s refresh", share * 100.0);
-    assert!(share < 0.02, "{:.2}% of a core", share * 100.0);
+    assert!(share < 0.005, "{:.2}% of a core", share * 100.0);
 }
 
-/// Still under 2% with the source table full (65,536 entries, filled through
+/// Under 2% (README: "under 2%") with the source table full (65,536 entries, filled through
 /// BPF_PROG_TEST_RUN: no packet leaves the program), where one read of the table costs tens of
 /// ms: it is then read every few ticks, and the view says so.
 #[test]
 fn cpu_under_two_percent_with_a_full_table() {
+    if !root_or_skip() {
+        return;
+    }
     use aya::programs::{TestRun as _, TestRunOptions};
     let mut f = Fixture::new(true);
     let g = &mut f.guards[0];
     // Admit every new source at once rather than a few thousand per second.
-    let mut settings = g.settings().clone();
-    settings.admit_per_slice = Some(1 << 20);
-    g.apply(&settings).unwrap();
+    g.view_mut()
+        .update(portguard_common::CHANGE_SET, |s| {
+            s.admit_per_slice = Some(1 << 20);
+            Ok(())
+        })
+        .unwrap();
     for i in 0..DEFAULT_SOURCE_CAPACITY {
         let src = [198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
         let frame = Frame::udp4(src, [198, 18, 0, 1], 40_000, 2745).build();
         let opts = TestRunOptions { data_in: Some(&frame), ..Default::default() };
         g.program().unwrap().test_run(opts).unwrap();
     }
-    let tracked = g.sources().unwrap().len();
+    let tracked = g.view().sources().unwrap().len();
     assert!(tracked > 60_000, "{tracked} sources");
     let s = f.top(100, 30, "");
     f.wait_screen(&s, "the spaced reads", |sc| sc.contains("read every"));

@@ -10,7 +10,11 @@ use crate::util::{output, sh, succeeds};
 /// netsniff-ng (trafgen), nftables and iptables (peers), bpftool (inspection), tmux (terminal
 /// tests), fonts-dejavu-core (the text in the benchmark plot), systemd (systemd-analyze for the
 /// unit file checks), util-linux (nsenter, setpriv), python3 (a real child process in the
-/// `check` tests).
+/// `check` tests); for the fingerprint and capture tests: the real scanners (nmap, masscan,
+/// zmap, hping3), curl (Linux's own connect()), python3-scapy (crafted Mirai-, Windows- and
+/// unicornscan-like SYNs), p0f (its verdicts and its database, /etc/p0f/p0f.fp), tcpdump and
+/// tshark (captures, and reading back portguard's pcapng), ethtool (checksums in software on
+/// the lab's veth).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "xdp-tools",
@@ -23,6 +27,16 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "util-linux",
     "python3",
+    "nmap",
+    "masscan",
+    "zmap",
+    "hping3",
+    "curl",
+    "python3-scapy",
+    "p0f",
+    "tcpdump",
+    "tshark",
+    "ethtool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

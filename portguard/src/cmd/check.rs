@@ -25,17 +25,15 @@ pub struct Args {
     /// processes[] {pid, name, cmdline}, owner_visible, owner_note.
     #[arg(long)]
     pub json: bool,
-    /// Inspect network namespace /run/netns/NAME instead of this one (processes are still
-    /// looked up across the whole host).
-    #[arg(long, value_name = "NAME")]
-    pub netns: Option<String>,
 }
 
 pub const FOUND: u8 = 1;
 pub const ERROR: u8 = 2;
 
-pub fn run(args: Args) -> ExitCode {
-    let report = match check::scan(&args.ports, args.netns.as_deref()) {
+/// `netns`: the global `--netns NAME`: that namespace's sockets are inspected (processes are
+/// still looked up across the whole host).
+pub fn run(args: Args, netns: Option<&str>) -> ExitCode {
+    let report = match check::scan(&args.ports, netns) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portguard: error: {}", one_line(&e));

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use portguard::{guard::Guard, pins::Pins};
+use portguard::{guard, pins::Pins};
 
 /// Stop guarding: detach the program and remove its pinned state (counters are lost).
 #[derive(clap::Args, Clone, Debug)]
@@ -19,19 +19,19 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let pins = Pins::default();
-    let targets = if args.all { pins.guarded()? } else { args.ifaces.clone() };
+    let targets = super::args::targets(&pins, if args.all { &[] } else { &args.ifaces })?;
     if targets.is_empty() {
         println!("nothing is guarded");
         return Ok(ExitCode::SUCCESS);
     }
     // Check every one first: either all named interfaces are detached or none.
     for iface in &targets {
-        if !pins.dir(iface).join(portguard_common::map_names::META).exists() {
+        if !pins.dir(iface)?.join(portguard_common::map_names::META).exists() {
             bail!("{iface} is not guarded by portguard");
         }
     }
     for iface in &targets {
-        Guard::detach_pinned(&pins, iface)?;
+        guard::detach_pinned(&pins, iface)?;
         println!("detached {iface}");
     }
     Ok(ExitCode::SUCCESS)

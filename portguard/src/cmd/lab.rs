@@ -15,12 +15,16 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use portguard::{
-    guard::{AttachMode, Guard},
+    config::{Flags, Plan},
+    daemon::{self, Daemon, Service, Signals},
+    guard::AttachMode,
     lab::{self, GW_IF, Lab, Listeners, OUTSIDE_HOSTS},
+    notify::Notifier,
+    pins::Pins,
     privileges,
     settings::{Mode, Settings},
 };
-use portguard_common::DEFAULT_PORT;
+use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY};
 
 /// Run portguard in a built-in lab (two network namespaces joined by a veth pair).
 #[derive(clap::Args, Clone, Debug)]
@@ -43,13 +47,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let guarded = Listeners::start(&lab.gw, DEFAULT_PORT)?;
     let service = Listeners::start(&lab.gw, SERVICE_PORT)?;
     let settings = Settings { mode: args.mode, ..Settings::default() };
-    let s = settings.clone();
-    let mut guard = lab::in_netns(&lab.gw, move || -> Result<Guard> {
-        let mut g = Guard::load_default(&s)?;
-        g.attach(GW_IF, AttachMode::Auto)?;
-        Ok(g)
-    })??;
-    guard.iface = Some(format!("{GW_IF} (namespace {})", lab.gw));
+    let plan = Plan {
+        ifaces: vec![GW_IF.into()],
+        settings: settings.clone(),
+        xdp_mode: AttachMode::Auto,
+        sources: DEFAULT_SOURCE_CAPACITY,
+        interval: 1.0,
+        top: 10,
+        json: false,
+        persist: false,
+        detach_on_exit: true,
+        metrics: None,
+        metrics_chosen: false,
+        metrics_top: 10,
+        netns: Some(lab.gw.clone()),
+    };
+    // The lab's guard is pinned apart from any real one, and removed with the lab.
+    let pins = Pins::new(format!("/sys/fs/bpf/portguard-lab-{}", std::process::id()));
+    let root = pins.root.clone();
     println!(
         "lab: gateway {} / {} guarded on {GW_IF}: {}; {} outside hosts probe {DEFAULT_PORT} and use \
          port {SERVICE_PORT} for {} s",
@@ -59,51 +74,47 @@ pub fn run(args: Args) -> Result<ExitCode> {
         OUTSIDE_HOSTS * 2,
         args.seconds
     );
+    let out = lab.out.clone();
+    let seconds = args.seconds;
+    // The daemon runs in the gateway's namespace, as `portguard run` would on the router.
+    let result = lab::in_netns(&lab.gw, move || -> Result<(u64, u64)> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let signals = rt.block_on(async { Signals::take() })?;
+        let mut daemon = Daemon::start(plan, Flags::default(), pins)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let traffic = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            thread::spawn(move || traffic(&out, &stop, &sent))
+        };
+        let notifier = Notifier::from_env();
+        let quiet = Service { notifier: &notifier, metrics: None };
+        let served = rt.block_on(daemon::serve(&mut daemon, signals, Some(seconds as f64), quiet));
+        stop.store(true, Ordering::Relaxed);
+        let traffic =
+            traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked")).and_then(|r| r);
+        let dropped = daemon.totals().map(|t| t.dropped);
+        let finished = daemon.finish();
+        served?;
+        finished?;
+        traffic.context("traffic")?;
+        Ok((sent.load(Ordering::Relaxed), dropped?))
+    });
+    let _ = std::fs::remove_dir(&root);
+    let (sent, dropped) = result??;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let traffic = {
-        let (out, stop, sent) = (lab.out.clone(), stop.clone(), sent.clone());
-        thread::spawn(move || traffic(&out, &stop, &sent))
-    };
-    let watch_args = super::run::Args { duration: Some(args.seconds as f64), ..Default::default() };
-    let plan = super::run::Plan {
-        ifaces: vec![GW_IF.into()],
-        settings: settings.clone(),
-        xdp_mode: AttachMode::Auto,
-        sources: portguard_common::DEFAULT_SOURCE_CAPACITY,
-        interval: 1.0,
-        top: 10,
-        json: false,
-        persist: false,
-        metrics: None,
-        metrics_chosen: false,
-        metrics_top: 10,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut watched = vec![super::run::Watched::new(guard, true)?];
-    let notifier = portguard::notify::Notifier::from_env();
-    let quiet = super::run::Service { notifier: &notifier, metrics: None };
-    rt.block_on(super::run::watch(&mut watched, &watch_args, plan, quiet))?;
-    stop.store(true, Ordering::Relaxed);
-    traffic.join().map_err(|_| anyhow::anyhow!("traffic thread panicked"))?.context("traffic")?;
-
-    let t = watched[0].guard.totals()?;
     println!();
     println!(
-        "port {DEFAULT_PORT}: {} probes sent, {} TCP connections and {} UDP datagrams got through \
-         ({} dropped by portguard)",
-        sent.load(Ordering::Relaxed),
+        "port {DEFAULT_PORT}: {sent} probes sent, {} TCP connections and {} UDP datagrams got \
+         through ({dropped} dropped by portguard)",
         guarded.tcp(),
         guarded.udp(),
-        t.dropped
     );
     println!(
         "port {SERVICE_PORT}: {} TCP connections and {} UDP datagrams delivered (ordinary traffic passes)",
         service.tcp(),
         service.udp()
     );
-    drop(watched);
     drop(lab);
     println!("lab removed: namespaces deleted, nothing left attached");
     Ok(ExitCode::SUCCESS)

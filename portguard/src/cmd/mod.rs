@@ -1,3 +1,4 @@
+pub mod args;
 pub mod check;
 pub mod completions;
 pub mod detach;

@@ -4,10 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use portguard::{
-    guard::Guard,
+    guard::{View, view::check_capacity},
     pins::Pins,
-    settings::{Cidr, Direction, Mode, Protocol},
+    settings::{Cidr, Settings},
 };
+use portguard_common::CHANGE_SET;
+
+use super::args::{SettingsArgs, some_targets};
 
 /// Change the running guard in place (no reload; counters are kept).
 #[derive(clap::Args, Clone, Debug)]
@@ -15,90 +18,93 @@ pub struct Args {
     /// Only this interface (default: every guarded one).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
     pub iface: Option<String>,
-    /// What to do with matched packets.
-    #[arg(long, value_enum)]
-    pub mode: Option<Mode>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Guard this port too (repeatable).
     #[arg(long = "add-port", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub add_ports: Vec<u16>,
     /// Stop guarding this port (repeatable).
     #[arg(long = "remove-port", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub remove_ports: Vec<u16>,
-    /// Add a source prefix to the allowlist (repeatable).
-    #[arg(long = "allow", value_name = "CIDR")]
-    pub allow: Vec<Cidr>,
     /// Remove a source prefix from the allowlist (repeatable).
     #[arg(long = "disallow", value_name = "CIDR")]
     pub disallow: Vec<Cidr>,
-    /// Which port of a packet is compared.
-    #[arg(long, value_enum)]
-    pub direction: Option<Direction>,
-    /// The guarded protocols, replacing the current ones (repeat for both).
-    #[arg(long = "protocol", value_enum)]
-    pub protocols: Vec<Protocol>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if args.mode.is_none()
+    let a = &args.settings;
+    if a.mode.is_none()
         && args.add_ports.is_empty()
         && args.remove_ports.is_empty()
-        && args.allow.is_empty()
+        && a.allow.is_empty()
         && args.disallow.is_empty()
-        && args.direction.is_none()
-        && args.protocols.is_empty()
+        && a.direction.is_none()
+        && a.protocols.is_empty()
     {
         bail!(
             "nothing to change: give --mode, --add-port, --remove-port, --allow, --disallow, --direction or --protocol"
         );
     }
     let pins = Pins::default();
-    let targets = super::stats::targets(&pins, args.iface.as_deref())?;
-    // Validate against every target before changing any.
-    let mut plans = Vec::new();
+    let targets = some_targets(&pins, args.iface.as_slice())?;
+    // Checked against every target first, so that a change that cannot apply to one applies
+    // to none.
+    let mut views = Vec::new();
     for iface in &targets {
-        let g = Guard::open(&pins, iface)?;
+        let g = View::open(&pins, iface)?;
         let mut s = g.settings().clone();
-        if let Some(m) = args.mode {
-            s.mode = m;
-        }
-        if let Some(d) = args.direction {
-            s.direction = d;
-        }
-        if !args.protocols.is_empty() {
-            s.protocols = args.protocols.clone();
-            s.protocols.sort_by_key(|p| *p as u8);
-            s.protocols.dedup();
-        }
-        for p in &args.remove_ports {
-            if !s.ports.contains(p) {
-                bail!("{iface}: port {p} is not guarded");
-            }
-            s.ports.retain(|x| x != p);
-        }
-        s.ports.extend(args.add_ports.iter().copied());
-        s.ports.sort_unstable();
-        s.ports.dedup();
-        if s.ports.is_empty() {
-            bail!(
-                "{iface}: refusing to remove the last guarded port (use `portguard detach` to stop guarding)"
-            );
-        }
-        for c in &args.disallow {
-            if !s.allow.contains(c) {
-                bail!("{iface}: {c} is not on the allowlist");
-            }
-            s.allow.retain(|x| x != c);
-        }
-        for c in &args.allow {
-            if !s.allow.contains(c) {
-                s.allow.push(*c);
-            }
-        }
-        plans.push((g, s));
+        edit(&args, &mut s).map_err(|e| anyhow::anyhow!("{iface}: {e}"))?;
+        check_capacity(&s).map_err(|e| anyhow::anyhow!("{iface}: {e}"))?;
+        views.push(g);
     }
-    for (mut g, s) in plans {
-        g.apply(&s)?;
-        println!("{}: {}", g.iface.as_deref().unwrap_or_default(), s.summary());
+    // Each change is applied as a change, under the namespace's lock, to what the maps hold
+    // then: two operators' changes both survive, whatever their order.
+    for mut g in views {
+        let iface = g.iface().to_string();
+        let c = g
+            .update(CHANGE_SET, |s| edit(&args, s))
+            .map_err(|e| anyhow::anyhow!("{iface}: {e:#}"))?;
+        println!("{iface}: {}", c.new.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The change `args` asks for, made to `s`.
+fn edit(args: &Args, s: &mut Settings) -> Result<()> {
+    let a = &args.settings;
+    if let Some(m) = a.mode {
+        s.mode = m;
+    }
+    if let Some(d) = a.direction {
+        s.direction = d;
+    }
+    if !a.protocols.is_empty() {
+        s.protocols = a.protocols.clone();
+        s.protocols.sort_by_key(|p| *p as u8);
+        s.protocols.dedup();
+    }
+    for p in &args.remove_ports {
+        if !s.ports.contains(p) {
+            bail!("port {p} is not guarded");
+        }
+        s.ports.retain(|x| x != p);
+    }
+    s.ports.extend(args.add_ports.iter().copied());
+    s.ports.sort_unstable();
+    s.ports.dedup();
+    if s.ports.is_empty() {
+        bail!("refusing to remove the last guarded port (use `portguard detach` to stop guarding)");
+    }
+    for c in &args.disallow {
+        if !s.allow.contains(c) {
+            bail!("{c} is not on the allowlist");
+        }
+        s.allow.retain(|x| x != c);
+    }
+    for c in &a.allow {
+        if !s.allow.contains(c) {
+            s.allow.push(*c);
+        }
+    }
+    Ok(())
 }

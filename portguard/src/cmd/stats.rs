@@ -5,11 +5,13 @@ use std::{collections::HashMap, process::ExitCode, time::Duration};
 use anyhow::{Result, bail};
 use portguard::{
     clock, counters,
-    guard::Guard,
+    guard::View,
     pins::Pins,
     report::{self, InterfaceJson, SortBy},
 };
 use portguard_common::Totals;
+
+use super::args::some_targets;
 
 /// Show totals and the top sources of guarded interfaces.
 #[derive(clap::Args, Clone, Debug)]
@@ -32,23 +34,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The interfaces a read-only command works on: the one named, or every guarded one.
-pub fn targets(pins: &Pins, iface: Option<&str>) -> Result<Vec<String>> {
-    if let Some(i) = iface {
-        return Ok(vec![i.to_string()]);
-    }
-    let all = pins.guarded()?;
-    if all.is_empty() {
-        if !pins.mounted() {
-            bail!(
-                "nothing is guarded (bpffs is not mounted at /sys/fs/bpf): start `portguard run --iface IFACE`"
-            );
-        }
-        bail!("nothing is guarded: start `portguard run --iface IFACE`");
-    }
-    Ok(all)
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(i) = args.interval
         && !(0.05..=60.0).contains(&i)
@@ -56,9 +41,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("--interval must be between 0.05 and 60 seconds");
     }
     let pins = Pins::default();
-    let guards: Vec<Guard> = targets(&pins, args.iface.as_deref())?
+    let guards: Vec<View> = some_targets(&pins, args.iface.as_slice())?
         .iter()
-        .map(|i| Guard::open(&pins, i))
+        .map(|i| View::open(&pins, i))
         .collect::<Result<_>>()?;
     // The first sample, when rates over an interval were asked for.
     let mut first: Vec<Option<(Totals, HashMap<std::net::IpAddr, u64>)>> = Vec::new();
@@ -74,6 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for (n, g) in guards.iter().enumerate() {
         let totals = g.totals()?;
         let sources = g.sources()?;
+        let health = g.health();
         let (rates, prev) = match first.get(n).and_then(Option::as_ref) {
             Some((t, p)) => {
                 let dt = Duration::from_secs_f64(args.interval.unwrap_or(1.0));
@@ -82,12 +68,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => (counters::Rates::default(), None),
         };
         snaps.push(report::Snapshot {
-            iface: g.iface.clone().unwrap_or_default(),
-            attached: g.attached,
+            iface: g.iface().to_string(),
+            netns: None,
+            attached: health.mode(),
+            health,
             settings: g.settings().clone(),
             totals,
             rates,
             tracked: sources.len(),
+            capacity: g.capacity(),
             sources: report::rank(&sources, prev, now, args.sort, args.top),
         });
     }

@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, Map, MapData};
-use portguard_common::{Config, Meta, SourceStats, Totals, map_names};
+use anyhow::{Result, bail};
+use portguard_common::{Meta, Totals, map_names};
 
 use crate::{
     clock,
-    guard::Guard,
+    counters::SourceStats,
+    guard::View,
     pins::Pins,
     settings::{Mode, Settings},
 };
@@ -27,11 +27,9 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Samples kept for the sparklines: two minutes at the default 1 s interval.
 pub const HISTORY: usize = 120;
 
-/// Reading the settings walks the 65,536-entry port table one syscall per entry (about 80 ms of
-/// CPU, eight times everything else in a minute of ticks). So every tick reads only CONFIG, one
-/// lookup, and the full settings are read again when it changed (another portguard switched the
-/// mode, the protocols or the direction), after `top` changes them itself, and this often in
-/// case only the ports or the allowlist changed.
+/// Every tick reads only META's generation, one lookup, and the full settings again when it
+/// moved (another portguard changed them); this often they are read regardless, in case a map
+/// was edited by hand.
 const SETTINGS_EVERY: Duration = Duration::from_secs(60);
 
 /// The share of a core that reading and merging the source table may take. A full table
@@ -90,7 +88,7 @@ impl History {
 /// One guarded interface.
 pub struct Iface {
     pub name: String,
-    guard: Option<Guard>,
+    guard: Option<View>,
     /// The inode of the pinned META: a guard detached and attached again between two refreshes
     /// has new maps, and the old handles would show frozen counters.
     pin_ino: u64,
@@ -98,9 +96,6 @@ pub struct Iface {
     pub error: Option<String>,
     pub settings: Option<Settings>,
     settings_at: Option<Instant>,
-    /// The pinned CONFIG, read every tick to notice setting changes cheaply.
-    config: Option<Array<MapData, Config>>,
-    last_config: Option<Config>,
     pub meta: Option<Meta>,
     pub attached: Option<&'static str>,
     pub totals: Totals,
@@ -129,8 +124,6 @@ impl Iface {
             error: None,
             settings: None,
             settings_at: None,
-            config: None,
-            last_config: None,
             meta: None,
             attached: None,
             totals: Totals::default(),
@@ -147,9 +140,8 @@ impl Iface {
 
     /// Opens the pinned maps when not open yet (or replaced since).
     fn open(&mut self, pins: &Pins) {
-        let ino = std::fs::metadata(pins.dir(&self.name).join(map_names::META))
-            .map(|m| m.ino())
-            .unwrap_or(0);
+        let Ok(dir) = pins.dir(&self.name) else { return };
+        let ino = std::fs::metadata(dir.join(map_names::META)).map(|m| m.ino()).unwrap_or(0);
         if self.guard.is_some() && ino == self.pin_ino {
             return;
         }
@@ -157,12 +149,9 @@ impl Iface {
             // New maps: the old counters say nothing about the new ones.
             *self = Iface::new(std::mem::take(&mut self.name));
         }
-        match Guard::open(pins, &self.name) {
+        match View::open(pins, &self.name) {
             Ok(g) => {
-                // Without it the settings are still re-read, only later.
-                self.config = open_config(pins, &self.name).ok();
-                self.last_config = self.config.as_ref().and_then(|c| c.get(&0, 0).ok());
-                self.attached = g.attached.map(|a| a.as_str());
+                self.attached = g.attached().map(|a| a.as_str());
                 self.settings = Some(g.settings().clone());
                 self.settings_at = Some(Instant::now());
                 self.guard = Some(g);
@@ -177,10 +166,8 @@ impl Iface {
     fn refresh(&mut self, started_ns: u64, with_sources: bool, interval: Duration) {
         let Some(g) = self.guard.as_mut() else { return };
         let at = Instant::now();
-        let config = self.config.as_ref().and_then(|c| c.get(&0, 0).ok());
-        let changed = config.is_some() && config != self.last_config;
+        let changed = g.follow_changes().map_or(true, |c| c.is_some());
         if changed || self.settings_at.is_none_or(|t| at.duration_since(t) >= SETTINGS_EVERY) {
-            self.last_config = config;
             match g.refresh_settings() {
                 Ok(s) => self.settings = Some(s.clone()),
                 Err(e) => self.error = Some(one_line(&e)),
@@ -257,17 +244,13 @@ impl Iface {
     /// portguard may have changed ports or the allowlist since they were last read).
     pub fn set_mode(&mut self, mode: Mode) -> Result<bool> {
         let Some(g) = self.guard.as_mut() else { bail!("{} cannot be read", self.name) };
-        let mut s = g.refresh_settings()?.clone();
-        if s.mode == mode {
-            self.settings = Some(s);
-            return Ok(false);
-        }
-        s.mode = mode;
-        g.apply(&s)?;
-        self.settings = Some(s);
+        let c = g.update(portguard_common::CHANGE_TOP, |s| {
+            s.mode = mode;
+            Ok(())
+        })?;
+        self.settings = Some(c.new.clone());
         self.settings_at = Some(Instant::now());
-        self.last_config = self.config.as_ref().and_then(|c| c.get(&0, 0).ok());
-        Ok(true)
+        Ok(c.old.mode != mode)
     }
 }
 
@@ -284,14 +267,6 @@ fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes one timespec; the clock exists on every Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// A second handle on an interface's pinned CONFIG (`Guard` keeps its own private).
-fn open_config(pins: &Pins, iface: &str) -> Result<Array<MapData, Config>> {
-    let path = pins.dir(iface).join(map_names::CONFIG);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let map = Map::from_map_data(data).context("CONFIG")?;
-    Array::try_from(map).context("CONFIG has an unexpected type")
 }
 
 /// Every guarded interface under one pin root.

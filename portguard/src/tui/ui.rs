@@ -281,7 +281,7 @@ impl Ui {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portguard_common::SourceStats;
+    use crate::counters::SourceStats;
 
     fn key(c: char) -> KeyEvent {
         KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)

@@ -16,7 +16,7 @@ use ratatui::{
 };
 
 use crate::{
-    clock, report,
+    clock,
     settings::Mode,
     tui::{
         MIN_HEIGHT, MIN_WIDTH, NOTHING_GUARDED, fmt,
@@ -240,7 +240,7 @@ fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui, interval: Duration) {
                 Cell::from(Line::from(fmt::bytes(st.bytes)).alignment(Alignment::Right)),
                 Cell::from(Line::from(age(st.first_seen_ns)).alignment(Alignment::Right)),
                 Cell::from(Line::from(age(st.last_seen_ns)).alignment(Alignment::Right)),
-                Cell::from(report::what(st)),
+                Cell::from(st.directions.describe(st.last_port)),
             ];
             let row = TableRow::new(cells);
             if r.new { row.style(Style::new().yellow().add_modifier(Modifier::BOLD)) } else { row }

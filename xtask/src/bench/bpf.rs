@@ -25,10 +25,7 @@ pub const EXIT: u8 = 0x95;
 /// `src_reg` of LD_IMM64 when `imm` is a map fd.
 pub const PSEUDO_MAP_FD: u8 = 1;
 
-/// XDP verdicts, as `bpf_test_run` reports them.
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub use portguard_testkit::{XDP_ABORTED, XDP_DROP, XDP_PASS};
 
 /// The head of `union bpf_attr` for BPF_MAP_CREATE.
 #[repr(C, align(8))]

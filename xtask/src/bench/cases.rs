@@ -1,7 +1,7 @@
 //! The frames the in-kernel cost is measured on: every shape portguard parses, each to the
 //! guarded port (matched) and to 443 (unmatched), all from one known source.
 
-use portguard::frames::{Ext, Frame, v6};
+use portguard_testkit::frames::{Ext, Frame, v6};
 
 pub const GUARDED: u16 = 2745;
 const OTHER: u16 = 443;

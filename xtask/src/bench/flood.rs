@@ -7,7 +7,7 @@
 use std::{net::IpAddr, os::fd::BorrowedFd, time::Instant};
 
 use anyhow::{Context as _, Result};
-use portguard::frames::{Frame, v6};
+use portguard_testkit::frames::{Frame, v6};
 
 use super::{bpf, cases::GUARDED};
 

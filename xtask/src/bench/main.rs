@@ -38,7 +38,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
-    guard::Guard,
+    guard::Loaded,
     settings::{Mode, Settings},
 };
 
@@ -151,11 +151,11 @@ pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let machine = report::Machine::probe();
 
-    let mut drop_guard = Guard::load_default(&Settings::default())?;
+    let mut drop_guard = Loaded::with_defaults(&Settings::default())?;
     let mut count_guard =
-        Guard::load_default(&Settings { mode: Mode::Count, ..Settings::default() })?;
+        Loaded::with_defaults(&Settings { mode: Mode::Count, ..Settings::default() })?;
     let mut untracked_guard =
-        Guard::load_default(&Settings { admit_per_slice: Some(0), ..Settings::default() })?;
+        Loaded::with_defaults(&Settings { admit_per_slice: Some(0), ..Settings::default() })?;
     let drop_fd = dup(&mut drop_guard)?;
     let count_fd = dup(&mut count_guard)?;
     let untracked_fd = dup(&mut untracked_guard)?;
@@ -234,7 +234,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// An fd of our own for a guard's program, so that the guard stays free to read its maps.
-fn dup(guard: &mut Guard) -> Result<OwnedFd> {
+fn dup(guard: &mut Loaded) -> Result<OwnedFd> {
     let prog = guard.program()?;
     let fd = prog.fd().context("portguard's program has no fd")?;
     fd.as_fd().try_clone_to_owned().context("duplicating portguard's program fd")
@@ -281,7 +281,7 @@ fn run_flood(
             let t = (k + round) % names.len();
             let p = if names[t] == PG_DROP {
                 // A fresh program each pass: the flood must find an empty table.
-                let mut g = Guard::load_default(&Settings::default())?;
+                let mut g = Loaded::with_defaults(&Settings::default())?;
                 let fd = dup(&mut g)?;
                 let p = flood::pass(fd.as_fd(), &seq)?;
                 let a = accounting(&g, &seq)?;
@@ -318,7 +318,7 @@ fn run_flood(
     })
 }
 
-fn accounting(g: &Guard, seq: &flood::Sequence) -> Result<Accounting> {
+fn accounting(g: &Loaded, seq: &flood::Sequence) -> Result<Accounting> {
     let totals = g.totals()?;
     let sources = g.sources()?;
     let steady = flood::steady_addr();

@@ -482,9 +482,9 @@ fn userspace_section(s: &mut String, u: Option<&Userspace>) {
          through BPF_PROG_TEST_RUN on the attached program, admission unlimited). Each command \
          is the release binary run as a user runs it (exec, open the pins, read, print to a \
          pipe), timed wall-clock from spawn to exit: one untimed run to warm the page cache, \
-         then the median and max of {} runs. `Guard::sources()` is the library call under all \
+         then the median and max of {} runs. `View::sources()` is the library call under all \
          three: one batched read of the whole per-CPU table, merged over CPUs, in this \
-         process; `Guard::open()` is the other half: opening the pinned maps and reading the \
+         process; `View::open()` is the other half: opening the pinned maps and reading the \
          settings back. Target: ≤ {TARGET_READ_MS} ms for each command, judged on the \
          median.\n",
         thousands(u.sources as u64),

@@ -21,13 +21,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
-    frames::Frame,
-    guard::{AttachMode, Guard},
+    guard::{Acquired, AttachMode, Owner, View},
     lab::{self, GW_IF, Lab},
     pins::{Pins, ROOT_ENV},
     settings::Settings,
 };
 use portguard_common::DEFAULT_SOURCE_CAPACITY;
+use portguard_testkit::frames::Frame;
 
 use super::{bpf, cases::GUARDED};
 use crate::util::{cargo, root, sh};
@@ -147,7 +147,7 @@ pub(super) fn remove_stale(lab_prefix: &str) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.strip_prefix(prefix).is_some_and(dead) {
-            drop(PinRoot { pins: Pins::new(entry.path()) });
+            portguard_testkit::fixture::remove_root(&entry.path());
         }
     }
 }
@@ -156,13 +156,30 @@ pub(super) fn remove_stale(lab_prefix: &str) {
 /// removes it, whatever went wrong before.
 pub(super) struct PinRoot {
     pub(super) pins: Pins,
+    /// The lab namespace its guard is in.
+    ns: String,
 }
 
 impl PinRoot {
-    pub(super) fn new(pid: u32, tag: &str) -> PinRoot {
-        let root = PinRoot { pins: Pins::new(format!("{PIN_PREFIX}{pid}-{tag}")) };
+    /// A root for a guard in lab namespace `ns`.
+    pub(super) fn new(pid: u32, tag: &str, ns: &str) -> PinRoot {
+        let root =
+            PinRoot { pins: Pins::new(format!("{PIN_PREFIX}{pid}-{tag}")), ns: ns.to_string() };
         root.clean();
         root
+    }
+
+    /// The guard of the lab's gateway, seen from its namespace.
+    pub(super) fn view(&self) -> Result<View> {
+        let pins = self.pins.clone();
+        lab::in_netns(&self.ns, move || View::open(&pins, GW_IF))?
+    }
+
+    /// The binary acting on this root's guards, in the lab's namespace.
+    pub(super) fn cmd(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
+        c.args(["--netns", &self.ns]).env(ROOT_ENV, self.path());
+        c
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -170,10 +187,7 @@ impl PinRoot {
     }
 
     fn clean(&self) {
-        for iface in self.pins.guarded().unwrap_or_default() {
-            let _ = Guard::detach_pinned(&self.pins, &iface);
-        }
-        let _ = std::fs::remove_dir_all(&self.pins.root);
+        portguard_testkit::fixture::remove_root(&self.pins.root);
     }
 }
 
@@ -185,17 +199,20 @@ impl Drop for PinRoot {
 
 /// Guards `pg-wan` in the lab with pins under `root`, admission unlimited (so that every new
 /// source is admitted at once), and fills its table with `n` distinct sources.
-fn filled_guard(lab: &Lab, root: &PinRoot, n: usize, capacity: u32) -> Result<Guard> {
+fn filled_guard(lab: &Lab, root: &PinRoot, n: usize, capacity: u32) -> Result<Owner> {
     let pins = root.pins.clone();
     // The attachment resolves the interface in the calling thread's namespace.
-    let (mut g, _) = lab::in_netns(&lab.gw, move || {
+    let acquired = lab::in_netns(&lab.gw, move || {
         let settings = Settings { admit_per_slice: Some(u32::MAX), ..Settings::default() };
-        Guard::acquire(&pins, GW_IF, Some(&settings), capacity, AttachMode::Auto)
+        Owner::acquire(&pins, GW_IF, Some(&settings), capacity, AttachMode::Auto)
     })?
     .context("guarding pg-wan in the lab")?;
+    let Acquired::Attached(mut g) = acquired else {
+        bail!("pg-wan in the lab was guarded already")
+    };
     let fd = program_fd(&mut g)?;
     fill(fd.as_fd(), n)?;
-    let got = g.sources()?.len();
+    let got = g.view().sources()?.len();
     if got != n {
         bail!("the table holds {got} sources after {n} distinct ones were sent");
     }
@@ -203,7 +220,7 @@ fn filled_guard(lab: &Lab, root: &PinRoot, n: usize, capacity: u32) -> Result<Gu
 }
 
 /// An fd of our own for the guard's program, so that the guard stays free to read its maps.
-fn program_fd(g: &mut Guard) -> Result<OwnedFd> {
+fn program_fd(g: &mut Owner) -> Result<OwnedFd> {
     let prog = g.program()?;
     let fd = prog.fd().context("portguard's program has no fd")?;
     fd.as_fd().try_clone_to_owned().context("duplicating portguard's program fd")
@@ -227,16 +244,16 @@ fn fill(prog: BorrowedFd<'_>, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Times `stats --json`, `stats`, `status --json` and `Guard::sources()` on a full table.
+/// Times `stats --json`, `stats`, `status --json` and `View::sources()` on a full table.
 fn time_reads(lab: &Lab, bin: &Path, pid: u32) -> Result<(usize, Vec<Timing>)> {
-    let root = PinRoot::new(pid, "stats");
+    let root = PinRoot::new(pid, "stats", &lab.gw);
     let g = filled_guard(lab, &root, FULL, DEFAULT_SOURCE_CAPACITY)?;
     let mut timings = Vec::new();
     for args in [&["stats", "--json"][..], &["stats"], &["status", "--json"]] {
         let what = format!("`portguard {}`", args.join(" "));
         let run = || -> Result<Duration> {
-            let mut c = Command::new(bin);
-            c.args(args).env(ROOT_ENV, root.path());
+            let mut c = root.cmd(bin);
+            c.args(args);
             let start = Instant::now();
             let out = c.output().with_context(|| format!("spawning {what}"))?;
             let took = start.elapsed();
@@ -256,19 +273,19 @@ fn time_reads(lab: &Lab, bin: &Path, pid: u32) -> Result<(usize, Vec<Timing>)> {
     // The two halves of what each command does: open the pinned state (which reads the
     // settings back), then read the table.
     let pins = root.pins.clone();
-    timings.push(timing("`Guard::open()`, the library call alone", false, || {
+    timings.push(timing("`View::open()`, the library call alone", false, || {
         let start = Instant::now();
-        let opened = Guard::open(&pins, GW_IF)?;
+        let opened = View::open(&pins, GW_IF)?;
         let took = start.elapsed();
         drop(opened);
         Ok(took)
     })?);
-    timings.push(timing("`Guard::sources()`, the library call alone", false, || {
+    timings.push(timing("`View::sources()`, the library call alone", false, || {
         let start = Instant::now();
-        let n = g.sources()?.len();
+        let n = g.view().sources()?.len();
         let took = start.elapsed();
         if n != FULL {
-            bail!("Guard::sources() returned {n} sources, not {FULL}");
+            bail!("View::sources() returned {n} sources, not {FULL}");
         }
         Ok(took)
     })?);
@@ -415,7 +432,7 @@ fn daemon_cost(
     capacity: u32,
     window: Duration,
 ) -> Result<DaemonCost> {
-    let root = PinRoot::new(pid, tag);
+    let root = PinRoot::new(pid, tag, &lab.gw);
     let g = filled_guard(lab, &root, n, capacity)?;
     // Left in place, owner cleared: the daemon adopts it (program replaced, maps kept).
     g.release(true).context("leaving the guard in place")?;
@@ -424,7 +441,7 @@ fn daemon_cost(
     wait_adopted(&mut d, &root)?;
     thread::sleep(WARMUP);
     d.check_alive()?;
-    let before = Guard::open(&root.pins, GW_IF)?.sources()?.len();
+    let before = root.view()?.sources()?.len();
 
     let ticks = clock_ticks()?;
     let cpu0 = cpu_ticks(d.pid())?;
@@ -439,15 +456,15 @@ fn daemon_cost(
     peak_kb = peak_kb.max(status_kb(d.pid(), "VmRSS:")?);
     let hwm_kb = status_kb(d.pid(), "VmHWM:")?;
     d.check_alive()?;
-    let after = Guard::open(&root.pins, GW_IF)?.sources()?.len();
+    let after = root.view()?.sources()?.len();
 
     let status = d.stop()?;
     if !status.success() {
         bail!("portguard run exited with {status} on SIGTERM: {}", d.log_tail());
     }
-    let out = Command::new(bin)
+    let out = root
+        .cmd(bin)
         .args(["detach", "--all"])
-        .env(ROOT_ENV, root.path())
         .output()
         .context("spawning portguard detach --all")?;
     if !out.status.success() {
@@ -473,7 +490,7 @@ pub(super) fn wait_adopted(d: &mut Daemon, root: &PinRoot) -> Result<()> {
     let deadline = Instant::now() + ADOPT_TIMEOUT;
     loop {
         d.check_alive()?;
-        let owner = Guard::open(&root.pins, GW_IF).and_then(|g| g.meta()).map(|m| m.owner_pid);
+        let owner = root.view().and_then(|g| g.meta()).map(|m| m.owner_pid);
         if owner.is_ok_and(|o| o == d.pid()) {
             return Ok(());
         }

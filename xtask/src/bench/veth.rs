@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
-    guard::{Attached, Guard},
+    guard::Attached,
     lab::{self, GW_IF, Lab},
 };
 
@@ -270,10 +270,10 @@ impl Installed {
                 } else {
                     ("generic", Attached::Generic)
                 };
-                let root = PinRoot::new(pid, &format!("veth-{mode}"));
+                let root = PinRoot::new(pid, &format!("veth-{mode}"), &lab.gw);
                 let mut d = Daemon::spawn(bin, &lab.gw, &root, mode, &["--xdp-mode", mode])?;
                 userspace::wait_adopted(&mut d, &root)?;
-                let got = Guard::open(&root.pins, GW_IF)?.attached;
+                let got = root.view()?.attached();
                 me.daemon = Some(d);
                 me.root = Some(root);
                 if got != Some(want) {
@@ -321,7 +321,7 @@ impl Installed {
         match self.tool {
             Tool::PgNative | Tool::PgGeneric => {
                 let root = self.root.as_ref().context("portguard has no pin root")?;
-                Ok(Guard::open(&root.pins, GW_IF)?.totals()?.dropped)
+                Ok(root.view()?.totals()?.dropped)
             }
             // The set's element counters for the per-source case (the rule has none).
             Tool::NftSet => Ok(sum_after(
@@ -364,7 +364,7 @@ impl Installed {
                     bail!("portguard run exited with {status} on SIGINT: {}", d.log_tail());
                 }
                 let root = self.root.take().context("portguard has no pin root")?;
-                if Guard::open(&root.pins, GW_IF).is_ok() {
+                if root.view().is_ok() {
                     bail!("portguard is still guarding {GW_IF} after SIGINT");
                 }
             }

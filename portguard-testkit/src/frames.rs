@@ -2,7 +2,7 @@
 //! header portguard parses, and the ways each can be wrong.
 //!
 //! ```
-//! use portguard::frames::Frame;
+//! use portguard_testkit::frames::Frame;
 //! let f = Frame::tcp4([198, 18, 0, 2], [198, 18, 0, 1], 40000, 2745).syn().vlan(0x8100, 7).build();
 //! assert_eq!(&f[12..14], &[0x81, 0x00]);
 //! ```

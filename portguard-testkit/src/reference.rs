@@ -28,12 +28,9 @@ use etherparse::{
 };
 use portguard_common::{FragmentKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, SourceKey, Totals};
 
-use crate::settings::{Cidr, Direction, Mode, Protocol, Settings};
+use portguard::settings::{Cidr, Direction, Mode, Protocol, Settings};
 
-/// XDP actions, as BPF_PROG_TEST_RUN returns them.
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+use crate::{XDP_DROP, XDP_PASS};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;

@@ -1,0 +1,131 @@
+//! The program and its maps, loaded into the kernel but attached nowhere.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, Xdp},
+};
+use portguard_common::{DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names};
+
+use crate::{counters::Source, maps::Maps, settings::Settings, wire};
+
+/// The XDP object, built by build.rs from portguard-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// A loaded program: the object, and its rare events (aya-log) on their way to the `log` crate.
+pub(crate) struct Program {
+    ebpf: Ebpf,
+    logger: Option<Logger>,
+}
+
+impl Program {
+    /// Loads the object, SOURCES holding `capacity` entries, its maps pinned in (or reused from)
+    /// `dir` when given.
+    pub(crate) fn load(capacity: u32, dir: Option<&Path>) -> Result<(Program, Maps)> {
+        if capacity == 0 {
+            bail!("the source table needs at least 1 entry");
+        }
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::SOURCES, capacity);
+        if let Some(dir) = dir {
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        xdp(&mut ebpf)?.load().map_err(verifier_error)?;
+        let maps = Maps::take(&mut ebpf)?;
+        // The object always has a log ring today; without one, nothing is logged.
+        let logger =
+            aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok();
+        Ok((Program { ebpf, logger }, maps))
+    }
+
+    pub(crate) fn xdp(&mut self) -> Result<&mut Xdp> {
+        xdp(&mut self.ebpf)
+    }
+
+    /// Passes what the program logged since the last call to the `log` crate.
+    pub(crate) fn flush_log(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+}
+
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .context("the object has no portguard program")?
+        .try_into()
+        .context("portguard is not an XDP program")
+}
+
+fn verifier_error(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow!(
+                "the kernel rejected the XDP program ({io_error}); verifier log:\n{verifier_log}"
+            )
+        }
+        e => anyhow!(e).context("loading the XDP program"),
+    }
+}
+
+/// The program with fresh, unpinned maps holding `settings`: for BPF_PROG_TEST_RUN.
+pub struct Loaded {
+    program: Program,
+    maps: Maps,
+    settings: Settings,
+    capacity: u32,
+}
+
+impl Loaded {
+    /// Loads the program (SOURCES holding `capacity` entries) and writes `settings`.
+    pub fn new(settings: &Settings, capacity: u32) -> Result<Loaded> {
+        let (program, maps) = Program::load(capacity, None)?;
+        let mut l = Loaded { program, maps, settings: Settings::empty(), capacity };
+        l.apply(settings)?;
+        Ok(l)
+    }
+
+    /// Loads with the default source capacity.
+    pub fn with_defaults(settings: &Settings) -> Result<Loaded> {
+        Loaded::new(settings, DEFAULT_SOURCE_CAPACITY)
+    }
+
+    /// The program, e.g. for BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        self.program.xdp()
+    }
+
+    pub fn apply(&mut self, settings: &Settings) -> Result<()> {
+        wire::write_settings(&mut self.maps, &self.settings, settings, self.capacity)?;
+        self.settings = settings.clone();
+        Ok(())
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        wire::read_totals(&self.maps)
+    }
+
+    pub fn sources(&self) -> Result<Vec<Source>> {
+        wire::read_sources(&self.maps)
+    }
+
+    /// Makes room in the source table as an owner does (see `table`).
+    pub fn make_room(&mut self, sources: &[Source]) -> usize {
+        crate::table::forget(&mut self.maps, sources, self.capacity)
+    }
+
+    pub fn flush_log(&mut self) {
+        self.program.flush_log();
+    }
+}

@@ -1,0 +1,221 @@
+//! A guard seen through its pins: read its counters, change its settings, ask the kernel whether
+//! it guards. Never loads or attaches anything.
+
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Result, bail};
+use portguard_common::{ALLOWLIST_CAPACITY, LAYOUT_VERSION, Meta, Totals, map_names};
+
+use super::{Attached, health};
+use crate::{
+    counters::Source,
+    error::GuardError,
+    maps::Maps,
+    pins::{self, LINK, Pins},
+    settings::Settings,
+    sys, wire,
+};
+
+pub struct View {
+    pub(crate) maps: Maps,
+    dir: PathBuf,
+    iface: String,
+    /// The settings as last read from (or written to) the maps.
+    settings: Settings,
+    /// META's generation when the settings were last read.
+    generation: u32,
+    capacity: u32,
+}
+
+/// A change of the settings as the maps saw it: what they were, what they are, and who made it.
+pub struct Changed {
+    pub old: Settings,
+    pub new: Settings,
+    /// The pid and `CHANGE_*` that META records for the change.
+    pub by: u32,
+    pub how: u8,
+}
+
+impl View {
+    /// Opens the pinned state of `iface` in the calling thread's network namespace.
+    pub fn open(pins: &Pins, iface: &str) -> Result<View> {
+        let dir = pins.dir(iface)?;
+        if !dir.join(map_names::META).exists() {
+            if !pins.mounted() {
+                return Err(GuardError::NoBpffs { iface: iface.into() }.into());
+            }
+            return Err(GuardError::NotGuarded { iface: iface.into(), dir }.into());
+        }
+        View::open_dir(&dir, iface)
+    }
+
+    /// Opens the pinned state in `dir` (any namespace's).
+    pub fn open_dir(dir: &Path, iface: &str) -> Result<View> {
+        pins::contents(dir)?;
+        let maps = Maps::open(dir).map_err(|e| {
+            if crate::error::is_permission_denied(&e) { GuardError::NeedsRoot.into() } else { e }
+        })?;
+        View::from_maps(maps, dir, iface)
+    }
+
+    /// A view over maps this process already holds (an owner's).
+    pub(crate) fn from_maps(maps: Maps, dir: &Path, iface: &str) -> Result<View> {
+        let meta = maps.meta()?;
+        if meta.layout != LAYOUT_VERSION {
+            return Err(GuardError::Layout {
+                dir: dir.to_path_buf(),
+                found: meta.layout,
+                ours: LAYOUT_VERSION,
+            }
+            .into());
+        }
+        let settings = wire::read_settings(&maps, meta.capacity)?;
+        Ok(View {
+            maps,
+            dir: dir.to_path_buf(),
+            iface: iface.to_string(),
+            settings,
+            generation: meta.generation,
+            capacity: meta.capacity,
+        })
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The namespace's directory, whose lock serialises changes.
+    fn ns_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// SOURCES capacity.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    pub fn meta(&self) -> Result<Meta> {
+        self.maps.meta()
+    }
+
+    /// The XDP mode recorded at attach time (what the kernel says is in `health`).
+    pub fn attached(&self) -> Option<Attached> {
+        self.maps.meta().ok().and_then(|m| Attached::from_meta(m.xdp_mode))
+    }
+
+    /// Re-reads the settings from the maps (another process may have changed them).
+    pub fn refresh_settings(&mut self) -> Result<&Settings> {
+        self.settings = wire::read_settings(&self.maps, self.capacity)?;
+        self.generation = self.maps.meta()?.generation;
+        Ok(&self.settings)
+    }
+
+    /// Re-reads the settings if another process changed them since this one last looked, and
+    /// says what changed and who changed it.
+    pub fn follow_changes(&mut self) -> Result<Option<Changed>> {
+        let meta = self.maps.meta()?;
+        if meta.generation == self.generation {
+            return Ok(None);
+        }
+        let old = self.settings.clone();
+        self.refresh_settings()?;
+        Ok(Some(Changed { old, new: self.settings.clone(), by: meta.changed_by, how: meta.change }))
+    }
+
+    /// Changes the settings in place (no reload, counters kept): under the namespace's lock,
+    /// reads what the maps hold now, lets `change` edit it, and writes the result, so that
+    /// concurrent changes by other processes are applied on top of each other, never lost.
+    /// `how` (`CHANGE_*`) is recorded in META with this process's pid.
+    pub fn update(
+        &mut self,
+        how: u8,
+        change: impl FnOnce(&mut Settings) -> Result<()>,
+    ) -> Result<Changed> {
+        let _lock = pins::lock(self.ns_dir())?;
+        let old = wire::read_settings(&self.maps, self.capacity)?;
+        let mut new = old.clone();
+        change(&mut new)?;
+        check_capacity(&new)?;
+        wire::write_settings(&mut self.maps, &old, &new, self.capacity)?;
+        let mut meta = self.maps.meta()?;
+        meta.generation = meta.generation.wrapping_add(1);
+        meta.changed_by = std::process::id();
+        meta.change = how;
+        self.maps.set_meta(&meta)?;
+        self.generation = meta.generation;
+        self.settings = new.clone();
+        Ok(Changed { old, new, by: meta.changed_by, how })
+    }
+
+    pub fn totals(&self) -> Result<Totals> {
+        wire::read_totals(&self.maps)
+    }
+
+    pub fn sources(&self) -> Result<Vec<Source>> {
+        wire::read_sources(&self.maps)
+    }
+
+    /// The pinned link's (program id, ifindex), when it is pinned.
+    pub fn pinned_link(&self) -> Option<(u32, u32)> {
+        self.read_pinned_link().ok().flatten()
+    }
+
+    /// The pinned link's (program id, ifindex); Ok(None) when there is no pin, Err when the
+    /// kernel could not be asked (out of descriptors, say): not the same as absent.
+    pub(crate) fn read_pinned_link(&self) -> std::io::Result<Option<(u32, u32)>> {
+        match sys::obj_get(&self.dir.join(LINK)) {
+            Ok(fd) => sys::xdp_link_info(fd.as_fd()).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the kernel says about this guard now, from its pins. Runs in the guard's network
+    /// namespace.
+    pub fn health(&self) -> health::Health {
+        match self.maps.meta() {
+            Ok(meta) => {
+                let link = self.pinned_link();
+                health::check(&meta, &self.iface, link, link.is_some())
+            }
+            Err(e) => health::Health::NotGuarded(health::Reason::Unknown(format!("{e:#}"))),
+        }
+    }
+
+    /// Whether this guard's pinned state is still there (`portguard detach` removes it).
+    pub fn still_pinned(&self) -> bool {
+        self.dir.join(map_names::META).exists()
+    }
+
+    /// Whether a live portguard owns this guard.
+    pub fn owned(&self) -> bool {
+        pins::owned(&self.dir)
+    }
+}
+
+/// The allowlist tries hold ALLOWLIST_CAPACITY prefixes per family: a change that would need
+/// more is refused before anything is written (all or nothing).
+pub fn check_capacity(s: &Settings) -> Result<()> {
+    let v4 = s.allow.iter().filter(|c| c.addr.is_ipv4()).count();
+    let v6 = s.allow.len() - v4;
+    for (family, n) in [("IPv4", v4), ("IPv6", v6)] {
+        if n > ALLOWLIST_CAPACITY as usize {
+            bail!(
+                "the allowlist holds at most {ALLOWLIST_CAPACITY} {family} prefixes; this change \
+                 would make {n}: nothing was changed"
+            );
+        }
+    }
+    Ok(())
+}

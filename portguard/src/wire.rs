@@ -1,0 +1,281 @@
+//! Every conversion between Rust values and the bytes in the program's maps, in one place:
+//! settings ↔ CONFIG, source addresses ↔ SourceKey, the flag bits of CONFIG and of a source's
+//! slot ↔ typed sets. `maps.rs` only moves bytes; everything else speaks in these types.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::{Context as _, Result};
+use portguard_common::{
+    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DIR_DST, DIR_SRC, PROTO_TCP,
+    PROTO_UDP, SourceKey, Totals,
+};
+
+use crate::{
+    counters::{self, Source, SourceStats},
+    maps::Maps,
+    settings::{Cidr, Direction, Mode, Protocol, Settings},
+};
+
+/// A set of `DIR_*` bits: which way sources used a guarded port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Directions(pub u8);
+
+impl Directions {
+    pub fn probing(self) -> bool {
+        self.0 & DIR_DST != 0
+    }
+
+    pub fn answering(self) -> bool {
+        self.0 & DIR_SRC != 0
+    }
+
+    /// "probing", "answering" or "both": the word JSON and metrics use.
+    pub fn word(self) -> &'static str {
+        match (self.probing(), self.answering()) {
+            (true, true) => "both",
+            (false, true) => "answering",
+            _ => "probing",
+        }
+    }
+
+    /// "probing 2745", "answering from 2745", or both: for people.
+    pub fn describe(self, port: u16) -> String {
+        match (self.probing(), self.answering()) {
+            (true, true) => format!("probing and answering from {port}"),
+            (false, true) => format!("answering from {port}"),
+            _ => format!("probing {port}"),
+        }
+    }
+}
+
+impl From<Direction> for Directions {
+    fn from(d: Direction) -> Directions {
+        Directions(match d {
+            Direction::Dst => DIR_DST,
+            Direction::Src => DIR_SRC,
+            Direction::Both => DIR_DST | DIR_SRC,
+        })
+    }
+}
+
+impl From<Directions> for Direction {
+    fn from(d: Directions) -> Direction {
+        match (d.probing(), d.answering()) {
+            (true, true) => Direction::Both,
+            (false, true) => Direction::Src,
+            _ => Direction::Dst,
+        }
+    }
+}
+
+/// A set of `PROTO_*` bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protocols(pub u8);
+
+impl Protocols {
+    pub fn list(self) -> Vec<Protocol> {
+        [Protocol::Tcp, Protocol::Udp].into_iter().filter(|p| self.0 & bit(*p) != 0).collect()
+    }
+
+    /// The names in JSON order: ["tcp", "udp"].
+    pub fn names(self) -> Vec<&'static str> {
+        self.list().into_iter().map(Protocol::as_str).collect()
+    }
+}
+
+impl FromIterator<Protocol> for Protocols {
+    fn from_iter<I: IntoIterator<Item = Protocol>>(it: I) -> Protocols {
+        Protocols(it.into_iter().fold(0, |b, p| b | bit(p)))
+    }
+}
+
+/// "tcp+udp".
+impl fmt::Display for Protocols {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().join("+"))
+    }
+}
+
+fn bit(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+/// The CONFIG entry for `s`, with the admission budget already worked out.
+pub fn config(s: &Settings, admit_per_slice: u32) -> Config {
+    let mut allow = 0;
+    for c in &s.allow {
+        allow |= if c.addr.is_ipv4() { ALLOW_HAS_V4 } else { ALLOW_HAS_V6 };
+    }
+    Config {
+        action: match s.mode {
+            Mode::Drop => ACTION_DROP,
+            Mode::Count => ACTION_COUNT,
+        },
+        protocols: s.protocols.iter().copied().collect::<Protocols>().0,
+        direction: Directions::from(s.direction).0,
+        allow,
+        admit_per_slice,
+    }
+}
+
+/// What CONFIG says, as settings. The ports and the allowlist live in maps of their own and are
+/// filled in by the caller.
+pub fn settings(c: &Config) -> Settings {
+    Settings {
+        mode: if c.action == ACTION_DROP { Mode::Drop } else { Mode::Count },
+        ports: Vec::new(),
+        protocols: Protocols(c.protocols).list(),
+        direction: Directions(c.direction).into(),
+        allow: Vec::new(),
+        admit_per_slice: None,
+    }
+}
+
+/// The number of CPUs the admission budget is shared among.
+fn online_cpus() -> Result<u32> {
+    let cpus = aya::util::online_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    Ok(cpus.len() as u32)
+}
+
+/// The settings the maps hold now, for a source table of `capacity` entries.
+pub fn read_settings(maps: &Maps, capacity: u32) -> Result<Settings> {
+    let c = maps.config()?;
+    let mut s = settings(&c);
+    s.ports = maps.guarded_ports()?;
+    for (len, a) in maps.allow_v4()? {
+        s.allow.push(Cidr { addr: IpAddr::from(a), len: len as u8 });
+    }
+    for (len, a) in maps.allow_v6()? {
+        s.allow.push(Cidr { addr: IpAddr::from(a), len: len as u8 });
+    }
+    s.allow.sort_by_key(|c| (c.addr, c.len));
+    // A budget other than the one derived from the table is an override to keep.
+    let derived = portguard_common::admit_per_slice(capacity, online_cpus()?);
+    s.admit_per_slice =
+        (capacity != 0 && c.admit_per_slice != derived).then_some(c.admit_per_slice);
+    Ok(s)
+}
+
+/// Moves the maps from `old` to `new` settings in place: no reload, counters kept. New ports
+/// and allowlist entries are written before CONFIG changes and old ones removed after it, so
+/// that no packet sees a state that guards less than both `old` and `new` do.
+pub fn write_settings(
+    maps: &mut Maps,
+    old: &Settings,
+    new: &Settings,
+    capacity: u32,
+) -> Result<()> {
+    for p in new.ports.iter().filter(|p| !old.ports.contains(p)) {
+        maps.set_port(*p, true)?;
+    }
+    for c in new.allow.iter().filter(|c| !old.allow.contains(c)) {
+        match c.addr {
+            IpAddr::V4(a) => maps.insert_allow_v4(c.len as u32, a.octets()),
+            IpAddr::V6(a) => maps.insert_allow_v6(c.len as u32, a.octets()),
+        }
+        .with_context(|| format!("adding {c} to the allowlist"))?;
+    }
+    let admit =
+        new.admit_per_slice.unwrap_or(portguard_common::admit_per_slice(capacity, online_cpus()?));
+    maps.set_config(config(new, admit))?;
+    for p in old.ports.iter().filter(|p| !new.ports.contains(p)) {
+        maps.set_port(*p, false)?;
+    }
+    for c in old.allow.iter().filter(|c| !new.allow.contains(c)) {
+        match c.addr {
+            IpAddr::V4(a) => maps.remove_allow_v4(c.len as u32, a.octets()),
+            IpAddr::V6(a) => maps.remove_allow_v6(c.len as u32, a.octets()),
+        }
+    }
+    Ok(())
+}
+
+/// TOTALS summed over CPUs.
+pub fn read_totals(maps: &Maps) -> Result<Totals> {
+    Ok(counters::sum(maps.totals()?))
+}
+
+/// Every tracked source, its CPUs merged. Entries with no packets (a slot written by hand, or a
+/// race with an insert) are left out.
+pub fn read_sources(maps: &Maps) -> Result<Vec<Source>> {
+    Ok(maps
+        .source_slots()?
+        .into_iter()
+        .filter_map(|(key, slots)| {
+            let stats = SourceStats::merge(&slots, None);
+            (stats.packets > 0).then(|| Source { addr: source_addr(&key), stats })
+        })
+        .collect())
+}
+
+/// The SOURCES key of an address (IPv4 as `::ffff:a.b.c.d`, as the program builds it).
+pub fn source_key(a: IpAddr) -> SourceKey {
+    match a {
+        IpAddr::V4(a) => SourceKey::v4(a.octets()),
+        IpAddr::V6(a) => SourceKey { addr: a.octets() },
+    }
+}
+
+/// The address a SOURCES key stands for.
+pub fn source_addr(k: &SourceKey) -> IpAddr {
+    let v6 = Ipv6Addr::from(k.addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4.octets())),
+        None => IpAddr::V6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_through_config() {
+        let s = Settings {
+            mode: Mode::Count,
+            protocols: vec![Protocol::Udp],
+            direction: Direction::Both,
+            ..Settings::default()
+        };
+        let c = config(&s, 7);
+        assert_eq!(c.action, ACTION_COUNT);
+        assert_eq!(c.protocols, PROTO_UDP);
+        assert_eq!(c.direction, DIR_DST | DIR_SRC);
+        assert_eq!(c.admit_per_slice, 7);
+        let back = settings(&c);
+        assert_eq!((back.mode, back.protocols, back.direction), (s.mode, s.protocols, s.direction));
+        let d = config(&Settings::default(), 274);
+        assert_eq!((d.action, d.protocols, d.direction, d.allow), (ACTION_DROP, 3, DIR_DST, 0));
+    }
+
+    #[test]
+    fn allow_bits_follow_the_families() {
+        let s = Settings {
+            allow: vec!["198.18.0.0/15".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
+            ..Settings::default()
+        };
+        assert_eq!(config(&s, 1).allow, ALLOW_HAS_V4 | ALLOW_HAS_V6);
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for a in ["198.18.0.1", "2001:db8::7"] {
+            let a: IpAddr = a.parse().unwrap();
+            assert_eq!(source_addr(&source_key(a)), a);
+        }
+    }
+
+    #[test]
+    fn bit_sets_read_as_words() {
+        assert_eq!(Directions(DIR_DST | DIR_SRC).word(), "both");
+        assert_eq!(Directions(DIR_SRC).describe(2745), "answering from 2745");
+        assert_eq!(Protocols(PROTO_TCP | PROTO_UDP).to_string(), "tcp+udp");
+        assert_eq!(Protocols(PROTO_UDP).names(), ["udp"]);
+    }
+}
