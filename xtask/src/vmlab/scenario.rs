@@ -289,7 +289,10 @@ fn basic_steps(run: &Run, c: &mut Checks) -> Result<()> {
     let st = g.status()?.context("status --json does not list the NIC")?;
     c.eq("status xdp_mode", st["xdp_mode"].as_str().unwrap_or(""), "native");
     c.eq("status mode", st["mode"].as_str().unwrap_or(""), "drop");
-    let pins = g.vm.ok(&format!("ls /sys/fs/bpf/portguard/{nic}"))?;
+    // Where the pins are is portguard's to say (status --json pin_dir).
+    let pin_dir = st["pin_dir"].as_str().unwrap_or("").to_string();
+    c.that("status names the pin directory", pin_dir.starts_with("/sys/fs/bpf/"), &pin_dir);
+    let pins = g.vm.ok(&format!("ls {pin_dir}"))?;
     c.that("the XDP link is pinned", pins.lines().any(|l| l == "link"), &pins);
     if run.tools {
         let link = g.vm.ok(&format!("/usr/sbin/ip -d link show dev {nic}"))?;
@@ -432,8 +435,7 @@ fn basic_steps(run: &Run, c: &mut Checks) -> Result<()> {
     c.that("the guard outlives its daemon", g.status()?.is_some(), "status lost the NIC");
     g.vm.ok("portguard detach --all")?;
     c.that("detach: status lists nothing", g.status()?.is_none(), "the NIC is still listed");
-    let left =
-        g.vm.sh(&format!("ls /sys/fs/bpf/portguard/{nic} 2>/dev/null"), Duration::from_secs(10))?;
+    let left = g.vm.sh(&format!("ls {pin_dir} 2>/dev/null"), Duration::from_secs(10))?;
     c.that("detach: pins removed", left.stdout().trim().is_empty(), left.stdout());
     if run.tools {
         let link = g.vm.ok(&format!("/usr/sbin/ip -d link show dev {nic}"))?;
