@@ -134,7 +134,7 @@ const _: () = assert!(size_of::<Config>() == 8);
 /// could not get a SOURCES entry (admission budget spent or map full); they are still dropped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
+#[cfg_attr(feature = "user", derive(serde::Serialize, schemars::JsonSchema))]
 pub struct Totals {
     pub seen: u64,
     pub matched: u64,

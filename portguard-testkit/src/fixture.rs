@@ -61,20 +61,29 @@ impl Bin {
         self.cmd(args).output().expect("running portguard")
     }
 
-    /// Runs a verb that prints one JSON document; it must succeed.
+    /// Runs a verb that prints one JSON document; it must succeed, and the document must
+    /// match the verb's published schema.
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.output(args);
         assert!(out.status.success(), "{args:?}: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"))
+        let doc = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+        if let Some(name) = crate::schema::name_for(args) {
+            crate::schema::validate(name, &doc);
+        }
+        doc
     }
 
-    /// `stats --json`, or None while it fails (nothing guarded yet).
+    /// `stats --json`, or None while nothing is guarded yet (or it fails: a restart may be
+    /// replacing the guard).
     pub fn stats(&self) -> Option<Value> {
         let out = self.output(&["stats", "--json"]);
         if !out.status.success() {
             return None;
         }
-        serde_json::from_slice(&out.stdout).ok()
+        let doc: Value = serde_json::from_slice(&out.stdout).ok()?;
+        crate::schema::validate("stats", &doc);
+        (!doc["interfaces"].as_array()?.is_empty()).then_some(doc)
     }
 }
 

@@ -6,11 +6,14 @@
 //! - [`test_run`]: one frame through BPF_PROG_TEST_RUN, with the verdict and how TOTALS moved.
 //! - `fixture`: the `portguard` binary run as an admin runs it (verbs, and `run` in a lab
 //!   namespace), a self-cleaning pin root, [`wait_until`], and [`root_or_skip`].
+//! - `schema`: every `--json` document validated against the published schemas.
 
 pub mod fixture;
 pub mod frames;
 pub mod fuzz;
+pub mod oracle;
 pub mod reference;
+pub mod schema;
 
 use std::time::{Duration, Instant};
 

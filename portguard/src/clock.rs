@@ -45,12 +45,14 @@ mod tests {
     }
 }
 
-/// Seconds since the Unix epoch (fractional).
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+/// Whole seconds since the Unix epoch: JSON's `_unix` fields, beside the RFC 3339 string of
+/// the same instant.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// RFC 3339 in UTC, to the second: "2026-11-26T06:40:12Z".
+/// RFC 3339 in UTC, to the second: "2026-11-26T06:40:12Z". The one format for times, for
+/// people and machines alike: the logs use it, and the zone is always shown.
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -65,25 +67,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
-
-/// Local time for people: "2026-11-26 07:40:12".
-pub fn local(t: SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as libc::time_t;
-    // SAFETY: localtime_r fills the zeroed tm from a valid time_t.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
-        return rfc3339(t);
-    }
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
 }
 
 #[cfg(test)]

@@ -8,9 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use portguard_common::{
-    DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY, MAX_SOURCE_CAPACITY, MIN_SOURCE_CAPACITY,
-};
+use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY};
 
 /// The largest config file read: the full example with comments is under 2 KiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -30,6 +28,7 @@ pub struct FileConfig {
     /// drop or count.
     pub mode: Option<Mode>,
     /// Guarded ports.
+    #[serde(default, deserialize_with = "checked::ports")]
     pub ports: Option<Vec<u16>>,
     /// tcp and/or udp.
     pub protocols: Option<Vec<Protocol>>,
@@ -40,6 +39,7 @@ pub struct FileConfig {
     /// auto, native or generic.
     pub xdp_mode: Option<AttachMode>,
     /// Capacity of the per-source table.
+    #[serde(default, deserialize_with = "checked::sources")]
     pub sources: Option<u32>,
     /// Leave the guard attached when portguard exits.
     pub persist: Option<bool>,
@@ -53,6 +53,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct Output {
     /// Seconds between counter updates.
+    #[serde(default, deserialize_with = "checked::interval")]
     pub interval: Option<f64>,
     /// Sources shown per interface.
     pub top: Option<usize>,
@@ -64,6 +65,7 @@ pub struct Output {
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     /// Address of the Prometheus endpoint ("off" disables it).
+    #[serde(default, deserialize_with = "checked::listen")]
     pub listen: Option<String>,
     /// Per-source series exported for the top N sources only.
     pub top_sources: Option<usize>,
@@ -111,22 +113,6 @@ impl FileConfig {
                 None => msg,
             }
         })?;
-        if let Some(p) = c.ports.as_ref().and_then(|p| p.iter().find(|p| **p == 0)) {
-            return Err(format!("port {p} is not a valid port (1..=65535)"));
-        }
-        if let Some(n) = c.sources
-            && !(MIN_SOURCE_CAPACITY..=MAX_SOURCE_CAPACITY).contains(&n)
-        {
-            return Err(format!(
-                "sources = {n}: the source table holds {MIN_SOURCE_CAPACITY} to \
-                 {MAX_SOURCE_CAPACITY} entries"
-            ));
-        }
-        if let Some(i) = c.output.interval
-            && !(0.05..=3600.0).contains(&i)
-        {
-            return Err("output.interval must be between 0.05 and 3600 seconds".into());
-        }
         Ok(c)
     }
 }
@@ -161,6 +147,8 @@ pub struct Plan {
     pub settings: Settings,
     pub xdp_mode: AttachMode,
     pub sources: u32,
+    /// The capacity was given (flag or file), not the default.
+    pub sources_chosen: bool,
     pub interval: f64,
     pub top: usize,
     pub json: bool,
@@ -198,7 +186,9 @@ impl Plan {
         let mut seen = std::collections::HashSet::new();
         ifaces.retain(|i| seen.insert(i.clone()));
         if ifaces.is_empty() {
-            bail!("no interface to guard: give --iface IFACE (or `interfaces` in the config file)");
+            return Err(crate::error::usage(
+                "no interface to guard: give --iface IFACE (or `interfaces` in the config file)",
+            ));
         }
         let mut ports = pick(&flags.ports, &file.ports, vec![DEFAULT_PORT]);
         ports.sort_unstable();
@@ -216,9 +206,7 @@ impl Plan {
         let mut allow = pick(&flags.allow, &file.allow, Vec::new());
         allow.dedup();
         let interval = flags.interval.or(file.output.interval).unwrap_or(1.0);
-        if !(0.05..=3600.0).contains(&interval) {
-            bail!("--interval must be between 0.05 and 3600 seconds");
-        }
+        crate::ranges::interval(interval).map_err(|e| anyhow!("interval: {e}"))?;
         Ok(Plan {
             ifaces,
             settings: Settings {
@@ -231,6 +219,7 @@ impl Plan {
             },
             xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
             sources: flags.sources.or(file.sources).unwrap_or(DEFAULT_SOURCE_CAPACITY),
+            sources_chosen: flags.sources.is_some() || file.sources.is_some(),
             interval,
             top: flags.top.or(file.output.top).unwrap_or(10),
             json: flags.json || file.output.json.unwrap_or(false),
@@ -252,6 +241,45 @@ impl Plan {
             metrics_chosen: flags.metrics.is_some() || file.metrics.listen.is_some(),
             metrics_top: flags.metrics_top.or(file.metrics.top_sources).unwrap_or(10),
             netns: None,
+        })
+    }
+}
+
+/// Values checked while the file is parsed, so that an invalid one is reported at its line like
+/// a syntax error; the ranges are the flags' own (`ranges`).
+mod checked {
+    use serde::{Deserializer, de::Error as _};
+
+    use crate::ranges;
+
+    fn check<'de, D: Deserializer<'de>, T: serde::Deserialize<'de>>(
+        d: D,
+        f: impl Fn(&T) -> Result<(), String>,
+    ) -> Result<Option<T>, D::Error> {
+        let v = T::deserialize(d)?;
+        f(&v).map_err(D::Error::custom)?;
+        Ok(Some(v))
+    }
+
+    pub fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u16>>, D::Error> {
+        check(d, |v: &Vec<u16>| v.iter().try_for_each(|p| ranges::port(*p).map(drop)))
+    }
+
+    pub fn sources<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        check(d, |v: &u32| ranges::sources(*v).map(drop))
+    }
+
+    pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        check(d, |v: &f64| ranges::interval(*v).map(drop).map_err(|e| format!("interval: {e}")))
+    }
+
+    pub fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        check(d, |v: &String| match v.as_str() {
+            "off" => Ok(()),
+            a => a
+                .parse::<std::net::SocketAddr>()
+                .map(drop)
+                .map_err(|_| format!("'{a}' is not an address like 127.0.0.1:9745 (or \"off\")")),
         })
     }
 }
@@ -326,7 +354,15 @@ top_sources = 20
         assert!(e.starts_with("line 2:") && e.contains("prefix length"), "{e}");
         let e = FileConfig::parse("mode = \"reject\"").unwrap_err();
         assert!(e.contains("unknown variant `reject`"), "{e}");
-        assert!(FileConfig::parse("ports = [0]").unwrap_err().contains("port 0"));
+        // Invalid values are named at their line too, not only syntax and unknown keys.
+        let e = FileConfig::parse("mode = \"drop\"\nports = [2745, 0]\n").unwrap_err();
+        assert!(e.starts_with("line 2: port 0 is not a valid port"), "{e}");
+        let e = FileConfig::parse("[output]\ntop = 5\ninterval = 0\n").unwrap_err();
+        assert!(e.starts_with("line 3: interval: 0 is not between 0.05 and 3600"), "{e}");
+        let e = FileConfig::parse("\nsources = 0\n").unwrap_err();
+        assert!(e.starts_with("line 2: 0: the source table holds 256 to 1048576 entries"), "{e}");
+        let e = FileConfig::parse("[metrics]\nlisten = \"9745\"\n").unwrap_err();
+        assert!(e.starts_with("line 2: '9745' is not an address"), "{e}");
         assert!(!FileConfig::parse("[output\ninterval=1").unwrap_err().contains('\n'));
     }
 }

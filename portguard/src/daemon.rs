@@ -28,6 +28,7 @@ use crate::{
     counters::{self, Source},
     guard::{Acquired, Changed, Health, Owner, Reason, Upkeep, View},
     metrics::{self, IfaceMetrics, LocalSocket},
+    notices,
     notify::Notifier,
     pins::Pins,
     report::{self, Snapshot, SortBy},
@@ -92,6 +93,9 @@ struct Guarded {
     detached: bool,
     /// Left in place when the daemon ends (`persist`, or adopted).
     keep: bool,
+    /// Adopted, and so left in place whatever `persist` says (unless --detach-on-exit): what
+    /// `keep` falls back to when a reload turns `persist` off.
+    keep_adopted: bool,
 }
 
 impl Guarded {
@@ -111,6 +115,7 @@ impl Guarded {
             lost_since: None,
             detached: false,
             keep: false,
+            keep_adopted: false,
         })
     }
 
@@ -162,6 +167,12 @@ impl Guarded {
         }
         let iface = &self.iface;
         let mode = || self.held.health().mode().map_or("?", |m| m.as_str());
+        // While it is not guarded, the live view says so above the table; once it is guarded
+        // again, that notice goes.
+        let lost = upkeep_notice(iface);
+        if matches!(now, Upkeep::Guarding | Upkeep::Repinned(_) | Upkeep::Reattached { .. }) {
+            notices::clear(&lost);
+        }
         match now {
             Upkeep::Guarding => {
                 if matches!(self.last, Upkeep::Lost(_) | Upkeep::Unpinned(_)) {
@@ -172,10 +183,12 @@ impl Guarded {
                 log::warn!("{iface}: {n} of its pins were removed under it: pinned them again")
             }
             Upkeep::Unpinned(e) => log::error!(
+                target: &lost,
                 "{iface}: its pins are gone and cannot be put back ({e}); it stays guarded while \
                  this process runs"
             ),
             Upkeep::Gone => log::warn!(
+                target: &lost,
                 "{iface} went away (deleted or replaced): its counters are kept; it is guarded \
                  again as soon as it returns"
             ),
@@ -199,8 +212,12 @@ impl Guarded {
                     "{iface}: detached by `portguard detach` (pid {by}): no longer guarding it"
                 )
             }
-            Upkeep::Lost(why) => log::error!("{iface}: NOT GUARDED: {why}; trying again"),
-            Upkeep::Unknown(e) => log::warn!("{iface}: cannot ask the kernel now ({e})"),
+            Upkeep::Lost(why) => {
+                log::error!(target: &lost, "{iface}: NOT GUARDED: {why}; trying again")
+            }
+            Upkeep::Unknown(e) => {
+                log::warn!(target: &lost, "{iface}: cannot ask the kernel now ({e})")
+            }
         }
     }
 
@@ -234,6 +251,12 @@ impl Guarded {
         (*o).release(persist).with_context(|| self.iface.clone())?;
         Ok(true)
     }
+}
+
+/// The notice of an interface that is not guarded (gone, lost, unpinned): it stays on the live
+/// view until it is guarded again.
+fn upkeep_notice(iface: &str) -> String {
+    format!("{}upkeep:{iface}", notices::TARGET_PREFIX)
 }
 
 /// Logs a change of the settings another process (or this one's reload) made: who, and what.
@@ -274,6 +297,8 @@ pub struct Daemon {
     ticks: u64,
     /// Sockets on guarded ports at the last scan; None before the first or when it failed.
     sockets: Option<Vec<LocalSocket>>,
+    /// The sockets a process holds, as warned about; None before the first scan.
+    held_sockets: Option<Vec<String>>,
 }
 
 /// Why `serve` ended.
@@ -338,9 +363,10 @@ impl Daemon {
             };
             let mut g = Guarded::new(held, fresh)?;
             g.keep = keep;
+            g.keep_adopted = keep && !plan.persist;
             guards.push(g);
         }
-        Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None })
+        Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None, held_sockets: None })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -373,8 +399,9 @@ impl Daemon {
                 let removed = o.make_room(&sources);
                 if removed > 0 {
                     log::info!(
-                        "{}: source table nearly full: forgot the {removed} sources seen least recently",
-                        g.iface
+                        "{}: source table nearly full: forgot the {} seen least recently",
+                        g.iface,
+                        crate::text::plural(removed as u64, "source")
                     );
                 }
             }
@@ -405,7 +432,7 @@ impl Daemon {
                 health,
                 settings: v.settings().clone(),
                 totals,
-                rates: counters::rates(&g.prev, &totals, dt),
+                rates: Some(counters::rates(&g.prev, &totals, dt)),
                 tracked: sources.len(),
                 capacity: v.capacity(),
                 sources: ranked,
@@ -418,28 +445,50 @@ impl Daemon {
     }
 
     /// Scans this host's sockets on the guarded ports every SOCKET_SCAN_EVERY ticks (the first
-    /// tick included), and logs what changed.
+    /// tick included): all of them for the metrics; those a process holds for the warnings,
+    /// which name the process and stay on the live view until the sockets are gone. A TIME-WAIT
+    /// socket left by a closed connection belongs to no process and goes away by itself: it is
+    /// counted, not warned about.
     fn scan_sockets(&mut self) {
         if !(self.ticks - 1).is_multiple_of(SOCKET_SCAN_EVERY) {
             return;
         }
-        let sockets = local_sockets(&self.plan.settings.ports);
-        if self.sockets.is_some() && sockets != self.sockets {
+        let ports = &self.plan.settings.ports;
+        let Ok(report) = check::scan(ports, None) else {
+            self.sockets = None;
+            return;
+        };
+        self.sockets = Some(local_sockets(&report, ports));
+        let held = held_sockets(&report);
+        if self.held_sockets.as_ref() == Some(&held) {
+            return;
+        }
+        if held.is_empty() {
+            if self.held_sockets.is_some() {
+                log::info!("no process on this host uses a guarded port any more");
+            }
+            notices::clear(SOCKETS_NOTICE);
+        } else if self.held_sockets.is_none() {
             log::warn!(
-                "sockets on guarded ports on this host changed: {}",
-                describe_sockets(&sockets)
-            );
-        } else if self.sockets.is_none() && sockets.as_ref().is_some_and(|s| !s.is_empty()) {
-            log::warn!(
+                target: SOCKETS_NOTICE,
                 "this host uses a guarded port: {} (see `portguard check`)",
-                describe_sockets(&sockets)
+                held.join(", ")
+            );
+        } else {
+            log::warn!(
+                target: SOCKETS_NOTICE,
+                "sockets on guarded ports on this host changed: {} (see `portguard check`)",
+                held.join(", ")
             );
         }
-        self.sockets = sockets;
+        self.held_sockets = Some(held);
     }
 
-    /// SIGHUP: re-reads the config file and applies it to the interfaces this process owns. A
-    /// broken file leaves the running configuration as it is.
+    /// SIGHUP: re-reads the config file and applies every key that can change in place: the
+    /// guard's settings (to the interfaces this process owns), the output keys, `persist` and
+    /// `[metrics] top_sources`. Keys that take a restart (`interfaces`, `sources`, `xdp_mode`,
+    /// `[metrics] listen`) keep their running value and are named. A broken file leaves the
+    /// running configuration as it is.
     pub fn reload(&mut self) {
         if self.flags.config.is_none() {
             log::info!("SIGHUP: no --config file to re-read");
@@ -452,12 +501,44 @@ impl Daemon {
                 return;
             }
         };
-        if new.ifaces != self.plan.ifaces {
+        let old = &self.plan;
+        let restart: Vec<&str> = [
+            ("interfaces", new.ifaces != old.ifaces),
+            ("sources", new.sources != old.sources),
+            ("xdp_mode", new.xdp_mode != old.xdp_mode),
+            ("[metrics] listen", new.metrics != old.metrics),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !restart.is_empty() {
             log::warn!(
-                "SIGHUP: a change of interfaces takes a restart; applying the other settings"
+                "SIGHUP: {} changed, which takes a restart (`systemctl restart portguard`): still \
+                 running with the old value; the other keys are applied",
+                restart.join(", ")
             );
         }
+        let applied: Vec<String> = [
+            ("[output] interval", new.interval != old.interval, format!("{}", new.interval)),
+            ("[output] top", new.top != old.top, new.top.to_string()),
+            ("[output] json", new.json != old.json, new.json.to_string()),
+            ("persist", new.persist != old.persist, new.persist.to_string()),
+            (
+                "[metrics] top_sources",
+                new.metrics_top != old.metrics_top,
+                new.metrics_top.to_string(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed, v)| changed.then(|| format!("{key} = {v}")))
+        .collect();
+        if !applied.is_empty() {
+            log::info!("SIGHUP: applied {}", applied.join(", "));
+        }
         for g in &mut self.guards {
+            // Whether it is left in place on exit follows `persist` from now on (an adopted
+            // guard stays in place regardless, as at startup).
+            g.keep = new.persist || g.keep_adopted;
             let Held::Owner(o) = &mut g.held else { continue };
             let settings = new.settings.clone();
             let applied = o.view_mut().update(CHANGE_RELOAD, |s| {
@@ -469,8 +550,16 @@ impl Daemon {
                 Err(e) => log::error!("{}: {e:#}", g.iface),
             }
         }
-        self.plan =
-            Plan { ifaces: self.plan.ifaces.clone(), netns: self.plan.netns.clone(), ..new };
+        // What takes a restart keeps its running value, so that the plan says what runs.
+        self.plan = Plan {
+            ifaces: self.plan.ifaces.clone(),
+            netns: self.plan.netns.clone(),
+            sources: self.plan.sources,
+            xdp_mode: self.plan.xdp_mode,
+            metrics: self.plan.metrics,
+            metrics_chosen: self.plan.metrics_chosen,
+            ..new
+        };
     }
 
     /// The totals of every guard, added up.
@@ -538,9 +627,11 @@ fn status_line<'a>(
     parts.join("; ")
 }
 
-/// Sockets on this host using a guarded port, as metrics see them; None if the scan failed.
-fn local_sockets(ports: &[u16]) -> Option<Vec<LocalSocket>> {
-    let report = check::scan(ports, None).ok()?;
+/// The notice (and log target) of the sockets warnings: cleared when they are gone.
+const SOCKETS_NOTICE: &str = "notice:sockets";
+
+/// Sockets on this host using a guarded port, as metrics see them.
+fn local_sockets(report: &check::Report, ports: &[u16]) -> Vec<LocalSocket> {
     let mut v: Vec<_> = report
         .sockets
         .iter()
@@ -550,19 +641,28 @@ fn local_sockets(ports: &[u16]) -> Option<Vec<LocalSocket>> {
         })
         .collect();
     v.sort();
-    Some(v)
+    v
 }
 
-fn describe_sockets(s: &Option<Vec<LocalSocket>>) -> String {
-    match s {
-        None => "unknown (scan failed)".into(),
-        Some(v) if v.is_empty() => "none".into(),
-        Some(v) => v
-            .iter()
-            .map(|k| format!("{} {} {}", k.protocol, k.port, k.state))
-            .collect::<Vec<_>>()
-            .join(", "),
-    }
+/// The sockets a process holds, each as "tcp 8081 listen by nc (pid 4242)", sorted.
+fn held_sockets(report: &check::Report) -> Vec<String> {
+    let mut v: Vec<String> = report
+        .sockets
+        .iter()
+        .filter(|k| k.inode != 0)
+        .map(|k| {
+            let port =
+                if report.ports.contains(&k.local_port) { k.local_port } else { k.remote_port };
+            let owner = match k.processes.first() {
+                Some(p) => format!("by {} (pid {})", p.name, p.pid),
+                None => "by a process not visible here".to_string(),
+            };
+            format!("{} {port} {} {owner}", k.protocol, k.state)
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// What the daemon tells the outside world besides its output: systemd and Prometheus.
@@ -600,11 +700,11 @@ pub async fn serve(
     service: Service<'_>,
 ) -> Result<Stopped> {
     let Signals { int: mut sigint, term: mut sigterm, hup: mut sighup } = signals;
-    let period = Duration::from_secs_f64(daemon.plan.interval);
+    let mut period = Duration::from_secs_f64(daemon.plan.interval);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut upkeep = tokio::time::interval(UPKEEP.min(period));
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
-    let tty = std::io::stdout().is_terminal() && !daemon.plan.json;
+    let terminal = std::io::stdout().is_terminal();
     // Without a watchdog the timer is parked far away.
     let wd_period = service.notifier.watchdog_period().unwrap_or(Duration::from_secs(86_400));
     let mut watchdog = tokio::time::interval(wd_period);
@@ -616,6 +716,14 @@ pub async fn serve(
             _ = sighup.recv() => {
                 service.notifier.reloading();
                 daemon.reload();
+                // A new interval takes effect from now.
+                let new = Duration::from_secs_f64(daemon.plan.interval);
+                if new != period {
+                    period = new;
+                    interval =
+                        tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    upkeep = tokio::time::interval(UPKEEP.min(period));
+                }
                 service.notifier.ready(&daemon.status_now());
                 continue;
             }
@@ -660,13 +768,64 @@ pub async fn serve(
             if let Ok(mut s) = shared.lock() {
                 s.ifaces = ifaces;
                 s.sockets = daemon.sockets.clone();
+                s.socket_ports = daemon.plan.settings.ports.clone();
             }
         }
         let mut out = std::io::stdout().lock();
-        report::print_tick(&mut out, &tick, tty, daemon.plan.json)?;
+        let tty = terminal && !daemon.plan.json;
+        if let Err(e) = report::print_tick(&mut out, &tick, tty, daemon.plan.json) {
+            if !tty {
+                return Err(e);
+            }
+            // Its terminal went away (SIGHUP means reload here, so the hang-up alone does not
+            // end it): stop as if asked, rather than guard on unseen with nobody to stop it.
+            log::warn!("the terminal went away ({e:#}): stopping");
+            return Ok(Stopped::Asked);
+        }
         let _ = out.flush();
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Stopped::Asked);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{Family, Process, Protocol, Report, Socket};
+
+    fn socket(state: &str, inode: u64, processes: Vec<Process>) -> Socket {
+        Socket {
+            protocol: Protocol::Tcp,
+            family: Family::Ipv4,
+            state: state.into(),
+            local_address: "198.18.0.1".parse().unwrap(),
+            local_port: 40_000,
+            remote_address: "198.18.0.2".parse().unwrap(),
+            remote_port: 8081,
+            inode,
+            uid: 0,
+            user: "root".into(),
+            owner_visible: !processes.is_empty(),
+            processes,
+            owner_note: None,
+        }
+    }
+
+    /// The warnings name the process; a TIME-WAIT socket left by a closed connection (no inode:
+    /// the kernel holds it) is counted for the metrics but not warned about.
+    #[test]
+    fn socket_warnings_name_the_process_and_skip_time_wait() {
+        let nc = Process { pid: 4242, name: "nc".into(), cmdline: "nc 198.18.0.2 8081".into() };
+        let report = Report {
+            ports: vec![8081],
+            netns: None,
+            clean: false,
+            sockets: vec![socket("established", 77, vec![nc]), socket("time-wait", 0, vec![])],
+        };
+        assert_eq!(held_sockets(&report), ["tcp 8081 established by nc (pid 4242)"]);
+        assert_eq!(local_sockets(&report, &[8081]).len(), 2);
+        let only_time_wait = Report { sockets: vec![socket("time-wait", 0, vec![])], ..report };
+        assert!(held_sockets(&only_time_wait).is_empty());
     }
 }

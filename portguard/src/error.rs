@@ -26,6 +26,17 @@ pub enum GuardError {
     UnknownInterface(String),
 }
 
+/// A command line that asks for something contradictory or impossible, found after clap has
+/// parsed it. It exits 2 like clap's own usage errors, pointing at the verb's `--help`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// A usage error with this message.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
+}
+
 /// Whether an error (anywhere in its chain) is the kernel refusing access.
 pub fn is_permission_denied(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

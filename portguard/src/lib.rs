@@ -9,7 +9,9 @@
 //! - `maps`: reads and writes of the maps, bytes only; `pins`: where they live in bpffs.
 //! - `counters`: totals and per-source counters merged over CPUs, rates, the jiffy clock.
 //! - `table`: upkeep of the per-source table (what to forget when it fills).
-//! - `report`: rendering for people and machines; `metrics`: Prometheus; `notify`: systemd.
+//! - `report`: rendering for people and machines; `text`: plurals and marked cuts;
+//!   `notices`: warnings kept in sight above the live table; `json`: the one JSON dialect;
+//!   `metrics`: Prometheus; `notify`: systemd.
 //! - `check`: which sockets use a guarded port, and which processes own them.
 //! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
 //!   `capture`: pcapng files of matched packets.
@@ -27,17 +29,21 @@ pub mod daemon;
 pub mod error;
 pub mod fingerprint;
 pub mod guard;
+pub mod json;
 pub mod lab;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod notices;
 pub mod notify;
 pub mod pins;
 pub mod privileges;
+pub mod ranges;
 pub mod report;
 pub mod settings;
 mod sys;
 pub mod table;
+pub mod text;
 pub mod tui;
 pub mod wire;

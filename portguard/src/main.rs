@@ -4,7 +4,8 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use portguard::{error::Usage, notices};
 
 /// Guards TCP/UDP port 2745 (the Bagle backdoor) on Linux gateways with XDP, and tells you who
 /// is probing it.
@@ -30,18 +31,20 @@ enum Command {
     Top(cmd::top::Args),
     Lab(cmd::lab::Args),
     Completions(cmd::completions::Args),
-    /// Print the man page (roff), e.g. `portguard man > portguard.1`.
-    Man,
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
-        .init();
+        .build();
+    log::set_max_level(inner.filter());
+    let _ = log::set_boxed_logger(Box::new(Logger(inner)));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let verb = verb();
     if !matches!(cli.command, Command::Run(_) | Command::Lab(_) | Command::Top(_)) {
         // One-shot verbs end quietly when their reader goes away (`status | head -1`), as
         // other Unix tools do; the long-running ones check their writes instead.
@@ -68,12 +71,16 @@ fn main() -> ExitCode {
         Command::Detach(a) => cmd::detach::run(a),
         Command::Lab(a) => cmd::lab::run(a),
         Command::Completions(a) => cmd::completions::run::<Cli>(a),
-        Command::Man => cmd::completions::man::<Cli>(),
+        Command::Man(a) => cmd::completions::man::<Cli>(a),
         Command::Top(a) => cmd::top::run(a),
         Command::Check(_) => unreachable!("check returned above"),
     };
     match result {
         Ok(code) => code,
+        Err(e) if e.chain().any(|c| c.is::<Usage>()) => {
+            eprintln!("portguard: error: {e} {}", see_help(verb.as_deref()));
+            ExitCode::from(USAGE)
+        }
         Err(e) => {
             // One line: the outermost context and the root cause.
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -88,6 +95,63 @@ fn main() -> ExitCode {
     }
 }
 
+/// env_logger, except that warnings go to the live view's notices while it is up
+/// (`notices`), where a redraw cannot wipe them.
+struct Logger(env_logger::Logger);
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        self.0.enabled(m)
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.0.matches(r) {
+            return;
+        }
+        if r.level() <= log::Level::Warn && notices::capturing() {
+            let text = r.args().to_string();
+            let key = if r.target().starts_with(notices::TARGET_PREFIX) {
+                r.target().to_string()
+            } else {
+                text.clone()
+            };
+            notices::post(&key, text);
+            return;
+        }
+        self.0.log(r);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+/// The exit code of a malformed or contradictory command line; runtime failures are 1.
+const USAGE: u8 = 2;
+
+/// The verb on the command line, if it names one: the first word that is neither a flag nor
+/// the value of the one top-level flag that takes one (`--netns NAME`).
+fn verb() -> Option<String> {
+    let cli = Cli::command();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--netns" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return cli.find_subcommand(&a).filter(|c| c.get_name() != "help").map(|_| a);
+        }
+    }
+    None
+}
+
+/// Where a usage error sends the reader: the verb's own help when there is one.
+fn see_help(verb: Option<&str>) -> String {
+    match verb {
+        Some(v) => format!("(see 'portguard {v} --help')"),
+        None => "(see 'portguard --help')".to_string(),
+    }
+}
+
 /// clap's errors span several lines (message, usage, hint); scripts and journald want one.
 /// Help and version requests print as usual.
 fn usage_error(e: clap::Error) -> ExitCode {
@@ -99,7 +163,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = e.print();
-        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        return ExitCode::from(if e.use_stderr() { USAGE } else { 0 });
     }
     let text = e.render().to_string();
     let msg: Vec<&str> = text
@@ -110,6 +174,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .collect();
     let msg = msg.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-    eprintln!("portguard: error: {msg} (see 'portguard --help')");
-    ExitCode::from(2)
+    eprintln!("portguard: error: {msg} {}", see_help(verb().as_deref()));
+    ExitCode::from(USAGE)
 }

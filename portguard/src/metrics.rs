@@ -53,6 +53,9 @@ pub struct Snapshot {
     pub ifaces: Vec<IfaceMetrics>,
     /// None until the first socket scan.
     pub sockets: Option<Vec<LocalSocket>>,
+    /// The ports scanned: each gets a 0 per protocol where nothing was found, so that "none"
+    /// is a value, not a missing series.
+    pub socket_ports: Vec<u16>,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
@@ -160,6 +163,15 @@ pub fn render(s: &Snapshot) -> String {
                 ]))
                 .inc();
         }
+        for port in &s.socket_ports {
+            for protocol in ["tcp", "udp"] {
+                if !socks.iter().any(|k| k.port == *port && k.protocol == protocol) {
+                    let port = port.to_string();
+                    let _ =
+                        local.get_or_create(&labels(&[("port", &port), ("protocol", protocol)]));
+                }
+            }
+        }
         reg.register(
             "local_sockets",
             "Sockets on this host using a guarded port (portguard check), by state",
@@ -169,6 +181,31 @@ pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &reg);
+    sorted_samples(&out)
+}
+
+/// The exposition with each family's samples sorted: prometheus-client keeps series in hash
+/// maps, and a diff of two scrapes (or a person reading one) should not see them shuffle.
+fn sorted_samples(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let flush = |samples: &mut Vec<&str>, out: &mut String| {
+        samples.sort_unstable();
+        for l in samples.drain(..) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, &mut out);
     out
 }
 
@@ -328,6 +365,7 @@ mod tests {
                 protocol: "tcp".into(),
                 state: "listen".into(),
             }]),
+            socket_ports: vec![2745, 3127],
         };
         let text = render(&snap);
         for line in [
@@ -336,12 +374,22 @@ mod tests {
             "portguard_source_packets_total{iface=\"eth1\",source=\"198.18.0.2\",direction=\"probing\"} 4",
             "portguard_sources_tracked{iface=\"eth1\"} 1",
             "portguard_local_sockets{port=\"2745\",protocol=\"tcp\",state=\"listen\"} 1",
+            // Nothing found is 0, not a missing series.
+            "portguard_local_sockets{port=\"2745\",protocol=\"udp\"} 0",
+            "portguard_local_sockets{port=\"3127\",protocol=\"tcp\"} 0",
             "portguard_guard_info{iface=\"eth1\",xdp_mode=\"native\",mode=\"drop\"} 1",
             "portguard_guarded{iface=\"eth1\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+        // Series in a stable order, scrape after scrape.
+        let kinds: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("portguard_packets_total{")).collect();
+        let mut sorted = kinds.clone();
+        sorted.sort_unstable();
+        assert_eq!(kinds, sorted);
+        assert_eq!(render(&snap), text);
         let classic = render_classic(&snap);
         assert!(classic.contains("# TYPE portguard_packets_total counter\n"));
         assert!(!classic.contains("# EOF"));

@@ -2,10 +2,11 @@
 //! journald and pipes, and JSON with stable field names for scripts. The JSON fields are
 //! documented in README.md ("JSON output"); change them only by adding.
 
-use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use anyhow::Result;
 use portguard_common::Totals;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{
@@ -13,7 +14,10 @@ use crate::{
     counters::{Rates, Source},
     daemon::Tick,
     guard::{Attached, Health},
+    json::Document,
+    notices,
     settings::Settings,
+    text,
 };
 
 /// New-source lines printed per interface per interval; the rest are summed up in one line.
@@ -47,7 +51,8 @@ pub struct Snapshot {
     pub health: Health,
     pub settings: Settings,
     pub totals: Totals,
-    pub rates: Rates,
+    /// Rates since the previous reading; None after a single reading.
+    pub rates: Option<Rates>,
     /// How many sources the table holds, of how many it can.
     pub tracked: usize,
     pub capacity: u32,
@@ -107,65 +112,271 @@ fn attached_str(a: Option<Attached>) -> &'static str {
     a.map_or("unknown", Attached::as_str)
 }
 
-/// The table shown on a terminal.
-pub fn table(snaps: &[Snapshot]) -> String {
-    let now = clock::monotonic_ns();
-    let mut s = String::new();
-    for v in snaps {
-        let t = &v.totals;
-        let _ = writeln!(
-            s,
-            "{}{} ({} XDP): {}",
-            v.iface,
-            v.netns.as_ref().map(|n| format!(" (namespace {n})")).unwrap_or_default(),
-            attached_str(v.attached),
-            v.settings.summary()
-        );
-        let _ = writeln!(
-            s,
-            "  seen {} ({:.0}/s)  matched {} ({:.0}/s)  dropped {} ({:.0}/s)  allowed {}  \
-             malformed {}  fragments followed {}  untracked {}",
-            t.seen,
-            v.rates.seen,
-            t.matched,
-            v.rates.matched,
-            t.dropped,
-            v.rates.dropped,
-            t.allowed,
-            t.malformed,
-            t.fragments_followed,
-            t.untracked
-        );
-        if v.sources.is_empty() {
-            let _ = writeln!(s, "  no sources yet");
-            continue;
+/// How much room a table has: unlimited in a pipe; a terminal's width (and, for the live
+/// view, height) otherwise. Lines are cut to fit, never wrapped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Room {
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+}
+
+impl Room {
+    /// The size of the terminal on stdout, if it is one.
+    pub fn terminal() -> Room {
+        use std::io::IsTerminal as _;
+        if !std::io::stdout().is_terminal() {
+            return Room::default();
         }
-        let _ = writeln!(
-            s,
-            "  {:<39} {:>9} {:>8} {:>11} {:>5} {:<7} {:>9} {:>9}  WHAT",
-            "SOURCE", "PACKETS", "RATE/s", "BYTES", "SYNS", "PROTO", "LAST", "FIRST"
-        );
-        for r in &v.sources {
-            let st = &r.source.stats;
-            let _ = writeln!(
-                s,
-                "  {:<39} {:>9} {:>8.1} {:>11} {:>5} {:<7} {:>9} {:>9}  {}",
-                r.source.addr.to_string(),
-                st.packets,
-                r.rate,
-                st.bytes,
-                st.tcp_syns,
-                st.protocols.to_string(),
-                format!("{} ago", clock::short(clock::age(st.last_seen_ns, now))),
-                format!("{} ago", clock::short(clock::age(st.first_seen_ns, now))),
-                st.directions.describe(st.last_port)
-            );
-        }
-        if v.tracked > v.sources.len() {
-            let _ = writeln!(s, "  ... and {} more sources", v.tracked - v.sources.len());
+        match ratatui::crossterm::terminal::size() {
+            Ok((w, h)) if w > 0 && h > 0 => {
+                Room { width: Some(w as usize), height: Some(h as usize) }
+            }
+            _ => Room::default(),
         }
     }
-    s
+}
+
+/// The table `stats` prints: every interface with as many sources as it was given, each line
+/// cut to the width.
+pub fn table(snaps: &[Snapshot], width: Option<usize>) -> String {
+    let w = width.unwrap_or(usize::MAX);
+    let mut out = String::new();
+    for v in snaps {
+        for l in block(v, w, None) {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One frame of `run`'s live view in `w`×`h`: the notices first, then each interface with as
+/// many sources as fit, so that the totals never scroll away. Every line is cut to `w` and
+/// cleared to its end, and the frame ends by clearing what is below it: redrawn in place, it
+/// never flickers and never scrolls.
+pub fn frame(snaps: &[Snapshot], notices: &[String], w: usize, h: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let shown_notices = notices.len().min(MAX_NOTICES);
+    for n in &notices[..shown_notices] {
+        // Wrapped rather than cut: what a warning asks of the reader is often at its end.
+        let words: Vec<String> = n.split(' ').map(str::to_string).collect();
+        let mut wrapped = flow(&words, " ", "  ", w);
+        wrapped.truncate(NOTICE_LINES);
+        if let Some(first) = wrapped.first_mut() {
+            first.replace_range(..1, "!");
+        }
+        lines.extend(wrapped);
+    }
+    if notices.len() > shown_notices {
+        let more = notices.len() - shown_notices;
+        lines.push(text::fit(
+            &format!("! … and {} (see the log)", text::plural(more as u64, "more warning")),
+            w,
+        ));
+    }
+    // The last line stays empty: a newline there would scroll the screen.
+    let usable = h.saturating_sub(1);
+    let fixed: usize = snaps.iter().map(|v| block(v, w, Some(0)).len() + 1).sum();
+    let per = usable.saturating_sub(lines.len() + fixed) / snaps.len().max(1);
+    for v in snaps {
+        lines.extend(block(v, w, Some(per)));
+    }
+    lines.truncate(usable);
+    let mut out = String::from("\x1b[H");
+    for l in lines {
+        out.push_str(&l);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[J");
+    out
+}
+
+/// Notices drawn above the live table; more are summed up in one line.
+const MAX_NOTICES: usize = 5;
+/// Lines one notice may take.
+const NOTICE_LINES: usize = 3;
+
+/// One interface: its settings, its totals, and up to `rows` of its sources (all of them when
+/// None), each line at most `w` characters.
+fn block(v: &Snapshot, w: usize, rows: Option<usize>) -> Vec<String> {
+    let mut out = Vec::new();
+    let ns = v.netns.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default();
+    // What the kernel says first: a guard that is not running must not look like one.
+    let state = match &v.health {
+        Health::NotGuarded(why) => format!("NOT GUARDED: {why}"),
+        Health::Guarded { .. } => format!("{} XDP", attached_str(v.attached)),
+    };
+    out.push(text::fit(&format!("{}{ns} ({state}): {}", v.iface, v.settings.summary()), w));
+    let t = &v.totals;
+    // A rate is shown only when it is known: one reading has none.
+    let rated = |name: &str, n: u64, r: Option<f64>| match r {
+        Some(r) => format!("{name} {n} ({r:.0}/s)"),
+        None => format!("{name} {n}"),
+    };
+    let items = [
+        rated("seen", t.seen, v.rates.map(|r| r.seen)),
+        rated("matched", t.matched, v.rates.map(|r| r.matched)),
+        rated("dropped", t.dropped, v.rates.map(|r| r.dropped)),
+        format!("allowed {}", t.allowed),
+        format!("malformed {}", t.malformed),
+        format!("fragments followed {}", t.fragments_followed),
+        format!("untracked {}", t.untracked),
+    ];
+    out.extend(flow(&items, "  ", "  ", w));
+    if v.sources.is_empty() {
+        out.push(text::fit("  no sources yet", w));
+        return out;
+    }
+    let shown = rows.map_or(v.sources.len(), |r| r.min(v.sources.len()));
+    if shown > 0 {
+        let cols = columns(&v.sources, w.saturating_sub(2));
+        out.push(format!("  {}", row(&cols, |c| c.head.to_string())));
+        let now = clock::monotonic_ns();
+        for r in &v.sources[..shown] {
+            out.push(format!("  {}", row(&cols, |c| (c.cell)(r, now))));
+        }
+    }
+    if v.tracked > shown {
+        let more = text::plural((v.tracked - shown) as u64, "more source");
+        let line = if shown == 0 {
+            format!("  {}", text::plural(v.tracked as u64, "source"))
+        } else {
+            format!("  … and {more}")
+        };
+        out.push(text::fit(&line, w));
+    }
+    out
+}
+
+/// `items` joined by `sep`, in lines of at most `w` characters that start with `indent`.
+fn flow(items: &[String], sep: &str, indent: &str, w: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for it in items {
+        let len = cur.chars().count();
+        if !cur.is_empty() && len + sep.len() + it.chars().count() > w {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if cur.is_empty() {
+            cur = format!("{indent}{it}");
+        } else {
+            cur = format!("{cur}{sep}{it}");
+        }
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines.into_iter().map(|l| text::fit(&l, w)).collect()
+}
+
+/// A column of the source table.
+struct Col {
+    head: &'static str,
+    width: usize,
+    right: bool,
+    cell: fn(&Ranked, u64) -> String,
+}
+
+fn row(cols: &[Col], cell: impl Fn(&Col) -> String) -> String {
+    let mut s = String::new();
+    for (i, c) in cols.iter().enumerate() {
+        let text = text::fit_middle(&cell(c), c.width);
+        if i + 1 == cols.len() {
+            s.push_str(&text);
+        } else if c.right {
+            s.push_str(&format!("{text:>w$} ", w = c.width));
+        } else {
+            s.push_str(&format!("{text:<w$} ", w = c.width));
+        }
+    }
+    s.trim_end().to_string()
+}
+
+/// The columns that fit in `w`, in display order. The address, the packets and what the source
+/// did always show; then, as room allows and in this order: the rate, the last-seen age, a
+/// wider address, bytes, protocols, SYNs, the first-seen age, and the full address. What is
+/// left goes to the last column.
+fn columns(sources: &[Ranked], w: usize) -> Vec<Col> {
+    fn addr(r: &Ranked, _: u64) -> String {
+        r.source.addr.to_string()
+    }
+    fn packets(r: &Ranked, _: u64) -> String {
+        r.source.stats.packets.to_string()
+    }
+    fn rate(r: &Ranked, _: u64) -> String {
+        format!("{:.1}", r.rate)
+    }
+    fn bytes(r: &Ranked, _: u64) -> String {
+        r.source.stats.bytes.to_string()
+    }
+    fn syns(r: &Ranked, _: u64) -> String {
+        r.source.stats.tcp_syns.to_string()
+    }
+    fn proto(r: &Ranked, _: u64) -> String {
+        r.source.stats.protocols.to_string()
+    }
+    fn last(r: &Ranked, now: u64) -> String {
+        format!("{} ago", clock::short(clock::age(r.source.stats.last_seen_ns, now)))
+    }
+    fn first(r: &Ranked, now: u64) -> String {
+        format!("{} ago", clock::short(clock::age(r.source.stats.first_seen_ns, now)))
+    }
+    fn what(r: &Ranked, _: u64) -> String {
+        let st = &r.source.stats;
+        st.directions.describe(st.last_port)
+    }
+    // Each column costs its width and one space; the last column needs at least this much.
+    const WHAT_MIN: usize = 12;
+    const ADDR_MIN: usize = 15;
+    const ADDR_MID: usize = 25;
+    let longest = sources.iter().map(|r| r.source.addr.to_string().len()).max().unwrap_or(0);
+    let mut addr_w = ADDR_MIN.min(longest.max(6));
+    let mut left = w.saturating_sub(addr_w + 1 + 9 + 1 + WHAT_MIN);
+    let mut take = |n: usize| {
+        if n <= left {
+            left -= n;
+            true
+        } else {
+            false
+        }
+    };
+    let has_rate = take(9);
+    let has_last = take(10);
+    let grow = longest.min(ADDR_MID).saturating_sub(addr_w);
+    if take(grow) {
+        addr_w += grow;
+    }
+    let has_bytes = take(12);
+    let has_proto = take(8);
+    let has_syns = take(6);
+    let has_first = take(10);
+    let grow = longest.saturating_sub(addr_w);
+    if take(grow) {
+        addr_w += grow;
+    }
+    let col = |head, width, right, cell| Col { head, width, right, cell };
+    let mut cols = vec![col("SOURCE", addr_w, false, addr as fn(&Ranked, u64) -> String)];
+    cols.push(col("PACKETS", 9, true, packets));
+    if has_rate {
+        cols.push(col("RATE/s", 8, true, rate));
+    }
+    if has_bytes {
+        cols.push(col("BYTES", 11, true, bytes));
+    }
+    if has_syns {
+        cols.push(col("SYNS", 5, true, syns));
+    }
+    if has_proto {
+        cols.push(col("PROTO", 7, false, proto));
+    }
+    if has_last {
+        cols.push(col("LAST", 9, true, last));
+    }
+    if has_first {
+        cols.push(col("FIRST", 9, true, first));
+    }
+    cols.push(col("WHAT", WHAT_MIN + left, false, what));
+    cols
 }
 
 /// One line per interface: stable `key=value` pairs, the top sources as `addr:packets`.
@@ -175,7 +386,8 @@ pub fn line(v: &Snapshot) -> String {
         "iface={}{} xdp={} mode={} seen={} matched={} dropped={} allowed={} malformed={} \
          fragments_followed={} untracked={} sources={} drop_rate={:.1}",
         v.iface,
-        v.netns.as_ref().map(|n| format!(" (namespace {n})")).unwrap_or_default(),
+        // Its own key, only when the interface is in another namespace (the lab's).
+        v.netns.as_ref().map(|n| format!(" netns={n}")).unwrap_or_default(),
         attached_str(v.attached),
         v.settings.mode.as_str(),
         t.seen,
@@ -186,10 +398,18 @@ pub fn line(v: &Snapshot) -> String {
         t.fragments_followed,
         t.untracked,
         v.tracked,
-        v.rates.dropped
+        v.rates.map_or(0.0, |r| r.dropped)
     );
-    let tops: Vec<String> =
-        v.sources.iter().map(|x| format!("{}:{}", x.source.addr, x.source.stats.packets)).collect();
+    // addr:packets, IPv6 in brackets ("[2001:db8::4]:449") as in a socket address, so that a
+    // script can split each entry at its last colon.
+    let tops: Vec<String> = v
+        .sources
+        .iter()
+        .map(|x| match x.source.addr {
+            IpAddr::V4(a) => format!("{a}:{}", x.source.stats.packets),
+            IpAddr::V6(a) => format!("[{a}]:{}", x.source.stats.packets),
+        })
+        .collect();
     if !tops.is_empty() {
         s.push_str(" top=");
         s.push_str(&tops.join(","));
@@ -200,30 +420,39 @@ pub fn line(v: &Snapshot) -> String {
 /// The line logged the first time a source appears.
 pub fn new_source_line(iface: &str, s: &Source) -> String {
     format!(
-        "new source on {iface}: {} {} ({}), {} packets",
+        "new source on {iface}: {} {} ({}), {}",
         s.addr,
         s.stats.directions.describe(s.stats.last_port),
         s.stats.protocols,
-        s.stats.packets
+        text::plural(s.stats.packets, "packet")
     )
 }
 
 /// One source in JSON.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct SourceJson {
+    /// The source address (IPv4 sources as IPv4).
     pub address: String,
     pub packets: u64,
+    /// Whole frames.
     pub bytes: u64,
+    /// Packets per second: over the sampling interval, or the average since first seen.
     pub rate_pps: f64,
+    /// RFC 3339, UTC.
     pub first_seen: String,
-    pub first_seen_unix: f64,
+    /// Whole seconds since the Unix epoch.
+    pub first_seen_unix: u64,
+    /// RFC 3339, UTC.
     pub last_seen: String,
-    pub last_seen_unix: f64,
+    /// Whole seconds since the Unix epoch.
+    pub last_seen_unix: u64,
     pub last_seen_age_seconds: f64,
     pub tcp_syns: u32,
     pub last_port: u16,
     /// "probing" (sent to a guarded port), "answering" (sent from one), or "both".
+    #[schemars(extend("enum" = ["probing", "answering", "both"]))]
     pub direction: &'static str,
+    /// "tcp" and/or "udp".
     pub protocols: Vec<&'static str>,
 }
 
@@ -238,9 +467,9 @@ impl SourceJson {
             bytes: st.bytes,
             rate_pps: (r.rate * 1000.0).round() / 1000.0,
             first_seen: clock::rfc3339(first),
-            first_seen_unix: clock::unix(first).floor(),
+            first_seen_unix: clock::unix(first),
             last_seen: clock::rfc3339(last),
-            last_seen_unix: clock::unix(last).floor(),
+            last_seen_unix: clock::unix(last),
             last_seen_age_seconds: (clock::age(st.last_seen_ns, now_ns).as_secs_f64() * 10.0)
                 .round()
                 / 10.0,
@@ -253,16 +482,44 @@ impl SourceJson {
 }
 
 /// One interface's counters in JSON (`stats --json`, and each line of `run --json`).
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct InterfaceJson {
     pub iface: String,
+    /// "native", "generic", or "unknown".
     pub xdp_mode: &'static str,
+    /// "drop" or "count".
+    #[schemars(extend("enum" = ["drop", "count"]))]
     pub mode: &'static str,
     pub ports: Vec<u16>,
     pub totals: Totals,
+    /// Drops per second over the interval; 0 when there is none (`stats` without
+    /// `--interval`).
     pub drop_rate_pps: f64,
     pub sources_tracked: usize,
+    /// The top sources, in the order asked for.
     pub sources: Vec<SourceJson>,
+}
+
+/// `stats --json`: every guarded interface (an empty list when nothing is guarded).
+#[derive(Serialize, JsonSchema)]
+pub struct StatsJson {
+    pub interfaces: Vec<InterfaceJson>,
+}
+
+/// One line of `run --json`.
+#[derive(Serialize, JsonSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One interface's counters, every interval.
+    Interval(InterfaceJson),
+    /// A source seen for the first time.
+    NewSource {
+        iface: String,
+        #[serde(flatten)]
+        source: SourceJson,
+    },
+    /// More new sources in one interval than are printed one by one.
+    NewSourcesSuppressed { iface: String, count: usize },
 }
 
 impl InterfaceJson {
@@ -274,7 +531,7 @@ impl InterfaceJson {
             mode: v.settings.mode.as_str(),
             ports: v.settings.ports.clone(),
             totals: v.totals,
-            drop_rate_pps: (v.rates.dropped * 10.0).round() / 10.0,
+            drop_rate_pps: (v.rates.map_or(0.0, |r| r.dropped) * 10.0).round() / 10.0,
             sources_tracked: v.tracked,
             sources: v.sources.iter().map(|r| SourceJson::new(r, now)).collect(),
         }
@@ -282,11 +539,14 @@ impl InterfaceJson {
 }
 
 /// One tick's output: on a terminal the table, redrawn in place; otherwise a line (or a JSON
-/// line) per new source and per interface.
+/// line) per new source and per interface. On a terminal, a failed write is an error: the
+/// terminal is gone (a closed window, a dropped ssh session), and the caller stops.
 pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: bool) -> Result<()> {
     if tty {
-        // Home, clear screen.
-        let _ = write!(out, "\x1b[H\x1b[2J{}", table(&tick.snaps));
+        let room = Room::terminal();
+        let (w, h) = (room.width.unwrap_or(80), room.height.unwrap_or(24));
+        write!(out, "{}", frame(&tick.snaps, &notices::current(), w, h))?;
+        out.flush()?;
         return Ok(());
     }
     for (iface, fresh) in &tick.news {
@@ -294,9 +554,7 @@ pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: b
     }
     for v in &tick.snaps {
         let line = if json {
-            let mut j = serde_json::to_value(InterfaceJson::new(v))?;
-            j["event"] = "interval".into();
-            j.to_string()
+            Document::now(Event::Interval(InterfaceJson::new(v))).line()?
         } else {
             line(v)
         };
@@ -310,10 +568,10 @@ fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source
     for s in fresh.iter().take(NEW_SOURCE_LINES) {
         let line = if json {
             let r = Ranked { source: *s, rate: 0.0 };
-            let mut j = serde_json::to_value(SourceJson::new(&r, now)).unwrap_or_default();
-            j["event"] = "new_source".into();
-            j["iface"] = iface.into();
-            j.to_string()
+            let source = SourceJson::new(&r, now);
+            Document::now(Event::NewSource { iface: iface.into(), source })
+                .line()
+                .unwrap_or_default()
         } else {
             new_source_line(iface, s)
         };
@@ -322,11 +580,134 @@ fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source
     if fresh.len() > NEW_SOURCE_LINES {
         let more = fresh.len() - NEW_SOURCE_LINES;
         let line = if json {
-            serde_json::json!({"event": "new_sources_suppressed", "iface": iface, "count": more})
-                .to_string()
+            Document::now(Event::NewSourcesSuppressed { iface: iface.into(), count: more })
+                .line()
+                .unwrap_or_default()
         } else {
-            format!("... and {more} more new sources on {iface}")
+            format!("… and {} on {iface}", text::plural(more as u64, "more new source"))
         };
         let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        counters::SourceStats,
+        wire::{Directions, Protocols},
+    };
+
+    fn snapshot(netns: Option<&str>, rates: Option<Rates>) -> Snapshot {
+        let now = clock::monotonic_ns();
+        let addrs = ["198.18.0.6", "2001:db8:7:0:1234:5678:9abc:4", "2001:db8::6", "198.18.0.5"];
+        let sources: Vec<Ranked> = (0..40)
+            .map(|i| Ranked {
+                source: Source {
+                    addr: addrs[i % addrs.len()].parse().unwrap(),
+                    stats: SourceStats {
+                        packets: 449 - i as u64,
+                        bytes: 64_000,
+                        first_seen_ns: now - 30_000_000_000,
+                        last_seen_ns: now,
+                        tcp_syns: 3,
+                        last_port: 2745,
+                        directions: Directions(portguard_common::DIR_DST),
+                        protocols: Protocols(
+                            portguard_common::PROTO_TCP | portguard_common::PROTO_UDP,
+                        ),
+                    },
+                },
+                rate: 1.5,
+            })
+            .collect();
+        Snapshot {
+            iface: "pg-wan".into(),
+            netns: netns.map(str::to_string),
+            attached: Some(Attached::Native),
+            health: Health::Guarded { mode: Attached::Native, prog_id: 7, pinned: true },
+            settings: Settings::default(),
+            totals: Totals { seen: 268, matched: 1, dropped: 1, ..Totals::default() },
+            rates,
+            tracked: 50,
+            capacity: 65536,
+            sources,
+        }
+    }
+
+    /// The frame's lines, escape sequences removed.
+    fn lines(frame: &str) -> Vec<String> {
+        let plain = frame.replace("\x1b[H", "").replace("\x1b[K", "").replace("\x1b[J", "");
+        plain.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_live_frame_fits_80x24_with_its_notices_and_totals() {
+        let snap = snapshot(None, Some(Rates { seen: 12.0, matched: 1.0, dropped: 1.0 }));
+        let notices = vec!["native XDP unavailable on pg-wan; running in generic mode".to_string()];
+        let l = lines(&frame(std::slice::from_ref(&snap), &notices, 80, 24));
+        assert!(l.len() <= 23, "one line is left free so that nothing scrolls: {l:#?}");
+        assert!(l.iter().all(|l| l.chars().count() <= 80), "{l:#?}");
+        assert!(l[0].starts_with("! native XDP unavailable"), "{l:#?}");
+        assert!(l[1].starts_with("pg-wan (native XDP): drop"), "{l:#?}");
+        assert!(l.iter().any(|l| l.contains("seen 268 (12/s)")), "{l:#?}");
+        assert!(l.iter().any(|l| l.contains("untracked 0")), "the totals wrap, never cut: {l:#?}");
+        // The long address is cut in its middle, with a mark; the last line says what is left.
+        assert!(l.iter().any(|l| l.contains('…') && l.contains("2001:db8")), "{l:#?}");
+        assert!(l.last().unwrap().contains("… and"), "{l:#?}");
+        assert!(l.iter().any(|l| l.contains("SOURCE") && l.contains("WHAT")), "{l:#?}");
+    }
+
+    #[test]
+    fn wide_terminals_show_every_column_and_full_addresses() {
+        let snap = snapshot(Some("pglab1-gw"), None);
+        let l = lines(&frame(&[snap], &[], 200, 50));
+        assert!(l.len() <= 49);
+        let head = l.iter().find(|l| l.contains("SOURCE")).unwrap();
+        for col in ["PACKETS", "RATE/s", "BYTES", "SYNS", "PROTO", "LAST", "FIRST", "WHAT"] {
+            assert!(head.contains(col), "{col}: {head}");
+        }
+        assert!(l.iter().any(|l| l.contains("2001:db8:7:0:1234:5678:9abc:4")), "{l:#?}");
+        assert!(l[0].starts_with("pg-wan in namespace pglab1-gw"), "{l:#?}");
+        // One reading has no rate: none is printed rather than "0/s".
+        assert!(l.iter().any(|l| l.starts_with("  seen 268  matched 1")), "{l:#?}");
+        assert!(!l.iter().any(|l| l.contains("(0/s)")), "{l:#?}");
+    }
+
+    #[test]
+    fn narrow_terminals_drop_columns_rather_than_squeeze_them() {
+        let snap = snapshot(None, None);
+        let l = lines(&frame(&[snap], &[], 60, 15));
+        assert!(l.iter().all(|l| l.chars().count() <= 60), "{l:#?}");
+        let head = l.iter().find(|l| l.contains("SOURCE")).unwrap();
+        assert!(!head.contains("FIRST") && !head.contains("SYNS"), "{head}");
+        assert!(l.iter().any(|l| l.contains("probing 2745")), "{l:#?}");
+    }
+
+    #[test]
+    fn the_line_is_key_value_all_through() {
+        let mut snap = snapshot(Some("pglab1-gw"), None);
+        snap.sources.truncate(2);
+        let line = line(&snap);
+        assert!(line.starts_with("iface=pg-wan netns=pglab1-gw xdp="), "{line}");
+        let top = line.split(' ').find_map(|kv| kv.strip_prefix("top=")).unwrap();
+        // Each entry splits at its last colon into an address and a count.
+        for entry in top.split(',') {
+            let (addr, n) = entry.rsplit_once(':').unwrap();
+            let addr = addr.trim_start_matches('[').trim_end_matches(']');
+            assert!(addr.parse::<IpAddr>().is_ok() && n.parse::<u64>().is_ok(), "{entry}");
+        }
+        assert!(top.contains("[2001:db8:7:0:1234:5678:9abc:4]:448"), "{top}");
+        // Every other word is key=value too.
+        assert!(line.split(' ').all(|kv| kv.contains('=')), "{line}");
+    }
+
+    #[test]
+    fn new_source_lines_count_in_words() {
+        let mut s = snapshot(None, None).sources[0].source;
+        s.stats.packets = 1;
+        assert!(new_source_line("pg-wan", &s).ends_with(", 1 packet"));
+        s.stats.packets = 2;
+        assert!(new_source_line("pg-wan", &s).ends_with(", 2 packets"));
     }
 }

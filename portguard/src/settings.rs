@@ -52,7 +52,16 @@ impl Direction {
 
 /// Guarded L4 protocols.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -101,11 +110,33 @@ impl FromStr for Cidr {
                 _ => return Err(format!("invalid CIDR '{s}': prefix length must be 0..={max}")),
             },
         };
-        Ok(Cidr { addr: mask(addr, len), len })
+        let cidr = Cidr { addr: mask(addr, len), len };
+        // The program keys IPv4 sources in the IPv4 trie, so an IPv4-mapped IPv6 prefix would be
+        // accepted and never match anything: say what to write instead.
+        if let Some(v4) = cidr.mapped_v4() {
+            return Err(format!(
+                "'{s}' is an IPv4-mapped IPv6 prefix, which no packet matches (IPv4 sources are \
+                 compared as IPv4): write {v4}"
+            ));
+        }
+        Ok(cidr)
     }
 }
 
 impl Cidr {
+    /// The IPv4 prefix an IPv4-mapped IPv6 prefix (inside ::ffff:0:0/96) means, if it is one.
+    fn mapped_v4(&self) -> Option<Cidr> {
+        let IpAddr::V6(a) = self.addr else { return None };
+        let v4 = a.to_ipv4_mapped()?;
+        (self.len >= 96).then(|| Cidr { addr: IpAddr::V4(v4), len: self.len - 96 })
+    }
+
+    /// Whether it covers a whole address family (0.0.0.0/0 or ::/0): allowing it switches off
+    /// dropping for every IPv4 or every IPv6 source.
+    pub fn is_everything(&self) -> bool {
+        self.len == 0
+    }
+
     /// Whether `ip` lies in this prefix (an IPv4 address never lies in an IPv6 prefix, as in
     /// the program's two tries).
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -224,6 +255,18 @@ mod tests {
         assert!("198.18.0.0/33".parse::<Cidr>().unwrap_err().contains("0..=32"));
         assert!("nonsense/8".parse::<Cidr>().unwrap_err().contains("not an IP address"));
         assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len, 0);
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().is_everything());
+        assert!(!"0.0.0.0/1".parse::<Cidr>().unwrap().is_everything());
+    }
+
+    #[test]
+    fn ipv4_mapped_prefixes_are_refused_with_their_ipv4_form() {
+        let e = "::ffff:198.18.7.10/128".parse::<Cidr>().unwrap_err();
+        assert!(e.contains("write 198.18.7.10/32"), "{e}");
+        let e = "::ffff:198.18.0.0/111".parse::<Cidr>().unwrap_err();
+        assert!(e.contains("write 198.18.0.0/15"), "{e}");
+        // A prefix wider than the mapped range is an ordinary IPv6 prefix.
+        assert!("::/64".parse::<Cidr>().is_ok());
     }
 
     #[test]

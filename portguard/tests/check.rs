@@ -204,6 +204,10 @@ fn json_has_the_documented_fields() {
     let out = portguard(&["check", "--json", "--netns", &lab.gw]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    portguard_testkit::schema::validate("check", &doc);
+    assert_eq!(doc["version"], 1);
+    assert!(doc["generated_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+    assert!(doc["generated_at_unix"].as_u64().is_some_and(|t| t > 1_700_000_000), "{doc}");
     assert_eq!(doc["ports"], serde_json::json!([2745]));
     assert_eq!(doc["clean"], false);
     assert_eq!(doc["netns"], lab.gw.as_str());
@@ -231,6 +235,7 @@ fn json_has_the_documented_fields() {
     let out = portguard(&["check", "--json", "--netns", &lab.gw]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    portguard_testkit::schema::validate("check", &doc);
     assert_eq!(doc["clean"], true);
     assert_eq!(doc["sockets"], serde_json::json!([]));
 }
@@ -276,6 +281,7 @@ fn own_namespace_scan_answers_for_it() {
     let out = own(true);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    portguard_testkit::schema::validate("check", &doc);
     assert_eq!(
         (doc["clean"].clone(), doc["netns"].clone()),
         (true.into(), serde_json::Value::Null)
@@ -285,6 +291,7 @@ fn own_namespace_scan_answers_for_it() {
     let out = own(true);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    portguard_testkit::schema::validate("check", &doc);
     assert_eq!(doc["clean"], false);
     assert_eq!(doc["sockets"].as_array().unwrap().len(), 1, "{doc}");
     assert_eq!(own(false).status.code(), Some(1));

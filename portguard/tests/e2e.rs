@@ -163,7 +163,8 @@ fn run_command_guards_until_sigterm_and_detaches() {
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with(&format!("iface={GW_IF} xdp=native ")), "{stdout}");
     assert!(
-        last.contains(&format!("top={}:", lab::outside(true, 1)))
+        // IPv6 in brackets, so that each entry splits at its last colon.
+        last.contains(&format!("top=[{}]:", lab::outside(true, 1)))
             || last.contains(&format!("{}:", lab::outside(false, 1))),
         "{last}"
     );

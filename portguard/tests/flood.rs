@@ -57,7 +57,11 @@ fn sustained_spoofed_source_flood() {
     let pid = daemon.pid();
     let stats = || -> Option<Value> {
         let out = bin.output(&["stats", "--json", "--top", "5"]);
-        serde_json::from_slice::<Value>(&out.stdout).ok().map(|v| v["interfaces"][0].clone())
+        // Nothing guarded yet is an empty list, not an error.
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .map(|v| v["interfaces"][0].clone())
+            .filter(|i| !i.is_null())
     };
     wait_until("portguard to start", || stats().is_some());
 

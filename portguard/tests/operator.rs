@@ -33,8 +33,11 @@ fn stats_status_set_detach_on_a_running_guard() {
     wait_until("14 drops", || f.dropped() == 14);
 
     // stats --json: totals and sources with documented fields.
+    // (Fixture::json validates each document against docs/schema/ too.)
     let doc = f.json(&["stats", "--json"]);
     assert_eq!(doc["version"], 1);
+    assert!(doc["generated_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+    assert!(doc["generated_at_unix"].as_u64().is_some(), "{doc}");
     let e = iface_entry(&doc, GW_IF);
     assert_eq!(e["mode"], "drop");
     assert_eq!(e["xdp_mode"], "native");
@@ -63,6 +66,10 @@ fn stats_status_set_detach_on_a_running_guard() {
         assert!(top.get(key).is_some(), "missing {key}: {top}");
     }
     assert!(top["first_seen"].as_str().unwrap().ends_with('Z'));
+    // Whole seconds, as integers (not 1795675202.0), like status's guarded_since_unix.
+    for key in ["first_seen_unix", "last_seen_unix"] {
+        assert!(top[key].is_u64(), "{key} is an integer: {top}");
+    }
     // --top and --sort.
     let doc = f.json(&["stats", "--json", "--top", "2", "--sort", "last-seen"]);
     assert_eq!(iface_entry(&doc, GW_IF)["sources"].as_array().unwrap().len(), 2);
@@ -70,9 +77,19 @@ fn stats_status_set_detach_on_a_running_guard() {
     let out = f.portguard(&["stats"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("198.18.0.5") && text.contains("probing 2745"), "{text}");
+    // One reading has no rates: none is printed (not "0/s"); with --interval there are.
+    assert!(text.contains("seen ") && !text.contains("/s)"), "{text}");
+    let out = f.portguard(&["stats", "--interval", "0.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/s)"), "{text}");
 
-    // status
+    // status: times in UTC with the zone shown, as in the logs.
+    let text = String::from_utf8_lossy(&f.portguard(&["status"]).stdout).to_string();
+    let since = text.split("  since ").nth(1).and_then(|t| t.split(' ').next()).unwrap();
+    assert!(since.len() == 20 && since.ends_with('Z') && since.contains('T'), "{text}");
     let doc = f.json(&["status", "--json"]);
+    assert_eq!(doc["version"], 1);
+    assert!(doc["generated_at_unix"].is_u64(), "{doc}");
     let s = iface_entry(&doc, GW_IF);
     assert_eq!(s["mode"], "drop");
     assert_eq!(s["protocols"], serde_json::json!(["tcp", "udp"]));
@@ -155,9 +172,13 @@ fn persist_then_adopt_keeps_counters_and_never_unguards() {
     f.probe(0, 4);
     wait_until("16 drops", || f.dropped() == 16);
     assert_eq!(f.owner(), None);
-    // kill -9 of a new owner also leaves the guard in place.
-    let second = f.run(&["--persist"]);
+    // kill -9 of a new owner also leaves the guard in place. It asks for another table size,
+    // which an adopted guard cannot take: it says so.
+    let second = f.run(&["--persist", "--sources", "1024"]);
     f.daemons[second].wait_log("adopted the guard left on pg-wan");
+    f.daemons[second].wait_log(
+        "pg-wan: kept its table of 65536 sources (--sources 1024 is not applied to a guard already in place",
+    );
     f.daemons[second].signal(libc::SIGKILL);
     let _ = f.daemons[second].wait();
     assert!(f.attached());
@@ -277,6 +298,43 @@ fn config_file_flags_override_and_sighup_reloads() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// SIGHUP applies every key that can change in place and names each one that takes a restart.
+#[test]
+fn sighup_applies_what_it_can_and_names_the_rest() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    let dir = tempdir();
+    let path = dir.join("portguard.toml");
+    std::fs::write(&path, "[output]\ninterval = 0.2\n").unwrap();
+    let run = f.run(&["--config", path.to_str().unwrap(), "--no-metrics"]);
+    f.wait_guarded();
+    wait_until("a key=value line", || f.daemons[run].out().contains("iface="));
+    std::fs::write(
+        &path,
+        "sources = 1024\nxdp_mode = \"generic\"\npersist = true\n[output]\ninterval = 0.1\njson = true\n",
+    )
+    .unwrap();
+    f.daemons[run].signal(libc::SIGHUP);
+    f.daemons[run].wait_log("SIGHUP: applied");
+    let log = f.daemons[run].log();
+    assert!(log.contains("SIGHUP: sources, xdp_mode changed, which takes a restart"), "{log}");
+    assert!(log.contains("[output] interval = 0.1, [output] json = true, persist = true"), "{log}");
+    // Applied: JSON lines now.
+    wait_until("JSON lines", || f.daemons[run].out().lines().any(|l| l.starts_with('{')));
+    // Still running as it was: the table was not resized, the attachment not changed.
+    let doc = f.json(&["status", "--json"]);
+    assert_eq!(iface_entry(&doc, GW_IF)["source_capacity"], 65536);
+    assert_eq!(iface_entry(&doc, GW_IF)["xdp_mode"], "native");
+    // persist = true was applied: the guard stays after SIGTERM.
+    f.daemons[run].signal(libc::SIGTERM);
+    let out = f.daemons[run].wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(f.attached(), "persist applied on reload: the guard is left in place");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn json_lines_from_run() {
     if !root_or_skip() {
@@ -292,6 +350,12 @@ fn json_lines_from_run() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // Every line is a document of its own: the schema, a version and a time stamp.
+    for l in &lines {
+        portguard_testkit::schema::validate("run", l);
+        assert_eq!(l["version"], 1, "{l}");
+        assert!(l["generated_at"].is_string() && l["generated_at_unix"].is_u64(), "{l}");
+    }
     assert!(lines.iter().any(|l| l["event"] == "new_source"
         && l["address"] == "198.18.0.4"
         && l["iface"] == GW_IF));
@@ -312,10 +376,15 @@ fn errors_are_one_line_and_leave_nothing_behind() {
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.starts_with("portguard: error: ") && e.contains(needle), "{needle}: {e}");
     };
-    one_line(&f.portguard(&["stats"]), 1, "nothing is guarded");
+    // Read-only verbs answer "nothing" with an empty list, not an error.
+    let out = f.portguard(&["stats"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("nothing is guarded"), "{out:?}");
+    assert_eq!(f.json(&["stats", "--json"])["interfaces"], serde_json::json!([]));
+    assert_eq!(f.json(&["status", "--json"])["interfaces"], serde_json::json!([]));
     one_line(&f.portguard(&["stats", "--iface", "pg-wan"]), 1, "pg-wan is not guarded");
     one_line(&f.portguard(&["set", "--mode", "count"]), 1, "nothing is guarded");
-    one_line(&f.portguard(&["set", "--iface", "eth9"]), 1, "nothing to change");
+    one_line(&f.portguard(&["set", "--iface", "eth9"]), 2, "nothing to change");
     one_line(&f.portguard(&["detach", "--iface", "pg-wan"]), 1, "not guarded");
     one_line(&f.portguard(&["detach"]), 2, "--iface");
     one_line(&f.portguard(&["set", "--allow", "1.2.3.4/64"]), 2, "prefix length");
@@ -332,7 +401,7 @@ fn errors_are_one_line_and_leave_nothing_behind() {
         1,
         "cannot read config",
     );
-    one_line(&f.portguard(&["run"]), 1, "no interface to guard");
+    one_line(&f.portguard(&["run"]), 2, "no interface to guard");
     // No XDP in the requested mode: loopback has no native XDP. Nothing is left pinned.
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", f.lab.gw))
@@ -350,6 +419,65 @@ fn errors_are_one_line_and_leave_nothing_behind() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing is guarded");
 }
 
+/// `check` without --port looks for the ports the guards are configured with: the daemon's
+/// warning about a local socket on a guarded port sends the admin there.
+#[test]
+fn check_defaults_to_the_guarded_ports() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    f.run(&["--port", "3127", "--port", "2745", "--no-metrics"]);
+    f.wait_guarded();
+    let doc = f.json(&["check", "--json"]);
+    assert_eq!(doc["ports"], serde_json::json!([2745, 3127]));
+    // Asked for explicitly, --port wins.
+    assert_eq!(f.json(&["check", "--json", "--port", "8080"])["ports"], serde_json::json!([8080]));
+}
+
+/// Guarding the loopback or an interface that is down is done as asked, with a word about it.
+#[test]
+fn quiet_interfaces_are_named() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = fixture();
+    let gw = f.lab.gw.clone();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").arg("-n").arg(&gw).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&["link", "add", "pg-down", "type", "veth", "peer", "name", "pg-down-p"]);
+    for (iface, needle) in [
+        ("lo", "lo is the loopback interface: it carries only this host's own traffic"),
+        ("pg-down", "pg-down is down: nothing reaches it until it is up"),
+    ] {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{gw}"))
+            .arg(env!("CARGO_BIN_EXE_portguard"))
+            .args(["run", "--iface", iface, "--duration", "0.2", "--no-metrics"])
+            .env("PORTGUARD_PIN_ROOT", &f.pins.path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains(needle), "{iface}: {log}");
+    }
+    // An interface that is up and not the loopback gets no such word.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{gw}"))
+        .arg(env!("CARGO_BIN_EXE_portguard"))
+        .args(["run", "--iface", GW_IF, "--duration", "0.2", "--no-metrics"])
+        .env("PORTGUARD_PIN_ROOT", &f.pins.path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !log.contains(" is down") && !log.contains("loopback"),
+        "{log}"
+    );
+}
+
 #[test]
 fn completions_and_man_page() {
     if !root_or_skip() {
@@ -362,6 +490,33 @@ fn completions_and_man_page() {
     let out = f.portguard(&["man"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH portguard"));
+    // Every page, rendered by man(1) without a warning; the top page states what every verb
+    // shares, and every page it refers to exists.
+    let dir = tempdir();
+    let out = f.portguard(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let render = |page: &str| {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(dir.join(page))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .output()
+            .expect("man (cargo xtask setup installs man-db)");
+        assert!(out.status.success(), "{page}: {out:?}");
+        assert!(out.stderr.is_empty(), "{page}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = render("portguard.1");
+    for section in ["EXIT STATUS", "FILES", "ENVIRONMENT", "SEE ALSO", "PORTGUARD_PIN_ROOT"] {
+        assert!(top.contains(section), "{section}: {top}");
+    }
+    for verb in ["run", "stats", "status", "set", "detach", "check", "top"] {
+        let page = render(&format!("portguard-{verb}.1"));
+        assert!(page.contains("OPTIONS") && page.contains("--help"), "{verb}: {page}");
+    }
+    assert!(render("portguard-run.1").contains("--iface"));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn tempdir() -> PathBuf {

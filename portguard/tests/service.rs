@@ -203,7 +203,9 @@ fn metrics_over_http_match_the_maps() {
     );
     // The listener in the namespace is a socket on 2745 on this "host": exported too.
     wait_until("local sockets", || {
-        scrape(&f.lab.gw, None).contains("portguard_local_sockets{port=\"2745\",protocol=\"udp\"")
+        scrape(&f.lab.gw, None).contains(
+            "portguard_local_sockets{port=\"2745\",protocol=\"udp\",state=\"unconnected\"} ",
+        )
     });
     // OpenMetrics on request.
     let om = scrape(&f.lab.gw, Some("application/openmetrics-text; version=1.0.0"));
@@ -340,6 +342,7 @@ fn fleet_rules_and_dashboard_use_real_metrics() {
             protocol: "tcp".into(),
             state: "listen".into(),
         }]),
+        socket_ports: vec![2745],
     });
     let text = std::fs::read_to_string(&rules).unwrap() + &dashboard.to_string();
     let mut used = 0;

@@ -478,6 +478,69 @@ fn fits_80x24_and_resizes() {
     });
 }
 
+/// A long IPv6 source (admitted through BPF_PROG_TEST_RUN, no packet leaves the program): at
+/// 80×24 its address is cut in the middle with a mark; at 200×50 it shows whole, with the
+/// columns a narrow screen leaves out (SYNs, protocols); at 60×15 the direction stays readable.
+#[test]
+fn columns_follow_the_width() {
+    if !root_or_skip() {
+        return;
+    }
+    use aya::programs::{TestRun as _, TestRunOptions};
+    const LONG: &str = "2001:db8:7:0:1234:5678:9abc:4";
+    let mut f = Fixture::new(true);
+    f.probes();
+    let src: std::net::Ipv6Addr = LONG.parse().unwrap();
+    let std::net::IpAddr::V6(gw) = lab::gw_v6() else { unreachable!() };
+    let frame = Frame::tcp6(src.octets(), gw.octets(), 40_000, 2745).build();
+    for _ in 0..40 {
+        let opts = TestRunOptions { data_in: Some(&frame), ..Default::default() };
+        f.guards[0].program().unwrap().test_run(opts).unwrap();
+    }
+    let narrow = f.top(80, 24, "");
+    let screen = f.wait_screen(&narrow, "the long address, cut", |sc| {
+        sc.lines().any(|l| l.contains("2001:db8") && l.contains('…'))
+            && sc.lines().nth(23).is_some_and(|l| l.contains("q quit"))
+    });
+    eprintln!("{screen}");
+    assert!(!screen.contains(LONG), "{screen}");
+    assert!(screen.lines().all(|l| l.chars().count() <= 80));
+
+    let wide = f.top(200, 50, "");
+    let screen = f.wait_screen(&wide, "the long address, whole", |sc| {
+        line_of(sc, LONG).is_some() && sc.contains("SYNS")
+    });
+    eprintln!("{screen}");
+    let head = screen.lines().find(|l| l.contains("ADDRESS")).unwrap();
+    for col in ["PACKETS", "RATE", "BYTES", "SYNS", "PROTO", "FIRST", "LAST", "DIRECTION"] {
+        assert!(head.contains(col), "{col}: {head}");
+    }
+    let row = line_of(&screen, LONG).unwrap();
+    assert!(row.contains("40") && row.contains("tcp"), "40 packets over TCP: {row}");
+
+    let small = f.top(60, 15, "");
+    let screen =
+        f.wait_screen(&small, "the table at 60 columns", |sc| line_of(sc, "198.18.0.3").is_some());
+    eprintln!("{screen}");
+    assert!(line_of(&screen, "198.18.0.3").unwrap().contains("probing 2745"), "{screen}");
+}
+
+/// Naming an interface that is not guarded is an error, as for every other verb.
+#[test]
+fn an_unguarded_iface_is_an_error() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = Fixture::new(true);
+    let s = f.top(100, 30, "--iface nosuch");
+    assert_eq!(f.wait_exit(&s), "1");
+    // The whole pane, history included, wrapped lines joined: the error may have been written
+    // before the pane took its final size.
+    let out = f.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", &s]);
+    let screen: String = String::from_utf8_lossy(&out.stdout).lines().collect();
+    assert!(screen.contains("portguard: error: nosuch is not guarded by portguard"), "{screen}");
+}
+
 #[test]
 fn too_small_at_40x10() {
     if !root_or_skip() {

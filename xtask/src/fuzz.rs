@@ -12,9 +12,14 @@ use crate::util::{cargo, sh};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Frames in all, shared among the settings variants.
-    #[arg(long, default_value_t = 2_000_000)]
-    frames: u64,
+    /// Frames in all, shared among the settings variants (default 2,000,000; with --kernel,
+    /// 1,000,000).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// The kernel as the oracle instead of the reference: real veth, real sockets, real
+    /// program (see portguard/tests/oracle.rs).
+    #[arg(long)]
+    kernel: bool,
     /// Seed of the frame generator, decimal or 0x-hex (default: the test's fixed seed). A
     /// failure prints the seed that reproduces it.
     #[arg(long)]
@@ -31,12 +36,15 @@ pub fn run(args: Args) -> Result<()> {
             bail!("invalid seed '{s}': a decimal or 0x-hex 64-bit number");
         }
     }
+    if args.kernel {
+        return crate::oracle::run(args.frames, args.seed.as_deref());
+    }
     crate::setup::run()?;
     let mut cmd = cargo();
     // Release: the generator and the reference run on every frame beside the two syscalls.
     cmd.args(["test", "--release", "--package", "portguard", "--test", "differential"])
         .args(["--", "--ignored", "--exact", "long_run", "--nocapture"])
-        .env("PORTGUARD_FUZZ_FRAMES", args.frames.to_string());
+        .env("PORTGUARD_FUZZ_FRAMES", args.frames.unwrap_or(2_000_000).to_string());
     if let Some(s) = &args.seed {
         cmd.env("PORTGUARD_FUZZ_SEED", s);
     }

@@ -88,12 +88,18 @@ pub fn install(binary: &Path, prefix: &Path, dest: &Path) -> Result<Vec<PathBuf>
         write(config, &fs::read(root().join("packaging/portguard.toml"))?, 0o640, &mut out)?;
     }
     let share = prefix.join("share");
-    write(
-        under(dest, &share.join("man/man1/portguard.1")),
-        &generated(binary, &["man"])?,
-        0o644,
-        &mut out,
-    )?;
+    // Every page: portguard(1) and one per verb, as `portguard man --dir` writes them.
+    let pages = std::env::temp_dir().join(format!("portguard-man-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&pages);
+    generated(binary, &["man", "--dir", &pages.display().to_string()])?;
+    let mut names: Vec<_> =
+        fs::read_dir(&pages)?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    names.sort();
+    for name in names {
+        let page = fs::read(pages.join(&name))?;
+        write(under(dest, &share.join("man/man1").join(&name)), &page, 0o644, &mut out)?;
+    }
+    fs::remove_dir_all(&pages)?;
     for (shell, path) in [
         ("bash", "bash-completion/completions/portguard"),
         ("zsh", "zsh/vendor-completions/_portguard"),
@@ -127,7 +133,8 @@ mod tests {
         let dest = std::env::temp_dir().join(format!("pg-install-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dest);
         let files = install(&binary, Path::new("/usr"), &dest).unwrap();
-        assert_eq!(files.len(), 8);
+        // Binary, unit, config, README, 3 completions, and 11 man pages.
+        assert_eq!(files.len(), 18);
         let unit =
             fs::read_to_string(dest.join("usr/lib/systemd/system/portguard.service")).unwrap();
         assert!(
@@ -138,7 +145,11 @@ mod tests {
         let mode = fs::metadata(dest.join("usr/bin/portguard")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
         let man = fs::read_to_string(dest.join("usr/share/man/man1/portguard.1")).unwrap();
-        assert!(man.contains(".TH portguard"));
+        assert!(man.contains(".TH portguard") && man.contains("EXIT STATUS"));
+        for verb in ["run", "stats", "status", "set", "detach", "check", "top"] {
+            let page = dest.join(format!("usr/share/man/man1/portguard-{verb}.1"));
+            assert!(page.exists(), "{}", page.display());
+        }
         assert!(
             fs::read_to_string(dest.join("usr/share/bash-completion/completions/portguard"))
                 .unwrap()
@@ -147,7 +158,7 @@ mod tests {
         // The config is never overwritten.
         fs::write(dest.join("etc/portguard/portguard.toml"), "mode = \"count\"\n").unwrap();
         let again = install(&binary, Path::new("/usr"), &dest).unwrap();
-        assert_eq!(again.len(), 7);
+        assert_eq!(again.len(), 17);
         assert_eq!(
             fs::read_to_string(dest.join("etc/portguard/portguard.toml")).unwrap(),
             "mode = \"count\"\n"

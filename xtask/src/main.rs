@@ -6,6 +6,7 @@ mod demo;
 mod fuzz;
 mod install;
 mod lint;
+mod oracle;
 mod setup;
 mod test;
 mod util;
@@ -44,7 +45,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Differential fuzzing: the XDP program against the reference classifier, at length.
+    /// Differential fuzzing: the XDP program against the reference classifier, at length;
+    /// with --kernel, against the kernel itself.
     Fuzz(fuzz::Args),
     /// The router VM lab: portguard on Debian kernels in QEMU guests (x86_64, aarch64).
     Vmlab(vmlab::Args),

@@ -14,7 +14,8 @@ use crate::util::{output, sh, succeeds};
 /// zmap, hping3), curl (Linux's own connect()), python3-scapy (crafted Mirai-, Windows- and
 /// unicornscan-like SYNs), p0f (its verdicts and its database, /etc/p0f/p0f.fp), tcpdump and
 /// tshark (captures, and reading back portguard's pcapng), ethtool (checksums in software on
-/// the lab's veth).
+/// the lab's veth); python3-jsonschema (every `--json` output validated against docs/schema/);
+/// man-db and groff-base (every man page rendered by `man -l`).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "xdp-tools",
@@ -37,6 +38,9 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "ethtool",
+    "python3-jsonschema",
+    "man-db",
+    "groff-base",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -27,7 +27,7 @@ use serde::Serialize;
 /// - `netns` (string or null): the network namespace inspected, null for the caller's own.
 /// - `clean` (bool): true when `sockets` is empty.
 /// - `sockets` (array of [`Socket`]): what uses a guarded port.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Report {
     pub ports: Vec<u16>,
     pub netns: Option<String>,
@@ -55,7 +55,7 @@ pub struct Report {
 ///   joined by spaces, empty for kernel threads).
 /// - `owner_visible` (bool): false when no owning process was found.
 /// - `owner_note` (string or null): why not, when `owner_visible` is false.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Socket {
     pub protocol: Protocol,
     pub family: Family,
@@ -73,7 +73,7 @@ pub struct Socket {
 }
 
 /// A process holding a socket. See [`Socket`] for the JSON fields.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Process {
     pub pid: u32,
     pub name: String,
@@ -83,7 +83,7 @@ pub struct Process {
 /// The guarded protocols' own type: a socket is TCP or UDP as a guard's protocol is.
 pub use crate::settings::Protocol;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,

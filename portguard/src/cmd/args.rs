@@ -3,6 +3,7 @@
 
 use anyhow::{Result, bail};
 use portguard::{
+    error::usage,
     pins::Pins,
     settings::{Cidr, Direction, Mode, Protocol},
 };
@@ -25,39 +26,69 @@ pub struct SettingsArgs {
     /// `set`, added to the allowlist.
     #[arg(long = "allow", value_name = "CIDR")]
     pub allow: Vec<Cidr>,
+    /// Accept an --allow that covers a whole address family (0.0.0.0/0 or ::/0), which
+    /// switches off dropping for every IPv4 or IPv6 source.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl SettingsArgs {
+    /// An allowlist entry covering a whole address family is refused without --force: one
+    /// mistyped prefix would silently stop all dropping for that family.
+    pub fn check_allow(&self) -> Result<()> {
+        if let Some(c) = self.allow.iter().find(|c| c.is_everything())
+            && !self.force
+        {
+            return Err(usage(format!(
+                "--allow {c} allows every {} source, so none would ever be dropped: add --force \
+                 if that is what you want",
+                family(c)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// "IPv4" or "IPv6".
+pub fn family(c: &Cidr) -> &'static str {
+    if c.addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// Logs the allowlist entries that cover a whole address family (accepted with --force, or
+/// from a config file, where there is no --force to ask for).
+pub fn warn_everything_allowed(allow: &[Cidr]) {
+    for c in allow.iter().filter(|c| c.is_everything()) {
+        log::warn!("the allowlist holds {c}: no {} packet is ever dropped", family(c));
+    }
 }
 
 /// The interfaces a verb acts on: those named, or every guarded one when none is (possibly
 /// none).
 pub fn targets(pins: &Pins, named: &[String]) -> Result<Vec<String>> {
+    // Listing the pin root first: without the privileges to read it, a named interface would
+    // look unguarded, and the answer would be wrong rather than "needs root".
+    let guarded = pins.guarded()?;
     if !named.is_empty() {
         return Ok(named.to_vec());
     }
-    pins.guarded()
+    Ok(guarded)
 }
 
-/// `targets`, where nothing to act on is an error.
+/// `targets`, where nothing to act on is an error (for verbs that change something).
 pub fn some_targets(pins: &Pins, named: &[String]) -> Result<Vec<String>> {
     let all = targets(pins, named)?;
     if all.is_empty() {
-        if !pins.mounted() {
-            bail!(
-                "nothing is guarded (bpffs is not mounted at /sys/fs/bpf): start `portguard run --iface IFACE`"
-            );
-        }
-        bail!("nothing is guarded: start `portguard run --iface IFACE`");
+        bail!(nothing_guarded(pins));
     }
     Ok(all)
 }
 
-/// The longest `--duration`: a year (and a sane bound for a timer).
-const MAX_DURATION: f64 = 365.0 * 86_400.0;
-
-/// `--duration SECONDS`: finite, above zero, at most a year. Checked before anything is loaded.
-pub fn duration(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !v.is_finite() || v <= 0.0 || v > MAX_DURATION {
-        return Err(format!("'{s}': give a number of seconds above 0 and at most {MAX_DURATION}"));
+/// What to say when nothing is guarded, and how to change that.
+pub fn nothing_guarded(pins: &Pins) -> String {
+    if pins.mounted() {
+        "nothing is guarded: start `portguard run --iface IFACE`".into()
+    } else {
+        "nothing is guarded (bpffs is not mounted at /sys/fs/bpf): start `portguard run --iface IFACE`"
+            .into()
     }
-    Ok(v)
 }

@@ -4,7 +4,11 @@
 
 use std::{io::Write as _, process::ExitCode};
 
-use portguard::check::{self, Family, Report, Socket};
+use portguard::{
+    check::{self, Family, Report, Socket},
+    guard::View,
+    pins::Pins,
+};
 use portguard_common::DEFAULT_PORT;
 
 /// Is anything here using the guarded port? Lists its sockets and their processes.
@@ -14,8 +18,9 @@ use portguard_common::DEFAULT_PORT;
 /// them. Exits 0 when there are none, 1 when there are some, 2 on error.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Port to look for (repeat for several).
-    #[arg(long = "port", short = 'p', value_name = "N", default_values_t = [DEFAULT_PORT],
+    /// Port to look for (repeat for several) [default: the ports the guards on this host are
+    /// configured with, or 2745 when nothing is guarded].
+    #[arg(long = "port", short = 'p', value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
     /// Print one JSON document instead of the table.
@@ -31,9 +36,17 @@ pub const FOUND: u8 = 1;
 pub const ERROR: u8 = 2;
 
 /// `netns`: the global `--netns NAME`: that namespace's sockets are inspected (processes are
-/// still looked up across the whole host).
+/// still looked up across the whole host), for that namespace's guarded ports by default.
 pub fn run(args: Args, netns: Option<&str>) -> ExitCode {
-    let report = match check::scan(&args.ports, netns) {
+    let ports = match (args.ports.is_empty(), netns) {
+        (false, _) => args.ports.clone(),
+        (true, None) => guarded_ports(),
+        // The guards of that namespace; a name that cannot be entered is reported by the scan.
+        (true, Some(ns)) => {
+            portguard::lab::in_netns(ns, guarded_ports).unwrap_or_else(|_| vec![DEFAULT_PORT])
+        }
+    };
+    let report = match check::scan(&ports, netns) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portguard: error: {}", one_line(&e));
@@ -41,7 +54,7 @@ pub fn run(args: Args, netns: Option<&str>) -> ExitCode {
         }
     };
     let text = if args.json {
-        match serde_json::to_string_pretty(&report) {
+        match portguard::json::Document::now(&report).pretty() {
             Ok(j) => j + "\n",
             Err(e) => {
                 eprintln!("portguard: error: encoding JSON: {e}");
@@ -60,6 +73,22 @@ pub fn run(args: Args, netns: Option<&str>) -> ExitCode {
         }
     }
     if report.clean { ExitCode::SUCCESS } else { ExitCode::from(FOUND) }
+}
+
+/// The ports the guards on this host watch, so that `check` answers the daemon's warning
+/// about them; 2745 when nothing is guarded (or the guards cannot be read without root).
+fn guarded_ports() -> Vec<u16> {
+    let pins = Pins::default();
+    let mut ports: Vec<u16> = pins
+        .guarded()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| View::open(&pins, i).ok())
+        .flat_map(|v| v.settings().ports.clone())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() { vec![DEFAULT_PORT] } else { ports }
 }
 
 /// The outermost context and the root cause, like the other commands' errors.
@@ -179,8 +208,8 @@ pub fn verdict(report: &Report) -> String {
     if n == 0 {
         format!("nothing {place} uses {ports}")
     } else {
-        let (noun, verb) = if n == 1 { ("socket", "uses") } else { ("sockets", "use") };
-        format!("{n} {noun} {place} {verb} {ports}")
+        let verb = if n == 1 { "uses" } else { "use" };
+        format!("{} {place} {verb} {ports}", portguard::text::plural(n as u64, "socket"))
     }
 }
 

@@ -23,6 +23,7 @@ use portguard::{
     pins::Pins,
     privileges,
     settings::{Mode, Settings},
+    text::plural,
 };
 use portguard_common::{DEFAULT_PORT, DEFAULT_SOURCE_CAPACITY};
 
@@ -43,6 +44,19 @@ const SERVICE_PORT: u16 = 8080;
 
 pub fn run(args: Args) -> Result<ExitCode> {
     privileges::require_attach()?;
+    // On a terminal the counters are a table redrawn in place: warnings are held above it (see
+    // `portguard run`).
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        portguard::notices::capture();
+    }
+    let result = lab(args);
+    for n in portguard::notices::finish() {
+        log::warn!("{n}");
+    }
+    result
+}
+
+fn lab(args: Args) -> Result<ExitCode> {
     let lab = Lab::create(&format!("pglab{}", std::process::id()))?;
     let guarded = Listeners::start(&lab.gw, DEFAULT_PORT)?;
     let service = Listeners::start(&lab.gw, SERVICE_PORT)?;
@@ -52,6 +66,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         settings: settings.clone(),
         xdp_mode: AttachMode::Auto,
         sources: DEFAULT_SOURCE_CAPACITY,
+        sources_chosen: false,
         interval: 1.0,
         top: 10,
         json: false,
@@ -105,15 +120,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     println!();
     println!(
-        "port {DEFAULT_PORT}: {sent} probes sent, {} TCP connections and {} UDP datagrams got \
-         through ({dropped} dropped by portguard)",
-        guarded.tcp(),
-        guarded.udp(),
+        "port {DEFAULT_PORT}: {} sent, {} and {} got through ({dropped} dropped by portguard)",
+        plural(sent, "probe"),
+        plural(guarded.tcp(), "TCP connection"),
+        plural(guarded.udp(), "UDP datagram"),
     );
     println!(
-        "port {SERVICE_PORT}: {} TCP connections and {} UDP datagrams delivered (ordinary traffic passes)",
-        service.tcp(),
-        service.udp()
+        "port {SERVICE_PORT}: {} and {} delivered (ordinary traffic passes)",
+        plural(service.tcp(), "TCP connection"),
+        plural(service.udp(), "UDP datagram")
     );
     drop(lab);
     println!("lab removed: namespaces deleted, nothing left attached");

@@ -4,6 +4,8 @@ pub mod completions;
 pub mod detach;
 pub mod lab;
 pub mod run;
+#[cfg(test)]
+mod schema;
 pub mod set;
 pub mod stats;
 pub mod status;

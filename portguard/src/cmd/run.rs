@@ -1,20 +1,18 @@
 //! `portguard run`: guard interfaces and show live counters until SIGINT or SIGTERM; SIGHUP
 //! re-reads the config file.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use portguard::{
     config::{Flags, Plan},
     daemon::{self, Daemon, Service, Signals, Stopped},
     guard::AttachMode,
-    metrics,
+    metrics, notices,
     notify::Notifier,
     pins::Pins,
-    privileges,
+    privileges, ranges,
 };
-
-use portguard_common::{MAX_SOURCE_CAPACITY, MIN_SOURCE_CAPACITY};
 
 use super::args::SettingsArgs;
 
@@ -37,15 +35,14 @@ pub struct Args {
     #[arg(long = "xdp-mode", value_enum)]
     pub xdp_mode: Option<AttachMode>,
     /// Capacity of the per-source table, 256 to 1048576 [default: 65536].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32)
-        .range(MIN_SOURCE_CAPACITY as i64..=MAX_SOURCE_CAPACITY as i64))]
+    #[arg(long, value_name = "N", value_parser = ranges::parse::sources)]
     pub sources: Option<u32>,
     /// New sources admitted into the table per CPU per 67 ms slice [default: paced so that a
     /// flood turns the table over no faster than once in 8 s].
     #[arg(long, value_name = "N", hide = true)]
     pub admit_per_slice: Option<u32>,
-    /// Seconds between counter updates [default: 1].
-    #[arg(long, value_name = "SECONDS")]
+    /// Seconds between counter updates, 0.05 to 3600 [default: 1].
+    #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::interval)]
     pub interval: Option<f64>,
     /// Sources shown per interface [default: 10].
     #[arg(long, value_name = "N")]
@@ -61,8 +58,9 @@ pub struct Args {
     /// stopped service, which otherwise stays in place).
     #[arg(long)]
     pub detach_on_exit: bool,
-    /// Stop by itself after this many seconds (default: run until SIGINT or SIGTERM).
-    #[arg(long, value_name = "SECONDS", value_parser = super::args::duration)]
+    /// Stop by itself after this many seconds, more than 0 and at most a year (default: run
+    /// until SIGINT or SIGTERM).
+    #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::duration)]
     pub duration: Option<f64>,
     /// Serve Prometheus metrics on this address [default: 127.0.0.1:9745].
     #[arg(long, value_name = "ADDR", conflicts_with = "no_metrics")]
@@ -101,8 +99,24 @@ impl Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    args.settings.check_allow()?;
     let flags = args.flags();
     let plan = Plan::load(&flags)?;
+    // On a terminal the live table is redrawn every interval: warnings from here on are held
+    // and drawn above it rather than written where the next redraw would wipe them.
+    if std::io::stdout().is_terminal() && !plan.json {
+        notices::capture();
+    }
+    let result = setup_and_guard(plan, flags, args.duration);
+    // Whatever was never drawn (a failure before the first frame) is written out now.
+    for n in notices::finish() {
+        log::warn!("{n}");
+    }
+    result
+}
+
+fn setup_and_guard(plan: Plan, flags: Flags, duration: Option<f64>) -> Result<ExitCode> {
+    super::args::warn_everything_allowed(&plan.settings.allow);
     privileges::require_attach()?;
     for iface in &plan.ifaces {
         portguard::guard::ifindex(iface)?;
@@ -123,7 +137,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         None => None,
     };
-    let mut daemon = Daemon::start(plan, flags, Pins::default())?;
+    guard(&rt, plan, flags, listener, signals, duration)
+}
+
+/// Attaches, serves until told to stop, and releases.
+fn guard(
+    rt: &tokio::runtime::Runtime,
+    plan: Plan,
+    flags: Flags,
+    listener: Option<tokio::net::TcpListener>,
+    signals: Signals,
+    duration: Option<f64>,
+) -> Result<ExitCode> {
+    let ifaces = plan.ifaces.clone();
+    let sources = plan.sources_chosen.then_some(plan.sources);
+    let pins = Pins::default();
+    let mut daemon = Daemon::start(plan, flags, pins.clone())?;
+    for iface in &ifaces {
+        warn_if_quiet(iface);
+        if let Some(asked) = sources {
+            warn_if_other_capacity(&pins, iface, asked);
+        }
+    }
     let notifier = Notifier::from_env();
     let shared = metrics::Shared::default();
     let server = listener.map(|l| {
@@ -133,7 +168,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rt.spawn(metrics::serve(l, shared.clone()))
     });
     let service = Service { notifier: &notifier, metrics: Some(shared) };
-    let result = rt.block_on(daemon::serve(&mut daemon, signals, args.duration, service));
+    let result = rt.block_on(daemon::serve(&mut daemon, signals, duration, service));
     notifier.stopping();
     if let Some(s) = server {
         s.abort();
@@ -144,4 +179,54 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Stopped::Asked => finished.map(|()| ExitCode::SUCCESS),
         Stopped::Detached => finished.map(|()| ExitCode::from(daemon::EXIT_DETACHED)),
     }
+}
+
+/// A guard that was already there (adopted, or another portguard's) keeps its source table:
+/// its size cannot change without losing the counters, so a different --sources is not
+/// applied, and says so, as a different --xdp-mode does.
+fn warn_if_other_capacity(pins: &Pins, iface: &str, asked: u32) {
+    let Ok(v) = portguard::guard::View::open(pins, iface) else { return };
+    if v.capacity() != asked {
+        log::warn!(
+            "{iface}: kept its table of {} sources (--sources {asked} is not applied to a guard \
+             already in place; `portguard detach` first, which loses its counters)",
+            v.capacity()
+        );
+    }
+}
+
+/// An interface that is down, or the loopback, is guarded as asked, but nothing from outside
+/// reaches it: say so rather than let an admin wonder why nothing is ever counted.
+fn warn_if_quiet(iface: &str) {
+    let Some(flags) = link_flags(iface) else { return };
+    if flags & libc::IFF_LOOPBACK != 0 {
+        log::warn!("{iface} is the loopback interface: it carries only this host's own traffic");
+    } else if flags & libc::IFF_UP == 0 {
+        log::warn!("{iface} is down: nothing reaches it until it is up (`ip link set {iface} up`)");
+    }
+}
+
+/// The interface's flags (IFF_UP, IFF_LOOPBACK, ...) in this network namespace, from
+/// SIOCGIFFLAGS; None if they cannot be read.
+fn link_flags(iface: &str) -> Option<i32> {
+    let name = iface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a datagram socket only used for the ioctl below, closed before returning.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a zeroed ifreq is valid; the name fits with its NUL (checked above).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of this ifreq.
+    let ok = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0;
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    // SAFETY: the kernel filled in the flags member of the union.
+    ok.then(|| i32::from(unsafe { req.ifr_ifru.ifru_flags }))
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use portguard::{
+    error::usage,
     guard::{View, view::check_capacity},
     pins::Pins,
     settings::{Cidr, Settings},
@@ -41,10 +42,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         && a.direction.is_none()
         && a.protocols.is_empty()
     {
-        bail!(
-            "nothing to change: give --mode, --add-port, --remove-port, --allow, --disallow, --direction or --protocol"
-        );
+        return Err(usage(
+            "nothing to change: give --mode, --add-port, --remove-port, --allow, --disallow, \
+             --direction or --protocol",
+        ));
     }
+    if let Some(p) = args.add_ports.iter().find(|p| args.remove_ports.contains(p)) {
+        return Err(usage(format!("--add-port {p} and --remove-port {p} contradict each other")));
+    }
+    if let Some(c) = a.allow.iter().find(|c| args.disallow.contains(c)) {
+        return Err(usage(format!("--allow {c} and --disallow {c} contradict each other")));
+    }
+    a.check_allow()?;
     let pins = Pins::default();
     let targets = some_targets(&pins, args.iface.as_slice())?;
     // Checked against every target first, so that a change that cannot apply to one applies
@@ -57,6 +66,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         check_capacity(&s).map_err(|e| anyhow::anyhow!("{iface}: {e}"))?;
         views.push(g);
     }
+    super::args::warn_everything_allowed(&a.allow);
     // Each change is applied as a change, under the namespace's lock, to what the maps hold
     // then: two operators' changes both survive, whatever their order.
     for mut g in views {

@@ -2,16 +2,18 @@
 
 use std::{collections::HashMap, process::ExitCode, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use portguard::{
     clock, counters,
     guard::View,
+    json::Document,
     pins::Pins,
-    report::{self, InterfaceJson, SortBy},
+    ranges,
+    report::{self, InterfaceJson, SortBy, StatsJson},
 };
 use portguard_common::Totals;
 
-use super::args::some_targets;
+use super::args::targets;
 
 /// Show totals and the top sources of guarded interfaces.
 #[derive(clap::Args, Clone, Debug)]
@@ -25,9 +27,9 @@ pub struct Args {
     /// Order of the sources.
     #[arg(long, value_enum, default_value = "packets")]
     pub sort: SortBy,
-    /// Sample twice this many seconds apart, for rates over that interval (default: one read;
-    /// a source's rate is then its average since first seen).
-    #[arg(long, value_name = "SECONDS")]
+    /// Sample twice this many seconds apart (0.05 to 3600), for rates over that interval
+    /// (default: one read; a source's rate is then its average since first seen).
+    #[arg(long, value_name = "SECONDS", value_parser = ranges::parse::interval)]
     pub interval: Option<f64>,
     /// One JSON document (fields in README.md, "JSON output").
     #[arg(long)]
@@ -35,13 +37,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if let Some(i) = args.interval
-        && !(0.05..=60.0).contains(&i)
-    {
-        bail!("--interval must be between 0.05 and 60 seconds");
-    }
     let pins = Pins::default();
-    let guards: Vec<View> = some_targets(&pins, args.iface.as_slice())?
+    let guards: Vec<View> = targets(&pins, args.iface.as_slice())?
         .iter()
         .map(|i| View::open(&pins, i))
         .collect::<Result<_>>()?;
@@ -63,9 +60,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (rates, prev) = match first.get(n).and_then(Option::as_ref) {
             Some((t, p)) => {
                 let dt = Duration::from_secs_f64(args.interval.unwrap_or(1.0));
-                (counters::rates(t, &totals, dt), Some((p, dt)))
+                (Some(counters::rates(t, &totals, dt)), Some((p, dt)))
             }
-            None => (counters::Rates::default(), None),
+            None => (None, None),
         };
         snaps.push(report::Snapshot {
             iface: g.iface().to_string(),
@@ -81,14 +78,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     }
     if args.json {
-        let doc = serde_json::json!({
-            "version": 1,
-            "generated_at": clock::rfc3339(std::time::SystemTime::now()),
-            "interfaces": snaps.iter().map(InterfaceJson::new).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        let interfaces = snaps.iter().map(InterfaceJson::new).collect();
+        println!("{}", Document::now(StatsJson { interfaces }).pretty()?);
+    } else if snaps.is_empty() {
+        // A read-only verb: nothing guarded is an answer, not an error.
+        println!("{}", super::args::nothing_guarded(&pins));
     } else {
-        print!("{}", report::table(&snaps));
+        print!("{}", report::table(&snaps, report::Room::terminal().width));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use portguard::{
     clock,
     guard::{Health, View},
+    json::Document,
     netns::Netns,
     pins::Pins,
 };
@@ -26,7 +27,8 @@ pub struct Args {
     pub json: bool,
 }
 
-#[derive(Serialize)]
+/// The network namespace of a guard.
+#[derive(Serialize, schemars::JsonSchema)]
 struct NetnsJson {
     /// "root", the `ip netns` name, or "netns:[inode]".
     name: String,
@@ -34,8 +36,9 @@ struct NetnsJson {
     inode: u64,
 }
 
-#[derive(Serialize)]
-struct Status {
+/// One guarded interface in `status --json`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Status {
     iface: String,
     netns: NetnsJson,
     /// The kernel runs portguard's program on the interface now.
@@ -60,6 +63,12 @@ struct Status {
     source_capacity: u32,
     sources_tracked: usize,
     pin_dir: String,
+}
+
+/// `status --json`: every guarded interface (an empty list when nothing is).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct StatusJson {
+    pub interfaces: Vec<Status>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -97,8 +106,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     }
     if args.json {
-        let doc = serde_json::json!({ "version": 1, "interfaces": out });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", Document::now(StatusJson { interfaces: out }).pretty()?);
         return Ok(ExitCode::SUCCESS);
     }
     if out.is_empty() {
@@ -122,7 +130,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ),
         };
         println!("{} (namespace {}): {state}", s.iface, s.netns.name);
-        println!("  since {} ({} ago), {owner}", clock::local(since), clock::short(age));
+        println!("  since {} ({} ago), {owner}", clock::rfc3339(since), clock::short(age));
         let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
         println!(
             "  action {}, ports {}, protocols {}, direction {}, allowlist {}",

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
+    guard::View,
     pins::Pins,
     tui::{
         NOTHING_GUARDED,
@@ -23,8 +24,9 @@ use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 /// Live view of the guarded interfaces and the sources knocking on them.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Seconds between refreshes.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    /// Seconds between refreshes, 0.05 to 3600.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0,
+          value_parser = portguard::ranges::parse::interval)]
     pub interval: f64,
     /// The interface shown first (default: the first guarded one).
     #[arg(long = "iface", short = 'i', value_name = "IFACE")]
@@ -36,11 +38,16 @@ pub struct Args {
 const WAKE: Duration = Duration::from_millis(250);
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    if !(args.interval >= 0.1 && args.interval <= 3600.0) {
-        bail!("--interval must be between 0.1 and 3600 seconds");
-    }
     let interval = Duration::from_secs_f64(args.interval);
     let pins = Pins::default();
+    // Without the privileges to read the pins, every interface would look unguarded: say
+    // "needs root" instead, as every other verb does.
+    pins.guarded()?;
+    // An interface asked for by name must be guarded, as for every other verb: an error now,
+    // not a notice on a screen that shows another interface.
+    if let Some(want) = &args.iface {
+        View::open(&pins, want)?;
+    }
     if !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
         if pins.guarded()?.is_empty() {
             bail!(NOTHING_GUARDED);
@@ -51,11 +58,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut ui = Ui::new(args.iface.clone());
     model.refresh(ui.iface.as_deref(), interval);
     settle(&model, &mut ui);
-    if let Some(want) = &args.iface
-        && ui.iface.as_ref() != Some(want)
-    {
-        ui.notice = Some(format!("{want} is not guarded"));
-    }
 
     term::catch_signals().context("catching SIGTERM and SIGINT")?;
     term::exit_on_stop_after(Duration::from_secs(2));

@@ -523,14 +523,19 @@ impl Owner {
 /// stays unguarded.
 pub fn detach_pinned(pins: &Pins, iface: &str) -> Result<()> {
     let dir = pins.dir(iface)?;
+    let ns_dir = dir.parent().context("a guard's directory has a parent")?;
+    if !dir.join(portguard_common::map_names::META).exists() {
+        return Err(crate::error::GuardError::NotGuarded { iface: iface.into(), dir }.into());
+    }
+    // The lock first: a guard being attached right now is complete (its META written) before
+    // this looks at it, and an owner cannot act on the guard until the request is recorded.
+    let _changing = pins::lock(ns_dir)?;
     let view = match View::open(pins, iface) {
         Ok(v) => Some(v),
         // Another portguard's layout can still be detached; it just cannot be told first.
         Err(e) if matches!(e.downcast_ref(), Some(crate::error::GuardError::Layout { .. })) => None,
         Err(e) => return Err(e),
     };
-    let ns_dir = dir.parent().context("a guard's directory has a parent")?;
-    let _changing = pins::lock(ns_dir)?;
     if let Some(view) = view {
         let mut meta = view.maps.meta()?;
         meta.state = STATE_DETACHING;

@@ -52,13 +52,24 @@ impl View {
         View::open_dir(&dir, iface)
     }
 
-    /// Opens the pinned state in `dir` (any namespace's).
+    /// Opens the pinned state in `dir` (any namespace's). A guard that is being attached at
+    /// this very moment (its maps pinned, META not written yet) is waited for, briefly.
     pub fn open_dir(dir: &Path, iface: &str) -> Result<View> {
-        pins::contents(dir)?;
-        let maps = Maps::open(dir).map_err(|e| {
-            if crate::error::is_permission_denied(&e) { GuardError::NeedsRoot.into() } else { e }
-        })?;
-        View::from_maps(maps, dir, iface)
+        for _ in 0..40 {
+            pins::contents(dir)?;
+            let maps = Maps::open(dir).map_err(|e| {
+                if crate::error::is_permission_denied(&e) {
+                    GuardError::NeedsRoot.into()
+                } else {
+                    e
+                }
+            })?;
+            if maps.meta()?.layout != 0 {
+                return View::from_maps(maps, dir, iface);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("{iface} is being attached by another portguard: try again")
     }
 
     /// A view over maps this process already holds (an owner's).

@@ -18,6 +18,7 @@ use ratatui::{
 use crate::{
     clock,
     settings::Mode,
+    text,
     tui::{
         MIN_HEIGHT, MIN_WIDTH, NOTHING_GUARDED, fmt,
         model::{Iface, Model},
@@ -209,56 +210,140 @@ fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui, interval: Duration) {
         return;
     }
 
-    // Fixed numeric columns; the address and the direction share what is left, the address
-    // taking what its longest visible entry needs.
-    let inner_width = area.width.saturating_sub(2);
-    let fixed: u16 = 1 + 7 + 7 + 7 + 6 + 6 + 7;
-    let rest = inner_width.saturating_sub(fixed);
+    let inner_width = area.width.saturating_sub(2) as usize;
     let longest = rows.iter().map(|r| r.addr.to_string().len()).max().unwrap_or(0);
-    let addr = (longest as u16).clamp(15, rest.saturating_sub(12).max(15));
-    let widths = [
-        Constraint::Length(1),
-        Constraint::Length(addr),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(6),
-        Constraint::Fill(1),
-    ];
+    let cols = columns(inner_width, longest);
+    let widths: Vec<Constraint> = cols
+        .iter()
+        .map(|c| {
+            if c.kind == Col::Direction { Constraint::Fill(1) } else { Constraint::Length(c.width) }
+        })
+        .collect();
     let now = clock::monotonic_ns();
     let age = |ns: u64| clock::short(clock::age(ns, now));
+    let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
     let body: Vec<TableRow> = rows
         .iter()
         .map(|r| {
             let st = &r.stats;
-            let cells = [
-                Cell::from(if r.new { "*" } else { " " }),
-                Cell::from(r.addr.to_string()),
-                Cell::from(Line::from(fmt::count(st.packets)).alignment(Alignment::Right)),
-                Cell::from(Line::from(fmt::rate(r.rate)).alignment(Alignment::Right)),
-                Cell::from(Line::from(fmt::bytes(st.bytes)).alignment(Alignment::Right)),
-                Cell::from(Line::from(age(st.first_seen_ns)).alignment(Alignment::Right)),
-                Cell::from(Line::from(age(st.last_seen_ns)).alignment(Alignment::Right)),
-                Cell::from(st.directions.describe(st.last_port)),
-            ];
+            let cells = cols.iter().map(|c| match c.kind {
+                Col::New => Cell::from(if r.new { "*" } else { " " }),
+                // Cut in the middle with a mark: the network and the host part both show.
+                Col::Address => Cell::from(text::fit_middle(&r.addr.to_string(), c.width as usize)),
+                Col::Packets => right(fmt::count(st.packets)),
+                Col::Rate => right(fmt::rate(r.rate)),
+                Col::Bytes => right(fmt::bytes(st.bytes)),
+                Col::Syns => right(fmt::count(st.tcp_syns.into())),
+                Col::Protocols => Cell::from(st.protocols.to_string()),
+                Col::First => right(age(st.first_seen_ns)),
+                Col::Last => right(age(st.last_seen_ns)),
+                Col::Direction => Cell::from(st.directions.describe(st.last_port)),
+            });
             let row = TableRow::new(cells);
             if r.new { row.style(Style::new().yellow().add_modifier(Modifier::BOLD)) } else { row }
         })
         .collect();
-    let right = |s: &'static str| Cell::from(Line::from(s).alignment(Alignment::Right));
-    let header = TableRow::new([
-        Cell::from(""),
-        Cell::from("ADDRESS"),
-        right("PACKETS"),
-        right("RATE"),
-        right("BYTES"),
-        right("FIRST"),
-        right("LAST"),
-        Cell::from("DIRECTION"),
-    ])
+    let header = TableRow::new(cols.iter().map(|c| {
+        if c.right() { right(c.kind.head().to_string()) } else { Cell::from(c.kind.head()) }
+    }))
     .style(Style::new().bold().underlined());
     f.render_widget(Table::new(body, widths).header(header).column_spacing(1).block(block), area);
+}
+
+/// The source table's columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Col {
+    New,
+    Address,
+    Packets,
+    Rate,
+    Bytes,
+    Syns,
+    Protocols,
+    First,
+    Last,
+    Direction,
+}
+
+impl Col {
+    fn head(self) -> &'static str {
+        match self {
+            Col::New => "",
+            Col::Address => "ADDRESS",
+            Col::Packets => "PACKETS",
+            Col::Rate => "RATE",
+            Col::Bytes => "BYTES",
+            Col::Syns => "SYNS",
+            Col::Protocols => "PROTO",
+            Col::First => "FIRST",
+            Col::Last => "LAST",
+            Col::Direction => "DIRECTION",
+        }
+    }
+}
+
+struct Column {
+    kind: Col,
+    width: u16,
+}
+
+impl Column {
+    fn right(&self) -> bool {
+        !matches!(self.kind, Col::New | Col::Address | Col::Protocols | Col::Direction)
+    }
+}
+
+/// The columns that fit in `w` cells, in display order. The marker, the address, the packets and
+/// the direction always show (the direction never narrower than "probing 2745"); then, as room
+/// allows: the rate, the last-seen age, a wider address, bytes, the first-seen age, protocols,
+/// SYNs, and the full address. The direction takes what is left.
+fn columns(w: usize, longest_addr: usize) -> Vec<Column> {
+    const DIRECTION_MIN: usize = 12;
+    const ADDR_MIN: usize = 15;
+    const ADDR_MID: usize = 25;
+    let mut addr = ADDR_MIN.min(longest_addr.max(7));
+    // Each column costs its width and a space.
+    let mut left = w.saturating_sub(2 + addr + 1 + 8 + DIRECTION_MIN);
+    let mut take = |n: usize| {
+        let ok = n <= left;
+        if ok {
+            left -= n;
+        }
+        ok
+    };
+    let rate = take(8);
+    let last = take(7);
+    let grow = longest_addr.min(ADDR_MID).saturating_sub(addr);
+    if take(grow) {
+        addr += grow;
+    }
+    let bytes = take(8);
+    let first = take(7);
+    let protocols = take(8);
+    let syns = take(7);
+    let grow = longest_addr.saturating_sub(addr);
+    if take(grow) {
+        addr += grow;
+    }
+    let mut out = vec![
+        Column { kind: Col::New, width: 1 },
+        Column { kind: Col::Address, width: addr as u16 },
+        Column { kind: Col::Packets, width: 7 },
+    ];
+    for (on, kind, width) in [
+        (rate, Col::Rate, 7),
+        (bytes, Col::Bytes, 7),
+        (syns, Col::Syns, 6),
+        (protocols, Col::Protocols, 7),
+        (first, Col::First, 6),
+        (last, Col::Last, 6),
+    ] {
+        if on {
+            out.push(Column { kind, width });
+        }
+    }
+    out.push(Column { kind: Col::Direction, width: DIRECTION_MIN as u16 });
+    out
 }
 
 fn footer_line(f: &mut Frame, area: Rect, ui: &Ui) {
@@ -351,6 +436,25 @@ mod tests {
             s.push('\n');
         }
         s
+    }
+
+    #[test]
+    fn columns_fit_from_60_to_200_cells() {
+        let kinds = |w, longest| columns(w, longest).iter().map(|c| c.kind).collect::<Vec<_>>();
+        let width = |w, longest| {
+            columns(w, longest).iter().map(|c| c.width as usize + 1).sum::<usize>() - 1
+        };
+        // 60 columns: the direction keeps its room ("probing 2745"), fewer columns show.
+        let narrow = kinds(58, 29);
+        assert!(narrow.contains(&Col::Direction) && !narrow.contains(&Col::Syns), "{narrow:?}");
+        assert!(width(58, 29) <= 58);
+        // 200 columns: every column, and the whole of a long IPv6 address.
+        let wide = columns(198, 29);
+        assert_eq!(wide.len(), 10, "{:?}", wide.iter().map(|c| c.kind).collect::<Vec<_>>());
+        assert_eq!(wide[1].width, 29);
+        for w in [58, 78, 98, 198] {
+            assert!(width(w, 29) <= w, "{w}");
+        }
     }
 
     #[test]

@@ -1,0 +1,89 @@
+//! The accepted range of every numeric value a verb or the config file takes that is not simply
+//! a type's own range, in one place: the flags' parsers, the config file and the `--help` texts
+//! all use these, so `run`, `stats` and `top` never disagree about what an interval may be.
+
+/// Seconds between two reads of the counters (`run`, `stats`, `top`, `[output] interval`).
+/// Below 50 ms the reads themselves would be most of the work; above an hour nothing is live.
+pub const INTERVAL: (f64, f64) = (0.05, 3600.0);
+
+/// The capacity of a per-source table (`run --sources`, `sources` in the config file): the
+/// bounds the kernel/user contract sets (portguard-common).
+pub const SOURCES: (u32, u32) =
+    (portguard_common::MIN_SOURCE_CAPACITY, portguard_common::MAX_SOURCE_CAPACITY);
+
+/// A table capacity in `SOURCES`.
+pub fn sources(v: u32) -> Result<u32, String> {
+    let (lo, hi) = SOURCES;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v}: the source table holds {lo} to {hi} entries"));
+    }
+    Ok(v)
+}
+
+/// A guarded port: 0 is no port.
+pub fn port(v: u16) -> Result<u16, String> {
+    if v == 0 {
+        return Err("port 0 is not a valid port (1..=65535)".into());
+    }
+    Ok(v)
+}
+
+/// A number of seconds in `INTERVAL`.
+pub fn interval(v: f64) -> Result<f64, String> {
+    let (lo, hi) = INTERVAL;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v} is not between {lo} and {hi} seconds"));
+    }
+    Ok(v)
+}
+
+/// The longest `--duration`: a year (and a sane bound for a timer).
+pub const MAX_DURATION: f64 = 365.0 * 86_400.0;
+
+/// A duration in seconds: more than 0 (a run of no time would still guard for one interval,
+/// which nobody asking for 0 means), and at most `MAX_DURATION`.
+pub fn duration(v: f64) -> Result<f64, String> {
+    if !(v > 0.0 && v <= MAX_DURATION) {
+        return Err(format!(
+            "{v} is not a positive number of seconds (at most {MAX_DURATION}, a year)"
+        ));
+    }
+    Ok(v)
+}
+
+/// clap's parsers for the flags: a number, then its range.
+pub mod parse {
+    fn seconds(s: &str) -> Result<f64, String> {
+        s.trim().parse::<f64>().map_err(|_| format!("'{s}' is not a number of seconds"))
+    }
+
+    pub fn interval(s: &str) -> Result<f64, String> {
+        super::interval(seconds(s)?)
+    }
+
+    pub fn duration(s: &str) -> Result<f64, String> {
+        super::duration(seconds(s)?)
+    }
+
+    pub fn sources(s: &str) -> Result<u32, String> {
+        super::sources(s.trim().parse().map_err(|_| format!("'{s}' is not a number of sources"))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert!(parse::interval("0").is_err());
+        assert!(parse::interval("0.05").is_ok());
+        assert!(parse::interval("3600").is_ok());
+        assert!(parse::interval("3600.5").is_err());
+        assert!(parse::interval("NaN").is_err());
+        assert!(parse::interval("fast").unwrap_err().contains("not a number"));
+        assert!(parse::duration("0").is_err());
+        assert!(parse::duration("inf").is_err());
+        assert_eq!(parse::duration("0.5"), Ok(0.5));
+    }
+}
