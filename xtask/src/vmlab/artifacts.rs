@@ -65,3 +65,16 @@ pub fn date() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
+
+/// The commit the lab runs (with "+" when the tree has changes), for generated reports.
+pub fn commit() -> String {
+    let head = crate::util::output(
+        Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root()),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_else(|_| "?".into());
+    let dirty = !crate::util::succeeds(
+        Command::new("git").args(["diff", "--quiet", "HEAD"]).current_dir(root()),
+    );
+    if dirty { format!("{head}+") } else { head }
+}

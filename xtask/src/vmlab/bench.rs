@@ -136,6 +136,8 @@ pub struct Map {
 /// What one guest measured.
 #[derive(Clone, Debug)]
 pub struct Row {
+    /// The commit measured.
+    pub commit: String,
     pub series: String,
     pub release: String,
     pub cpus: u32,
@@ -153,7 +155,7 @@ pub struct Row {
 impl Row {
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "series": self.series, "release": self.release, "cpus": self.cpus,
+            "commit": self.commit, "series": self.series, "release": self.release, "cpus": self.cpus,
             "queues": self.queues, "boot_s": self.boot_s, "percpu_rise_kb": self.percpu_rise_kb,
             "stats_ms_small": self.stats_ms_small, "stats_ms_full": self.stats_ms_full,
             "sources_full": self.sources_full, "sources_sent": self.sources_sent,
@@ -172,6 +174,7 @@ impl Row {
         let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
         let st = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
         Some(Row {
+            commit: st(v, "commit"),
             series: v["series"].as_str()?.to_string(),
             release: st(v, "release"),
             cpus: u(v, "cpus") as u32,
@@ -332,6 +335,7 @@ fn steps(run: &Run, c: &mut Checks) -> Result<Row> {
     g.save_log()?;
     g.vm.end(0)?;
     Ok(Row {
+        commit: super::artifacts::commit(),
         series: run.kernel.series.clone(),
         release: run.kernel.release.clone(),
         cpus: run.cpus,
@@ -551,13 +555,13 @@ pub fn markdown(rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "| kernel | release | vCPUs | queue pairs | boot (s) |\n| --- | --- | ---: | ---: | ---: |"
+        "| kernel | release | vCPUs | queue pairs | boot (s) | portguard commit |\n| --- | --- | ---: | ---: | ---: | --- |"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.1} |",
-            r.series, r.release, r.cpus, r.queues, r.boot_s
+            "| {} | {} | {} | {} | {:.1} | {} |",
+            r.series, r.release, r.cpus, r.queues, r.boot_s, r.commit
         );
     }
     let _ = writeln!(s, "\n### Map memory and `stats` by CPU count\n");
@@ -661,6 +665,7 @@ mod tests {
     #[test]
     fn rows_round_trip_and_render() {
         let r = super::Row {
+            commit: "abc1234".into(),
             series: "6.1".into(),
             release: "6.1.0-57-amd64".into(),
             cpus: 2,
