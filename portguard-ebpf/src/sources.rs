@@ -69,7 +69,7 @@ pub fn record<C: EbpfContext>(
         directions: hit.direction,
         protocols: hit.l4,
     };
-    match SOURCES.insert(key, &s, BPF_NOEXIST as u64) {
+    match SOURCES.insert(key, s, BPF_NOEXIST as u64) {
         Ok(()) => {
             totals.admitted += 1;
             totals.admitted_evidence += evidence as u64;
