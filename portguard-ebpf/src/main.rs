@@ -111,7 +111,10 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
         let _ = FRAGMENTS.insert(key, verdict, 0);
     }
     let hit = Hit { bytes, port, direction, l4: p.l4, syn: p.syn };
-    sources::record(ctx, &p.ip.source_key(cfg), &hit, cfg, totals);
+    // A host answering from a guarded port is one of ours: which one is the point, so it is
+    // counted per address, never folded into a prefix.
+    let key = p.ip.source_key(cfg, direction & DIR_SRC != 0);
+    sources::record(ctx, &key, &hit, cfg, totals);
     verdict
 }
 
@@ -148,7 +151,7 @@ fn unjudged(
         let _ = FRAGMENTS.insert(ip.fragment_key(fragment.id(), ip_proto), verdict, 0);
     }
     let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
-    sources::record(ctx, &ip.source_key(cfg), &hit, cfg, totals);
+    sources::record(ctx, &ip.source_key(cfg, false), &hit, cfg, totals);
     verdict
 }
 

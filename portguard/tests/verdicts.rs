@@ -741,13 +741,31 @@ fn per_source_counters_name_the_sender() {
     assert_eq!(v4.stats.directions, Directions(DIR_DST));
     assert_eq!(v4.stats.protocols, Protocols(PROTO_TCP));
     assert!(v4.stats.first_seen_ns > 0 && v4.stats.first_seen_ns <= v4.stats.last_seen_ns);
-    // IPv6 sources are counted per /64 by default.
-    let v6s = sources.iter().find(|s| s.addr.to_string() == "2001:db8::/64").unwrap();
+    // A host answering from 2745 is counted per address, even over IPv6 (probers per /64):
+    // which of our hosts answers is the question.
+    let v6s = sources.iter().find(|s| s.addr.to_string() == "2001:db8::2").unwrap();
     assert_eq!(v6s.stats.packets, 2);
     assert_eq!(v6s.stats.bytes, 2 * (14 + 40 + 8 + 100));
     assert_eq!(v6s.stats.directions, Directions(DIR_SRC), "answering from 2745");
     assert_eq!(v6s.stats.protocols, Protocols(PROTO_UDP));
     assert_eq!(v6s.stats.tcp_syns, 0);
+    // Two hosts of one /64 answering are two rows; probing, they are one.
+    let other = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 3]);
+    run(&mut g, &Frame::udp6(other, DST6, 2745, 5000).build());
+    run(&mut g, &Frame::udp6(SRC6, DST6, 40000, 2745).build());
+    run(&mut g, &Frame::udp6(other, DST6, 40000, 2745).build());
+    let mut rows: Vec<(String, u64)> =
+        g.sources().unwrap().iter().map(|s| (s.addr.to_string(), s.stats.packets)).collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("198.18.0.2".to_string(), 5),
+            ("2001:db8::/64".to_string(), 2),
+            ("2001:db8::2".to_string(), 2),
+            ("2001:db8::3".to_string(), 1),
+        ]
+    );
 }
 
 #[test]
