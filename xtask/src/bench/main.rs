@@ -117,6 +117,7 @@ pub struct FloodTool {
 }
 
 pub struct FloodResult {
+    pub evidence: flood::Evidence,
     pub frames: usize,
     pub distinct: u64,
     pub rounds: usize,
@@ -305,7 +306,10 @@ fn run_flood(
     }
     let mut accounting = acct.context("the flood ran no portguard pass")?;
     accounting.every_pass_dropped_all = all_dropped;
+    eprintln!("bench: the flood with a small table, room made as the daemon does");
+    let evidence = flood::evidence(1024, 256, args.flood_frames as u64)?;
     Ok(FloodResult {
+        evidence,
         frames: seq.len(),
         distinct: seq.distinct_sources(),
         rounds: args.flood_rounds,

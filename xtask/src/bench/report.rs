@@ -383,6 +383,51 @@ fn flood_section(s: &mut String, f: &FloodResult) {
         super::flood::STEADY_EVERY,
         super::flood::NEWCOMER_EVERY
     );
+    let e = &f.evidence;
+    let kept = |counted: u64, sent: u64| {
+        if counted == sent {
+            "kept, exact".to_string()
+        } else if counted > 0 {
+            format!("tracked, {} missed", sent - counted)
+        } else {
+            "**lost**".to_string()
+        }
+    };
+    let _ = writeln!(
+        s,
+        "The same kind of flood through a table too small for it ({} entries, {} admissions \
+         per CPU per slice so that it fills), {} frames, its owner making room every {} frames \
+         as the daemon does ({} times, {} sources forgotten): a slow prober the table knew \
+         before the flood ({} frames before it, then one in every {}) and the newcomer as \
+         above.\n\n| | counted / sent | |\n| --- | ---: | --- |\n\
+         | slow prober {} | {} / {} | {} |\n\
+         | newcomer {} | {} / {} | {} |\n\
+         | admitted on evidence | {} | |\n\n\
+         Frames the newcomer sent before its second, or while the table was full and its \
+         owner had not yet made room, are counted as untracked; once it has its entry it \
+         keeps it: room is made from one-frame sources first.\n",
+        thousands(u64::from(e.capacity)),
+        e.admit,
+        thousands(e.frames),
+        thousands(super::flood::ROOM_EVERY),
+        e.rooms_made,
+        thousands(e.forgotten),
+        super::flood::SLOW_BEFORE,
+        thousands(super::flood::SLOW_EVERY),
+        std::net::IpAddr::from(super::flood::SLOW),
+        e.slow_counted,
+        e.slow_sent,
+        kept(e.slow_counted, e.slow_sent),
+        super::flood::newcomer_addr(),
+        thousands(e.newcomer_counted),
+        thousands(e.newcomer_sent),
+        if e.newcomer_counted + 1 == e.newcomer_sent {
+            "tracked from its second frame, exact since".to_string()
+        } else {
+            kept(e.newcomer_counted, e.newcomer_sent)
+        },
+        thousands(e.admitted_evidence),
+    );
 }
 
 fn memory_section(s: &mut String, i: &Inputs) {
