@@ -2,7 +2,7 @@
 
 use anyhow::{Result, anyhow};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
-use portguard_common::{XDP_MODE_GENERIC, XDP_MODE_NATIVE};
+use portguard_common::{ATTACH_EXCLUSIVE, ATTACH_MULTIPROG, XDP_MODE_GENERIC, XDP_MODE_NATIVE};
 
 /// How to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -45,6 +45,51 @@ impl Attached {
             Attached::Native => XDP_MODE_NATIVE,
             Attached::Generic => XDP_MODE_GENERIC,
         }
+    }
+}
+
+/// How the program holds the interface's XDP hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Alone, through a pinned bpf_link.
+    Exclusive,
+    /// As a component of libxdp's multi-program dispatcher (see `multiprog`).
+    Multiprog,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Exclusive => "exclusive",
+            Kind::Multiprog => "multiprog",
+        }
+    }
+
+    /// From `Meta::attach`.
+    pub fn from_meta(m: u8) -> Kind {
+        if m == ATTACH_MULTIPROG { Kind::Multiprog } else { Kind::Exclusive }
+    }
+
+    pub fn meta(self) -> u8 {
+        match self {
+            Kind::Exclusive => ATTACH_EXCLUSIVE,
+            Kind::Multiprog => ATTACH_MULTIPROG,
+        }
+    }
+}
+
+/// How a guard is to share its interface (`--attach`, `--priority`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub attach: crate::multiprog::Attach,
+    /// Run priority in the dispatcher (lower runs first). None: a guard left in place keeps
+    /// its own, a new one gets `multiprog::DEFAULT_PRIORITY`.
+    pub priority: Option<u32>,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share { attach: crate::multiprog::Attach::Auto, priority: None }
     }
 }
 

@@ -19,8 +19,8 @@ pub mod view;
 
 use std::ffi::CString;
 
-pub use attach::{AttachMode, Attached};
-pub use health::{Health, Reason};
+pub use attach::{AttachMode, Attached, Kind, Share};
+pub use health::{Health, Peer, Reason, Shared};
 pub use loaded::Loaded;
 pub use owner::{Acquired, Owner, Upkeep, detach_pinned};
 pub use view::{Changed, View};
