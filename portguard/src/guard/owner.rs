@@ -323,7 +323,8 @@ impl Owner {
             Kind::Multiprog => Program::load_extension(capacity, dir).map_err(|e| match &how.found {
                 Some(d) => component::cannot_share(iface, d, &format!("{e:#}")),
                 None => anyhow!(
-                    "{iface}: cannot join libxdp's multi-program dispatcher: {e:#} (--attach                      exclusive takes the interface alone)"
+                    "{iface}: cannot join libxdp's multi-program dispatcher: {e:#} (--attach \
+                     exclusive takes the interface alone)"
                 ),
             })?,
         };
@@ -782,7 +783,8 @@ impl Owner {
             let idx = self.view.meta()?.ifindex;
             component::leave(idx, Ours::Program(self.prog_id)).map_err(|e| {
                 anyhow!(
-                    "could not leave {iface}'s libxdp dispatcher ({e:#}): it stays guarded;                      `portguard detach --iface {iface}` removes it"
+                    "could not leave {iface}'s libxdp dispatcher ({e:#}): it stays guarded; \
+                     `portguard detach --iface {iface}` removes it"
                 )
             })?;
             self.link = None;
@@ -853,7 +855,8 @@ pub fn detach_pinned(pins: &Pins, iface: &str) -> Result<()> {
             let ours = Ours::Map(maps.config_id()?);
             component::leave(meta.ifindex, ours).map_err(|e| {
                 anyhow!(
-                    "{iface}: could not leave libxdp's dispatcher ({e:#}); the detach is recorded                      and the next `portguard detach` or `run` finishes it"
+                    "{iface}: could not leave libxdp's dispatcher ({e:#}); the detach is recorded \
+                     and the next `portguard detach` or `run` finishes it"
                 )
             })?;
         }
