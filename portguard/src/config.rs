@@ -353,6 +353,7 @@ top_sources = 20
         assert_eq!(c.mode, Some(Mode::Drop));
         assert_eq!(c.ports.unwrap(), [portguard_common::DEFAULT_PORT]);
         assert_eq!(c.sources, Some(portguard_common::DEFAULT_SOURCE_CAPACITY));
+        assert_eq!((c.attach, c.priority), (Some(Attach::Auto), None));
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9745"));
     }
 

@@ -56,12 +56,19 @@ fn sharing_or_skip() -> Option<MutexGuard<'static, ()>> {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     match multiprog::support().expect("libxdp's compatibility check") {
         Support::Yes => Some(serial),
+        Support::Refused(why) if std::env::var_os(REQUIRE_SHARING).is_some() => {
+            panic!("{REQUIRE_SHARING} is set, and {why}")
+        }
         Support::Refused(why) => {
             eprintln!("skipped: {why}");
             None
         }
     }
 }
+
+/// Set where the kernel is known to run extensions (`cargo xtask vmtest` sets it in the
+/// Debian guest): a refusal there is a failure, never a skip.
+const REQUIRE_SHARING: &str = "PORTGUARD_REQUIRE_SHARING";
 
 /// The opposite: the serial lock on a kernel that refuses extensions; None (one line) where
 /// it runs them, for the tests of what portguard does on such a kernel.
