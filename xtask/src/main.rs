@@ -10,6 +10,7 @@ mod oracle;
 mod setup;
 mod test;
 mod util;
+mod vmtest;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,9 @@ enum Task {
     /// Differential fuzzing: the XDP program against the reference classifier, at length;
     /// with --kernel, against the kernel itself.
     Fuzz(fuzz::Args),
+    /// The sharing tests (tests/multiprog.rs) for real, in a Debian kernel under QEMU: this
+    /// machine's kernel may refuse the freplace programs libxdp's dispatcher needs.
+    Vmtest(vmtest::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Task::Audit => audit::run(),
         Task::Bench { args } => bench(&args),
         Task::Fuzz(a) => fuzz::run(a),
+        Task::Vmtest(a) => vmtest::run(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

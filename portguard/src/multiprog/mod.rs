@@ -409,6 +409,12 @@ fn change(
     let _lock = Lock::acquire()?;
     for _ in 0..ATTEMPTS {
         let old = match hook(ifindex)? {
+            // Leaving where no dispatcher is: nothing of `ours` runs there, nothing to do.
+            Hook::Free | Hook::OtherVersion { .. } | Hook::Exclusive { .. }
+                if joining.is_none() =>
+            {
+                return Ok(Changed { dispatcher: None, joined: None, replaced: Vec::new() });
+            }
             Hook::Free => None,
             Hook::Dispatcher(d) => Some(d),
             Hook::OtherVersion { prog_id, version } => bail!(
