@@ -40,7 +40,7 @@ pub fn run_tests(rest: &[String]) -> Result<(u64, u64, bool)> {
     cmd.arg(script)
         .args(["env", "PORTGUARD_REQUIRE_SHARING=1", "PORTGUARD_REQUIRE_ROOT=1"])
         .arg(exe)
-        .arg("--test-threads=1")
+        .args(["--test-threads=1", "--color=never"])
         .args(rest);
     crate::test::counted(cmd)
 }

@@ -5,10 +5,12 @@
 #
 # Why: some kernels refuse every trampoline-based BPF program (freplace, fentry) even to root,
 # and the libxdp multi-program tests (tests/multiprog.rs) then have nothing to test. A stock
-# Debian kernel allows them. Example, from the workspace root:
+# Debian kernel allows them. `cargo xtask vmtest` builds the tests and runs them through this;
+# by hand, from the workspace root:
 #
 #   cargo test -p portguard --test multiprog --no-run
-#   portguard/tests/vm/run-in-vm.sh target/debug/deps/multiprog-<hash> --test-threads=1
+#   portguard/tests/vm/run-in-vm.sh env PORTGUARD_REQUIRE_SHARING=1 \
+#       target/debug/deps/multiprog-<hash> --test-threads=1
 #
 # Emulation only (TCG): correct, but slow, and its timings are not the host's. Needs
 # qemu-system-x86, busybox-static and the kernel package, which it installs or downloads (with
@@ -32,7 +34,9 @@ modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 # The newest Debian 6.1 kernel image the archive has: its vmlinuz and the few modules above,
 # kept; the rest of the package is not.
 if [ ! -e "$cache/kernel/vmlinuz" ]; then
-    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -1)
+    search() { apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -1; }
+    pkg=$(search)
+    [ -n "$pkg" ] || { apt-get update -qq && pkg=$(search); }
     [ -n "$pkg" ] || { echo "no linux-image-6.1.0-*-amd64 in apt's lists (apt-get update?)" >&2; exit 1; }
     tmp="$cache/unpack"
     rm -rf "$tmp" "$cache/kernel" && mkdir -p "$tmp" "$cache/kernel/mod"
