@@ -337,7 +337,11 @@ impl Daemon {
             let mut keep = plan.persist;
             let held = match acquired {
                 Ok(Acquired::Attached(o)) => {
-                    log::info!("guarding {iface} ({}): {}", o.describe(), o.view().settings().summary());
+                    log::info!(
+                        "guarding {iface} ({}): {}",
+                        o.describe(),
+                        o.view().settings().summary()
+                    );
                     Held::Owner(Box::new(o))
                 }
                 Ok(Acquired::Adopted(o)) => {

@@ -182,11 +182,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let others: Vec<String> = s
                     .shared_with
                     .iter()
-                    .map(|o| format!("{} (program {}, priority {})", o.name, o.program_id, o.priority))
+                    .map(|o| {
+                        format!("{} (program {}, priority {})", o.name, o.program_id, o.priority)
+                    })
                     .collect();
                 println!(
                     "  shared in libxdp's dispatcher (program {d}) at priority {p}, {}",
-                    if others.is_empty() { "alone".into() } else { format!("with {}", others.join(", ")) }
+                    if others.is_empty() {
+                        "alone".into()
+                    } else {
+                        format!("with {}", others.join(", "))
+                    }
                 );
             }
             ("multiprog", _, _) => println!("  shared through libxdp's dispatcher"),

@@ -242,12 +242,7 @@ fn what_runs(ifindex: u32) -> Option<Reason> {
 /// says, replacing a function of that very dispatcher. `held`: the owner's own descriptor of
 /// its component's link, (program id, target program id), which keeps it running even when
 /// the pin is gone. Runs in the guard's network namespace.
-pub fn check_component(
-    meta: &Meta,
-    iface: &str,
-    ours: Ours,
-    held: Option<(u32, u32)>,
-) -> Health {
+pub fn check_component(meta: &Meta, iface: &str, ours: Ours, held: Option<(u32, u32)>) -> Health {
     if meta.state == STATE_DETACHING {
         return Health::NotGuarded(Reason::Detaching);
     }

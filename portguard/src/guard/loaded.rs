@@ -12,7 +12,8 @@ use portguard_common::{DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names}
 use crate::{counters::Source, maps::Maps, settings::Settings, wire};
 
 /// The XDP object, built by build.rs from portguard-ebpf.
-pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 

@@ -119,7 +119,9 @@ enum Live {
     /// Its pinned XDP link, on the interface of its name.
     Link(FdLink),
     /// Its component in the dispatcher attached to the interface of its name, at this priority.
-    Component { priority: u32 },
+    Component {
+        priority: u32,
+    },
 }
 
 /// How `acquire` takes the hook when nothing runs the program: the kind, and for `--attach
@@ -320,13 +322,15 @@ impl Owner {
     ) -> Result<Owner> {
         let (mut program, mut maps) = match how.kind {
             Kind::Exclusive => Program::load(capacity, Some(dir))?,
-            Kind::Multiprog => Program::load_extension(capacity, dir).map_err(|e| match &how.found {
-                Some(d) => component::cannot_share(iface, d, &format!("{e:#}")),
-                None => anyhow!(
-                    "{iface}: cannot join libxdp's multi-program dispatcher: {e:#} (--attach \
+            Kind::Multiprog => {
+                Program::load_extension(capacity, dir).map_err(|e| match &how.found {
+                    Some(d) => component::cannot_share(iface, d, &format!("{e:#}")),
+                    None => anyhow!(
+                        "{iface}: cannot join libxdp's multi-program dispatcher: {e:#} (--attach \
                      exclusive takes the interface alone)"
-                ),
-            })?,
+                    ),
+                })?
+            }
         };
         let prog_id = program.id()?;
         let mut meta = maps.meta()?;

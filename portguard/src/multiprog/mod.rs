@@ -161,8 +161,7 @@ impl Component {
 /// XDP actions (as `1 << action` bits) by name, as xdp-loader prints them.
 pub fn actions(bits: u32) -> String {
     let names = ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"];
-    let v: Vec<&str> =
-        (0..5).filter(|a| bits & (1 << a) != 0).map(|a| names[a as usize]).collect();
+    let v: Vec<&str> = (0..5).filter(|a| bits & (1 << a) != 0).map(|a| names[a as usize]).collect();
     v.join(",")
 }
 
@@ -559,7 +558,9 @@ fn change(
         };
         return Ok(Changed { dispatcher: Some(d), joined: built.ours, replaced });
     }
-    bail!("ifindex {ifindex}'s XDP programs kept changing while portguard tried to change them; try again")
+    bail!(
+        "ifindex {ifindex}'s XDP programs kept changing while portguard tried to change them; try again"
+    )
 }
 
 /// A new dispatcher with every component attached and pinned, not yet on the interface.
