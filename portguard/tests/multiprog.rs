@@ -623,3 +623,57 @@ fn upkeep_joins_again_after_a_rebuild_and_a_returning_interface() {
     assert_eq!(s.hook(), Hook::Free);
     assert_eq!(s.no_dispatcher_dirs(), Vec::<String>::new());
 }
+
+/// Pins removed under the owner are put back (libxdp needs them to carry portguard over), a
+/// dispatcher detached by hand is joined again, and a program that takes the hook alone is not
+/// replaced: the daemon says so and exits 1.
+#[test]
+fn upkeep_puts_pins_back_joins_again_and_never_replaces_another_program() {
+    let Some(_serial) = sharing_or_skip() else { return };
+    let mut s = Shared::new();
+    s.xdp_filter();
+    let run = s.run(&[]);
+    s.wait_chain(&["portguard", "xdpfilt_alw_all"]);
+    let Hook::Dispatcher(d) = s.hook() else { panic!("no dispatcher") };
+    let slot = d.components.iter().position(|c| c.name == "portguard").unwrap();
+    let pins = [
+        d.pin_dir().join(format!("prog{slot}-link")),
+        d.pin_dir().join(format!("prog{slot}-prog")),
+        s.f.dir.join(portguard_common::map_names::TOTALS),
+    ];
+    for p in &pins {
+        std::fs::remove_file(p).unwrap();
+    }
+    s.f.daemons[run].wait_log("pinned them again");
+    portguard_testkit::wait_until("every pin back", || pins.iter().all(|p| p.exists()));
+    // libxdp carries it over from those pins: xdp-filter leaves, portguard stays.
+    s.xdp_ok("xdp-filter", &["unload", GW_IF]);
+    s.wait_chain(&["portguard"]);
+    assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0);
+
+    // The dispatcher detached by hand (`ip link set dev pg-wan xdp off`): joined again.
+    let Hook::Dispatcher(d) = s.hook() else { panic!("no dispatcher") };
+    let (i, flag) = (s.ifindex_now(), d.mode.flag());
+    lab::in_netns(&s.f.lab.gw, move || netlink::set(i, None, flag, None).unwrap()).unwrap();
+    s.f.daemons[run].wait_log("attached again");
+    s.wait_chain(&["portguard"]);
+    assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0);
+
+    // Another program takes the hook alone (replacing the dispatcher outright, as `ip link set
+    // dev pg-wan xdp obj ...` does): portguard does not take it back.
+    lab::in_netns(&s.f.lab.gw, move || {
+        let bytes = std::fs::read(dispatcher::object_path().unwrap()).unwrap();
+        let mut obj = aya::Ebpf::load(&bytes).unwrap();
+        let p: &mut aya::programs::Xdp = obj.program_mut("xdp_pass").unwrap().try_into().unwrap();
+        p.load().unwrap();
+        use std::os::fd::AsFd as _;
+        netlink::set(i, Some(p.fd().unwrap().as_fd()), flag, None).unwrap();
+    })
+    .unwrap();
+    let Hook::Exclusive { prog_id, .. } = s.hook() else { panic!("xdp_pass is not attached") };
+    let out = s.f.daemons[run].wait();
+    assert_eq!(out.status.code(), Some(1), "{}", s.logs());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("program {prog_id} (xdp_pass) attached")), "{log}");
+    assert_eq!(s.hook(), Hook::Exclusive { prog_id, name: "xdp_pass".into() }, "replaced");
+}

@@ -221,26 +221,26 @@ pub fn run(repeat: u32, rounds: usize, out: &Path) -> Result<()> {
 
 fn render(tables: &[cost::CostTable], support: &Support, repeat: u32, rounds: usize) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let virt = Command::new("systemd-detect-virt")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    // The CPU says whether this ran on hardware or under emulation (QEMU's TCG shows its own
+    // model), which no figure here survives unchanged.
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
     let mut md = String::from("## Sharing the interface: the dispatcher's cost\n\n");
     md.push_str(&format!(
-        "BPF_PROG_TEST_RUN, ns per packet (median of {rounds} rounds of {repeat}), kernel {}{}. \
-         `cargo xtask bench -- --dispatcher` writes this fragment.\n\n",
-        kernel.trim(),
-        if virt.is_empty() || virt == "none" { String::new() } else { format!(" ({virt})") }
+        "BPF_PROG_TEST_RUN, ns per packet (median of {rounds} rounds of {repeat}), kernel {}, \
+         {cpu}. `cargo xtask bench -- --dispatcher` writes this fragment.\n\n",
+        kernel.trim()
     ));
     let names: Vec<String> = tables[0].cases.iter().map(|c| c.name.clone()).collect();
-    md.push_str(&format!("| program | {} | vs. portguard alone |\n", names.join(" | ")));
-    md.push_str(&format!("|---|{}---:|\n", "---:|".repeat(names.len())));
-    // Every table has its own reference: portguard alone where it was measured, else the
-    // first table's.
-    let reference = |t: &cost::CostTable| {
-        let t = if t.cell(0, ALONE).is_some() { t } else { &tables[0] };
-        (0..names.len()).map(|ci| t.cell(ci, ALONE).map_or(f64::NAN, |c| c.ns)).sum::<f64>()
-    };
+    md.push_str(&format!("| program | {} | adds, per packet |\n", names.join(" | ")));
+    md.push_str(&format!("|---|{}---|\n", "---:|".repeat(names.len())));
     let mut seen = Vec::new();
     for t in tables {
         for tool in &t.tools {
@@ -249,18 +249,35 @@ fn render(tables: &[cost::CostTable], support: &Support, repeat: u32, rounds: us
                 continue;
             }
             seen.push(tool);
+            let ns = |ci: usize, tool: &str| t.cell(ci, tool).map_or(f64::NAN, |c| c.ns);
             let cells: Vec<String> = (0..names.len())
                 .map(|ci| {
                     let c = t.cell(ci, tool).expect("measured");
                     format!("{:.0} ({})", c.ns, bpf::verdict_name(c.verdict))
                 })
                 .collect();
-            let sum: f64 = (0..names.len()).map(|ci| t.cell(ci, tool).map_or(0.0, |c| c.ns)).sum();
-            md.push_str(&format!(
-                "| {tool} | {} | {:.2}× |\n",
-                cells.join(" | "),
-                sum / reference(t)
-            ));
+            // What the row adds to the program it wraps, measured in the same table: the
+            // dispatcher's own cost.
+            let added = match *tool {
+                EMPTY1 | EMPTY2 => Some(FLOOR),
+                IN_D | WITH_XF => Some(ALONE),
+                _ => None,
+            }
+            .filter(|r| t.cell(0, r).is_some() || tables[0].cell(0, r).is_some())
+            .map(|r| {
+                let base = if t.cell(0, r).is_some() { t } else { &tables[0] };
+                let d: Vec<String> = (0..names.len())
+                    .map(|ci| {
+                        format!(
+                            "{:+.0}",
+                            ns(ci, tool) - base.cell(ci, r).map_or(f64::NAN, |c| c.ns)
+                        )
+                    })
+                    .collect();
+                format!("{} ns vs. {r}", d.join(" / "))
+            })
+            .unwrap_or_else(|| "".into());
+            md.push_str(&format!("| {tool} | {} | {added} |\n", cells.join(" | ")));
         }
     }
     if let Support::Refused(why) = support {
