@@ -1,6 +1,7 @@
 //! The bpf(2) commands aya 0.14 does not wrap, or keeps private: batched map reads (a full
 //! source table in a few syscalls instead of two per entry), forced link detach, a pinned
-//! object's fd, a program or map by id, and their info.
+//! object's fd, a program or map by id, and their info, one array lookup (libxdp's dispatcher
+//! config), and an extension's link info (which dispatcher a component runs in).
 
 use std::{
     io,

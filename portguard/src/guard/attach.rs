@@ -1,5 +1,6 @@
 //! Attaching the program to an interface, in the XDP mode asked for.
 
+use crate::multiprog::root_cause;
 use anyhow::{Result, anyhow};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
 use portguard_common::{ATTACH_EXCLUSIVE, ATTACH_MULTIPROG, XDP_MODE_GENERIC, XDP_MODE_NATIVE};
@@ -131,15 +132,4 @@ pub fn attach_to(
 
 fn attach_error(iface: &str, mode: &str, e: ProgramError) -> anyhow::Error {
     anyhow!("cannot attach to {iface} in {mode} XDP mode: {}", root_cause(&e))
-}
-
-/// The innermost error message: aya wraps syscall errors a few levels deep.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    let mut msg = cur.to_string();
-    while let Some(next) = cur.source() {
-        msg = next.to_string();
-        cur = next;
-    }
-    msg
 }
