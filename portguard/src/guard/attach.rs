@@ -1,9 +1,10 @@
 //! Attaching the program to an interface, in the XDP mode asked for.
 
-use crate::multiprog::root_cause;
 use anyhow::{Result, anyhow};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
 use portguard_common::{ATTACH_EXCLUSIVE, ATTACH_MULTIPROG, XDP_MODE_GENERIC, XDP_MODE_NATIVE};
+
+use crate::multiprog::root_cause;
 
 /// How to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
