@@ -619,8 +619,15 @@ fn upkeep_joins_again_after_a_rebuild_and_a_returning_interface() {
     assert_status_shared(&s, &[]);
     assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0);
     assert_eq!(s.no_dispatcher_dirs().len(), 1, "{:?}", s.no_dispatcher_dirs());
-    s.stop(run);
+    // `portguard detach` while it runs: out of the dispatcher (the last one out: the hook is
+    // free), pins removed, and the owner lets go with status 3 instead of joining again.
+    let out = s.f.portguard(&["detach", "--iface", GW_IF]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(s.hook(), Hook::Free);
+    let out = s.f.daemons[run].wait();
+    assert_eq!(out.status.code(), Some(3), "{}", s.logs());
+    assert_eq!(s.hook(), Hook::Free, "joined again after a detach");
+    assert!(!s.f.dir.exists(), "portguard's pins are left");
     assert_eq!(s.no_dispatcher_dirs(), Vec::<String>::new());
 }
 

@@ -50,10 +50,14 @@ if [ ! -e "$cache/kernel/vmlinuz" ]; then
     rm -rf "$tmp"
 fi
 
+# This run's own directory: two runs at once (two worktrees) never share an initramfs.
+run=$(mktemp -d "$cache/run.XXXXXX")
+trap 'rm -rf "$run"' EXIT
+
 # initramfs: busybox, the modules for virtio, 9p and veth (in dependency order), and an init
 # that mounts the host's root and runs the command in it.
-ir="$cache/initramfs"
-rm -rf "$ir" && mkdir -p "$ir/bin"
+ir="$run/initramfs"
+mkdir -p "$ir/bin"
 cp /bin/busybox "$ir/bin/busybox"
 cp -r "$cache/kernel/mod" "$ir/mod"
 { printf 'cd %q && ' "$(pwd)"; printf '%q ' "$@"; } > "$ir/cmd"
@@ -73,13 +77,15 @@ echo "vm-exit=\$?"
 poweroff -f
 EOF
 chmod +x "$ir/init"
-(cd "$ir" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$cache/initrd.gz"
+(cd "$ir" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$run/initrd.gz"
 
-log="$cache/console.log"
+log="$run/console.log"
 timeout "${VM_TIMEOUT:-1800}" qemu-system-x86_64 -accel tcg,thread=multi,tb-size=512 -cpu max \
-    -smp 2 -m 2048 -kernel "$cache/kernel/vmlinuz" -initrd "$cache/initrd.gz" \
+    -smp 2 -m 2048 -kernel "$cache/kernel/vmlinuz" -initrd "$run/initrd.gz" \
     -append "console=ttyS0 quiet panic=-1" -display none -serial stdio -no-reboot \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
     | tee "$log" | sed -n '/^vm: /,$p' | grep -v '^vm-exit=\|reboot: Power down'
 status=$(grep -a -o 'vm-exit=[0-9]*' "$log" | tail -1 | cut -d= -f2)
+# The last run's transcript, boot messages included, for a look after a failure.
+cp "$log" "$cache/console.log"
 exit "${status:-1}"
