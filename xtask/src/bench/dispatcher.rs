@@ -282,8 +282,10 @@ fn render(tables: &[cost::CostTable], support: &Support, repeat: u32, rounds: us
     }
     if let Support::Refused(why) = support {
         md.push_str(&format!(
-            "\nNo dispatcher row with a component: {why}. `cargo xtask vmtest` runs the sharing \
-             tests in a Debian kernel; run this there for those rows.\n"
+            "\nNo dispatcher row with a component: {why}. For those rows, run this in the Debian \
+             guest `cargo xtask vmtest` uses: `portguard/tests/vm/run-in-vm.sh \
+             target/release/xtask-bench --dispatcher` (under emulation: its nanoseconds are not \
+             the hardware's).\n"
         ));
     }
     md
