@@ -28,10 +28,11 @@ pub mod map_names {
     pub const SOURCES: &str = "SOURCES";
     pub const ADMISSION: &str = "ADMISSION";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const SKETCH: &str = "SKETCH";
     pub const META: &str = "META";
     /// Every map, in the order userspace pins and reports them.
-    pub const ALL: [&str; 9] =
-        [META, CONFIG, PORTS, ALLOW_V4, ALLOW_V6, TOTALS, SOURCES, ADMISSION, FRAGMENTS];
+    pub const ALL: [&str; 10] =
+        [META, CONFIG, PORTS, ALLOW_V4, ALLOW_V6, TOTALS, SOURCES, ADMISSION, FRAGMENTS, SKETCH];
 }
 
 /// The XDP program's name in the object file.
@@ -58,10 +59,12 @@ pub const FRAGMENT_CAPACITY: u32 = 4_096;
 /// Capacity of each allowlist trie.
 pub const ALLOWLIST_CAPACITY: u32 = 1_024;
 
-/// IPv6 extension headers followed before the frame is declared unparseable.
-pub const MAX_IPV6_EXT_HEADERS: usize = 8;
-/// VLAN tags (802.1Q or 802.1ad) peeled before the frame is declared unparseable.
-pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers followed. Linux follows any number, so a longer chain is not
+/// malformed: it is *unjudged* (see `Totals::unjudged`), dropped in drop mode.
+pub const MAX_IPV6_EXT_HEADERS: usize = 16;
+/// VLAN tags (802.1Q, 802.1ad, 0x9100) peeled. Linux peels priority tags (VLAN id 0) at any
+/// depth and sub-interfaces can nest, so a frame with more is unjudged, not malformed.
+pub const MAX_VLAN_TAGS: usize = 4;
 
 /// Admission of new sources into SOURCES is budgeted per CPU and time slice, so that a
 /// spoofed-source flood pays the cost of an LRU insert (≈400 ns here) only a bounded number of
@@ -98,10 +101,16 @@ pub const ACTION_DROP: u8 = 1;
 pub const PROTO_TCP: u8 = 1 << 0;
 pub const PROTO_UDP: u8 = 1 << 1;
 
-/// `Config::direction` and `SourceStats::directions` bits: which port of a packet is compared
+/// `Config::direction` and `SourceSlot::directions` bits: which port of a packet is compared
 /// with the guarded set. DST: someone probes a guarded port. SRC: a host answers from one.
+/// UNJUDGED (a source's slot only): it sent frames whose ports could not be read.
 pub const DIR_DST: u8 = 1 << 0;
 pub const DIR_SRC: u8 = 1 << 1;
+pub const DIR_UNJUDGED: u8 = 1 << 2;
+
+/// `Config::flags`: drop what cannot be judged (frames that could reach a guarded port but
+/// whose ports cannot be read). Userspace sets it in drop mode unless told otherwise.
+pub const CFG_UNJUDGED_DROP: u8 = 1 << 0;
 
 /// `Config::allow` bits: set by userspace when the matching trie is non-empty, so that the
 /// program skips the LPM lookup entirely when there is no allowlist.
@@ -120,18 +129,37 @@ pub struct Config {
     pub direction: u8,
     /// `ALLOW_HAS_*` bits.
     pub allow: u8,
-    /// New sources admitted into SOURCES per CPU per admission slice.
+    /// New sources admitted into SOURCES per CPU per admission slice on first sight (and as
+    /// many again on evidence, see `SKETCH`).
     pub admit_per_slice: u32,
+    /// `CFG_*` bits.
+    pub flags: u8,
+    /// Sources are counted per prefix of this length (IPv4 /32 and IPv6 /128: per address).
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub _pad: u8,
+    /// The IPv4 prefix mask, as the address's 4 network-order bytes read in native order.
+    pub v4_mask: u32,
+    /// The IPv6 prefix mask, as the address's 16 network-order bytes read as two native words.
+    pub v6_mask: [u64; 2],
+    /// Seeds of the sketch's hash, random per load, so that no one can aim at its blocks.
+    pub sketch_seed: [u64; 2],
 }
-const _: () = assert!(size_of::<Config>() == 8);
+const _: () = assert!(size_of::<Config>() == 48);
 
 /// TOTALS\[0\], one per CPU: what the program did. Userspace sums the CPUs.
 ///
 /// `seen` counts every frame; `matched` counts frames whose port matched (unfragmented or first
 /// fragments); `fragments_followed` counts later fragments of a matched datagram, which get its
-/// verdict; `dropped` counts every XDP_DROP (matched or followed). `allowed` are matched frames
-/// passed because their source is on the allowlist. `untracked` are matched frames whose source
-/// could not get a SOURCES entry (admission budget spent or map full); they are still dropped.
+/// verdict; `dropped` counts every XDP_DROP (matched, followed or unjudged). `allowed` are
+/// matched (or unjudged) frames passed because their source is on the allowlist. `malformed`
+/// are frames the stack discards itself (a truncated or contradictory IP header, say): passed.
+/// `unjudged` are frames that could reach a guarded port but whose ports cannot be read (an
+/// IPv6 chain longer than MAX_IPV6_EXT_HEADERS, more VLAN tags than MAX_VLAN_TAGS, a first
+/// fragment cut before its ports): dropped when CFG_UNJUDGED_DROP is set. `untracked` are
+/// matched or unjudged frames whose source could not get a SOURCES entry (admission budget
+/// spent or map full); they are judged all the same. `admitted` counts sources admitted,
+/// `admitted_evidence` those of them admitted on evidence during a flood.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, schemars::JsonSchema))]
@@ -148,12 +176,16 @@ pub struct Totals {
     pub untracked_bytes: u64,
     #[cfg_attr(feature = "user", serde(rename = "sources_admitted"))]
     pub admitted: u64,
+    pub unjudged: u64,
+    pub unjudged_bytes: u64,
+    #[cfg_attr(feature = "user", serde(rename = "sources_admitted_on_evidence"))]
+    pub admitted_evidence: u64,
 }
-const _: () = assert!(size_of::<Totals>() == 88);
+const _: () = assert!(size_of::<Totals>() == 112);
 
 impl Totals {
     /// Every counter, in declaration order: the names JSON and metrics use.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 14] = [
         "seen",
         "matched",
         "matched_bytes",
@@ -165,6 +197,9 @@ impl Totals {
         "untracked",
         "untracked_bytes",
         "sources_admitted",
+        "unjudged",
+        "unjudged_bytes",
+        "sources_admitted_on_evidence",
     ];
 
     /// The counters as one array, in declaration order (userspace sums CPUs and takes
@@ -187,33 +222,76 @@ const _: () = assert!(size_of::<Totals>() == Totals::NAMES.len() * 8);
 pub struct Admission {
     /// `now >> ADMISSION_SLICE_SHIFT` of the slice being counted.
     pub slice: u64,
-    /// New sources admitted on this CPU in that slice.
+    /// New sources admitted on this CPU in that slice on first sight...
     pub used: u32,
+    /// ...and on evidence (seen before, in the sketch).
+    pub used_evidence: u32,
     /// The slice (low 32 bits) in which this CPU last logged a full table: one log line per
     /// CPU per slice at most, never one per packet.
     pub full_logged: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Admission>() == 16);
+const _: () = assert!(size_of::<Admission>() == 24);
 
-/// SOURCES key: the source address, network order, IPv4 as `::ffff:a.b.c.d`. Aligned to 8 so
-/// that the XDP program can build it on the stack with word stores (the verifier refuses
-/// misaligned stack access).
+/// SKETCH: the evidence that an unknown source was seen before, for admission during a flood
+/// (once the first-sight budget is spent). A blocked Bloom filter in two generations: a source
+/// hashes to one block of SKETCH blocks and to SKETCH_BITS_PER_SOURCE bits within a
+/// generation's 128; it was seen before when all its bits are set in the block's current or
+/// previous generation. Each sighting sets them in the current one; when that would pass
+/// SKETCH_ROTATE_AT bits, the current generation becomes the previous and a new one starts.
+///
+/// No clock: a block forgets after it has taken two generations' worth of other sources, so
+/// memory adapts to the flood by itself (about 6 × SKETCH_BLOCKS sightings surely remembered,
+/// ~0.8 s at 1 Mpps, and nothing is forgotten while nothing floods) and the share of bits set,
+/// hence the chance that a one-packet source looks seen before, stays bounded (about 0.1%
+/// whatever the flood's rate).
+pub const SKETCH_BLOCKS: u32 = 1 << 17;
+/// Bits set per source in a generation, and the most bits a generation holds before it rotates.
+pub const SKETCH_BITS_PER_SOURCE: u32 = 5;
+pub const SKETCH_ROTATE_AT: u32 = 32;
+
+/// One SKETCH block: the current generation's 128 bits, then the previous one's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SketchBlock {
+    pub current: [u64; 2],
+    pub previous: [u64; 2],
+}
+const _: () = assert!(size_of::<SketchBlock>() == 32);
+
+/// SOURCES key: a source prefix. `addr` is the address with the bits past `prefix` cleared,
+/// network order, IPv4 as `::ffff:a.b.c.d`; `family` (4 or 6) keeps an IPv6 source an IPv6
+/// source, also one in `::ffff:0:0/96`. Aligned to 8 so that the XDP program can build it on
+/// the stack with word stores (the verifier refuses misaligned stack access).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     pub addr: [u8; 16],
+    pub family: u8,
+    pub prefix: u8,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<SourceKey>() == 16);
+const _: () = assert!(size_of::<SourceKey>() == 24);
 
 impl SourceKey {
-    /// The key for an IPv4 source (network-order octets).
+    /// The key of an IPv4 prefix (network-order octets, already masked).
     #[inline(always)]
-    pub const fn v4(a: [u8; 4]) -> Self {
-        // Two 8-byte words rather than a 16-byte array literal: for the BPF target LLVM lowers
-        // the literal to a call of compiler_builtins' byte-by-byte memset, in the hot path.
+    pub const fn v4(a: [u8; 4], prefix: u8) -> Self {
+        // 8-byte words rather than an array literal: for the BPF target LLVM lowers the literal
+        // to a call of compiler_builtins' byte-by-byte memset, in the hot path.
         let lo = u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]);
-        // SAFETY: SourceKey is 16 plain bytes; [u64; 2] is 16 bytes with no invalid values.
-        unsafe { core::mem::transmute::<[u64; 2], SourceKey>([0, lo]) }
+        let tail = u64::from_ne_bytes([4, prefix, 0, 0, 0, 0, 0, 0]);
+        // SAFETY: SourceKey is 24 plain bytes; [u64; 3] is 24 bytes with no invalid values.
+        unsafe { core::mem::transmute::<[u64; 3], SourceKey>([0, lo, tail]) }
+    }
+
+    /// The key of an IPv6 prefix, from its 16 network-order bytes read as two native words
+    /// (already masked).
+    #[inline(always)]
+    pub const fn v6(words: [u64; 2], prefix: u8) -> Self {
+        let tail = u64::from_ne_bytes([6, prefix, 0, 0, 0, 0, 0, 0]);
+        // SAFETY: as above.
+        unsafe { core::mem::transmute::<[u64; 3], SourceKey>([words[0], words[1], tail]) }
     }
 }
 
@@ -238,7 +316,8 @@ pub struct SourceSlot {
     pub tcp_syns: u32,
     /// The guarded port of the latest packet (host order).
     pub last_port: u16,
-    /// `DIR_*` bits seen: DST "probing", SRC "answering from".
+    /// `DIR_*` bits seen: DST "probing", SRC "answering from", UNJUDGED "sent frames whose
+    /// ports could not be read".
     pub directions: u8,
     /// `PROTO_*` bits seen.
     pub protocols: u8,
@@ -248,7 +327,7 @@ const _: () = assert!(size_of::<SourceSlot>() == 48);
 /// The version of the map layouts in this file. A new portguard adopting pinned maps of another
 /// layout would misread them: it refuses, and says how to start afresh. Bump it whenever a
 /// type below changes size or meaning.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// META\[0\]: facts about the attachment that userspace records for other portguard processes
 /// (`status`, adoption after a restart, `detach`). The XDP program never reads it.
@@ -348,6 +427,7 @@ mod pod {
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for Admission {}
+    unsafe impl aya::Pod for SketchBlock {}
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceSlot {}
     unsafe impl aya::Pod for FragmentKey {}
@@ -379,8 +459,15 @@ mod tests {
     }
 
     #[test]
-    fn v4_keys_are_mapped_addresses() {
-        let k = SourceKey::v4([198, 18, 0, 1]);
+    fn v4_keys_are_mapped_addresses_of_family_4() {
+        let k = SourceKey::v4([198, 18, 0, 1], 32);
         assert_eq!(k.addr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1]);
+        assert_eq!((k.family, k.prefix), (4, 32));
+        // The IPv6 source ::ffff:198.18.0.1 is another key.
+        let w = [
+            u64::from_ne_bytes(k.addr[..8].try_into().unwrap()),
+            u64::from_ne_bytes(k.addr[8..].try_into().unwrap()),
+        ];
+        assert_ne!(SourceKey::v6(w, 128), k);
     }
 }

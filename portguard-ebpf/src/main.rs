@@ -18,12 +18,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portguard_common::{
-    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DIR_DST, DIR_SRC, FragmentKey, Totals,
+    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CFG_UNJUDGED_DROP, Config, DIR_DST, DIR_SRC,
+    DIR_UNJUDGED, FragmentKey, Totals,
 };
 
 use crate::{
     maps::{ALLOW_V4, ALLOW_V6, CONFIG, FRAGMENTS, PORTS, TOTALS},
-    parse::{Frame, Ip, Ports},
+    parse::{FirstFragment, Frame, Ip, Ports},
     sources::Hit,
 };
 
@@ -46,6 +47,10 @@ pub fn portguard(ctx: XdpContext) -> u32 {
         }
         Frame::Ports(p) => judge(&ctx, cfg, &p, totals),
         Frame::Fragment { ip, id, ip_proto } => follow(&ip.fragment_key(id, ip_proto), totals),
+        Frame::Unjudged { ip, l4, fragment, ip_proto } => {
+            unjudged(&ctx, cfg, &ip, l4, fragment, ip_proto, totals)
+        }
+        Frame::UnjudgedLink => unjudged_link(&ctx, cfg, totals),
     };
     if verdict == XDP_DROP {
         totals.dropped += 1;
@@ -96,15 +101,61 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
     } else {
         XDP_PASS
     };
-    if let Some(id) = p.first_fragment {
-        let key = p.ip.fragment_key(id, p.ip_proto);
+    if p.first_fragment.is_some() {
+        let key = p.ip.fragment_key(p.first_fragment.id(), p.ip_proto);
         // Best effort: if it cannot be remembered, the tail passes and the stack's reassembly
         // times out waiting for the head we dropped.
         let _ = FRAGMENTS.insert(key, verdict, 0);
     }
     let hit = Hit { bytes, port, direction, l4: p.l4, syn: p.syn };
-    sources::record(ctx, &p.ip.source_key(), &hit, cfg.admit_per_slice, totals);
+    sources::record(ctx, &p.ip.source_key(cfg), &hit, cfg, totals);
     verdict
+}
+
+/// The verdict for a frame that could reach a guarded port but whose ports cannot be read:
+/// fail closed (dropped) unless CONFIG says otherwise. Its source is recorded like a match's,
+/// with no port.
+#[inline(always)]
+fn unjudged(
+    ctx: &XdpContext,
+    cfg: &Config,
+    ip: &Ip,
+    l4: u8,
+    fragment: FirstFragment,
+    ip_proto: u8,
+    totals: &mut Totals,
+) -> u32 {
+    if cfg.protocols & l4 == 0 {
+        // A protocol that is not guarded: no guarded port is reachable through it.
+        return XDP_PASS;
+    }
+    let bytes = frame_len(ctx);
+    totals.unjudged += 1;
+    totals.unjudged_bytes += bytes;
+    let verdict = if cfg.allow != 0 && allowlisted(cfg.allow, ip) {
+        totals.allowed += 1;
+        XDP_PASS
+    } else if cfg.flags & CFG_UNJUDGED_DROP != 0 {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    };
+    if fragment.is_some() {
+        // The rest of the datagram gets the same verdict (best effort, as for a match).
+        let _ = FRAGMENTS.insert(ip.fragment_key(fragment.id(), ip_proto), verdict, 0);
+    }
+    let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
+    sources::record(ctx, &ip.source_key(cfg), &hit, cfg, totals);
+    verdict
+}
+
+/// An unjudged frame whose IP header was not reached (a deep VLAN stack): nobody to record or
+/// allow.
+#[inline(always)]
+fn unjudged_link(ctx: &XdpContext, cfg: &Config, totals: &mut Totals) -> u32 {
+    totals.unjudged += 1;
+    totals.unjudged_bytes += frame_len(ctx);
+    if cfg.flags & CFG_UNJUDGED_DROP != 0 { XDP_DROP } else { XDP_PASS }
 }
 
 /// A non-first fragment gets the verdict its first fragment got, if that one matched.

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use portguard_common::{
     ALLOWLIST_CAPACITY, Admission, AllowV4, AllowV6, Config, DEFAULT_SOURCE_CAPACITY,
-    FRAGMENT_CAPACITY, FragmentKey, FragmentVerdict, Meta, PORT_TABLE_ENTRIES, SourceKey,
-    SourceSlot, Totals,
+    FRAGMENT_CAPACITY, FragmentKey, FragmentVerdict, Meta, PORT_TABLE_ENTRIES, SKETCH_BLOCKS,
+    SketchBlock, SourceKey, SourceSlot, Totals,
 };
 
 /// Written and read by userspace only (see `Meta`); declared here so that it is created and
@@ -59,6 +59,21 @@ pub static SOURCES: PerCpuHashMap<SourceKey, SourceSlot> =
 /// The admission budget's state, per CPU.
 #[map]
 pub static ADMISSION: PerCpuArray<Admission> = PerCpuArray::with_max_entries(1, 0);
+
+/// Evidence for admission during a flood (see `SKETCH_BLOCKS` in portguard-common): which
+/// unknown sources were seen before, as bits in a blocked Bloom filter of two generations.
+///
+/// Why this shape: a flood of spoofed sources is, to the table, a stream of one-packet
+/// strangers, while a real prober repeats (a scan of several ports or addresses, retransmitted
+/// SYNs, a beacon). Admitting on the second sighting lets a prober that starts during a flood
+/// in, without a per-source insert for every stranger. Shared, not per-CPU: a prober's packets
+/// may hash to different queues; the cells are written only by unknown sources once the first-
+/// sight budget is spent, and a lost race costs at worst one admission. One block (half a cache
+/// line) per source: one memory access on the flood path. Generations rather than timestamps:
+/// a block ages by the sources it takes, so no one has to clear it and its memory stretches
+/// when the flood is slow.
+#[map]
+pub static SKETCH: Array<SketchBlock> = Array::with_max_entries(SKETCH_BLOCKS, 0);
 
 /// Datagrams whose first fragment matched, with the verdict it got. Shared between CPUs:
 /// fragments of one datagram may arrive on different queues (ports hash the first one only).

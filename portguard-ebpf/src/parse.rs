@@ -8,10 +8,17 @@
 //! The contract with main.rs: `frame()` reads, it never writes, and it never looks at ports in
 //! a non-first fragment (RFC 1858, RFC 8200 §4.5): those frames come back as `Fragment`, to be
 //! judged by the verdict their first fragment got.
+//!
+//! Malformed and Unjudged are told apart by what the kernel would do: a frame the stack
+//! discards itself (a truncated IP header, a version that contradicts the EtherType, an
+//! unfragmented datagram cut before its transport header) is Malformed and passes; a frame the
+//! stack could still deliver to a socket but whose ports cannot be read here (a VLAN stack or an
+//! IPv6 extension chain deeper than followed — Linux follows any depth —, a first fragment cut
+//! before its ports, which reassembly completes) is Unjudged, dropped in drop mode.
 
 use aya_ebpf::programs::XdpContext;
 use portguard_common::{
-    FragmentKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, SourceKey,
+    Config, FragmentKey, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROTO_TCP, PROTO_UDP, SourceKey,
 };
 
 const ETH_HLEN: usize = 14;
@@ -66,6 +73,7 @@ const IP_OFFSET: u16 = 0x1fff;
 /// IPv6 (struct ipv6hdr).
 const IPV6_HLEN: usize = 40;
 const IPV6_VERSION: usize = 0;
+const IPV6_PLEN: usize = 4;
 const IPV6_NEXTHDR: usize = 6;
 pub const IPV6_SADDR: usize = 8;
 pub const IPV6_DADDR: usize = 24;
@@ -88,6 +96,10 @@ const L4_DPORT: usize = 2;
 const TCP_FLAGS: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+
+/// `link_layer`'s protocol for a VLAN stack deeper than MAX_VLAN_TAGS: outside the EtherTypes'
+/// 16 bits, so that no frame can spell it.
+const VLAN_TOO_DEEP: u32 = 0x1_0000;
 
 /// Header offsets beyond this are treated as unparseable. It bounds the cursor for the
 /// verifier; no real header chain comes near it (a jumbo frame is 9 KB).
@@ -116,9 +128,22 @@ impl Ip {
         unsafe { *(self.hdr.add(IPV6_SADDR) as *const [u8; 16]) }
     }
 
+    /// The SOURCES key: the source's prefix under CONFIG's masks (an address in ::/64: itself).
     #[inline(always)]
-    pub fn source_key(&self) -> SourceKey {
-        if self.v6 { SourceKey { addr: self.v6_src() } } else { SourceKey::v4(self.v4_src()) }
+    pub fn source_key(&self, cfg: &Config) -> SourceKey {
+        if self.v6 {
+            // SAFETY: 40 bytes were checked at `hdr` for IPv6.
+            let w = unsafe { words(self.hdr.add(IPV6_SADDR)) };
+            if w[0] == 0 {
+                // ::/64 holds the IPv4-mapped and -compatible forms, which no host has as its
+                // /64: one row per address, an IPv6 source that names an IPv4 host kept apart.
+                return SourceKey::v6(w, 128);
+            }
+            SourceKey::v6([w[0] & cfg.v6_mask[0], w[1] & cfg.v6_mask[1]], cfg.v6_prefix)
+        } else {
+            let a = u32::from_ne_bytes(self.v4_src()) & cfg.v4_mask;
+            SourceKey::v4(a.to_ne_bytes(), cfg.v4_prefix)
+        }
     }
 
     /// The reassembly key: IPv4 (src, dst, id, protocol); IPv6 (src, dst, id), as the kernel's.
@@ -131,7 +156,7 @@ impl Ip {
         } else {
             // SAFETY: 20 bytes were checked at `hdr`.
             let dst = unsafe { *(self.hdr.add(IPV4_DADDR) as *const [u8; 4]) };
-            (key_words(SourceKey::v4(self.v4_src())), key_words(SourceKey::v4(dst)), proto)
+            (mapped(self.v4_src()), mapped(dst), proto)
         };
         let i = id.to_ne_bytes();
         let tail = u64::from_ne_bytes([i[0], i[1], i[2], i[3], proto, 0, 0, 0]);
@@ -152,10 +177,38 @@ unsafe fn words(p: *const u8) -> [u64; 2] {
     unsafe { [(p as *const u64).read_unaligned(), (p.add(8) as *const u64).read_unaligned()] }
 }
 
+/// An IPv4 address as the 16 bytes of `::ffff:a.b.c.d`, in two words (the fragment key holds
+/// either family in one layout, as the kernel's does).
 #[inline(always)]
-fn key_words(k: SourceKey) -> [u64; 2] {
-    // SAFETY: 16 plain bytes either way.
-    unsafe { core::mem::transmute::<SourceKey, [u64; 2]>(k) }
+fn mapped(a: [u8; 4]) -> [u64; 2] {
+    [0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]])]
+}
+
+/// A first fragment's datagram identification, or none (0): one plain word rather than an
+/// `Option<u32>`, whose payload is left unwritten when it is None. LLVM spills and reloads such
+/// a value whole, and Linux 6.1.176's verifier refuses the read of a stack slot nothing wrote
+/// (later kernels accept it).
+#[derive(Clone, Copy)]
+pub struct FirstFragment(u64);
+
+impl FirstFragment {
+    pub const NONE: FirstFragment = FirstFragment(0);
+
+    #[inline(always)]
+    fn of(id: u32) -> FirstFragment {
+        FirstFragment(1 << 32 | id as u64)
+    }
+
+    #[inline(always)]
+    pub fn is_some(self) -> bool {
+        self.0 != 0
+    }
+
+    /// The identification (meaningful when `is_some`).
+    #[inline(always)]
+    pub fn id(self) -> u32 {
+        self.0 as u32
+    }
 }
 
 /// A TCP or UDP header read from an unfragmented frame or a first fragment.
@@ -169,7 +222,7 @@ pub struct Ports {
     pub syn: bool,
     /// Set on a first fragment: the datagram's identification, under which the rest of it is
     /// remembered.
-    pub first_fragment: Option<u32>,
+    pub first_fragment: FirstFragment,
     /// The IP protocol number, 6 or 17 (for the IPv4 reassembly key).
     pub ip_proto: u8,
 }
@@ -177,8 +230,20 @@ pub struct Ports {
 pub enum Frame {
     /// Not IP, or IP without ports (ICMP, ESP, "no next header", ...): not ours to judge.
     Other,
-    /// Truncated or self-contradictory headers, or a chain too deep to follow.
+    /// Truncated or self-contradictory headers: the stack discards the frame itself.
     Malformed,
+    /// It could reach a guarded port, but its ports cannot be read.
+    Unjudged {
+        ip: Ip,
+        /// The `PROTO_*` bits it may be (both when the transport protocol is unknown).
+        l4: u8,
+        /// For a first fragment: the datagram's identification and IP protocol (IPv4; 0 for
+        /// IPv6), under which the rest of it is remembered.
+        fragment: FirstFragment,
+        ip_proto: u8,
+    },
+    /// The same, before the IP header was reached (a VLAN stack deeper than followed).
+    UnjudgedLink,
     /// TCP or UDP with readable ports.
     Ports(Ports),
     /// A non-first fragment, to be judged by the verdict its datagram's first fragment got.
@@ -194,23 +259,38 @@ pub enum Frame {
 struct Cursor {
     data: usize,
     end: usize,
+    /// Where the IP datagram ends, as an offset from `data`, once its length is known: the
+    /// bytes after it are Ethernet padding, which the stack trims and a sender can fill with
+    /// anything (a first fragment of 2 bytes padded with "port 443" must not read as 443).
+    limit: usize,
 }
 
 impl Cursor {
-    /// `N` bytes at `off`, or None when the frame ends before them.
+    /// `N` bytes at `off`, or None when the datagram (or the frame) ends before them.
     #[inline(always)]
     fn bytes<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
-        if off > MAX_OFFSET || self.data + off + N > self.end {
+        if off > MAX_OFFSET || off + N > self.limit || self.data + off + N > self.end {
             return None;
         }
         // SAFETY: the range was checked against data_end just above; [u8; N] has alignment 1.
         Some(unsafe { &*((self.data + off) as *const [u8; N]) })
     }
 
-    /// The first `len` bytes are all inside the frame (headers that are skipped, not read).
+    /// The first `len` bytes are all inside the datagram and the frame (headers that are
+    /// skipped, not read).
     #[inline(always)]
     fn covers(&self, len: usize) -> bool {
-        self.data + len <= self.end
+        len <= self.limit && self.data + len <= self.end
+    }
+
+    /// The same frame, its datagram ending at `limit` (when that is before the current one).
+    #[inline(always)]
+    fn datagram(&self, limit: usize) -> Cursor {
+        Cursor {
+            data: self.data,
+            end: self.end,
+            limit: if limit < self.limit { limit } else { self.limit },
+        }
     }
 }
 
@@ -222,21 +302,25 @@ fn be16(b: [u8; 2]) -> u16 {
 /// Reads the frame as far as needed to decide.
 #[inline(always)]
 pub fn frame(ctx: &XdpContext) -> Frame {
-    let c = Cursor { data: ctx.data(), end: ctx.data_end() };
+    let c = Cursor { data: ctx.data(), end: ctx.data_end(), limit: usize::MAX };
     let Some((proto, off)) = link_layer(&c) else {
         return Frame::Malformed;
     };
+    const IP: u32 = ETH_P_IP as u32;
+    const IPV6: u32 = ETH_P_IPV6 as u32;
     match proto {
-        ETH_P_IP => ipv4(&c, off),
-        ETH_P_IPV6 => ipv6(&c, off),
+        IP => ipv4(&c, off),
+        IPV6 => ipv6(&c, off),
+        VLAN_TOO_DEEP => Frame::UnjudgedLink,
         _ => Frame::Other,
     }
 }
 
 /// Ethernet, up to MAX_VLAN_TAGS VLAN tags, then PPPoE session: returns the network protocol
-/// (an EtherType, PPP's mapped onto it) and the offset of its header. `None`: malformed.
+/// (an EtherType, PPP's mapped onto it, or VLAN_TOO_DEEP) and the offset of its header.
+/// `None`: malformed.
 #[inline(always)]
-fn link_layer(c: &Cursor) -> Option<(u16, usize)> {
+fn link_layer(c: &Cursor) -> Option<(u32, usize)> {
     let mut proto = be16(*c.bytes::<2>(ETH_PROTO)?);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -248,8 +332,9 @@ fn link_layer(c: &Cursor) -> Option<(u16, usize)> {
         off += VLAN_HLEN;
     }
     if is_vlan(proto) {
-        // Deeper than we follow: the stack has no device for it either.
-        return None;
+        // Deeper than followed. The stack peels priority tags at any depth, and stacked
+        // sub-interfaces take more: not for us to say it is undeliverable.
+        return Some((VLAN_TOO_DEEP, off));
     }
     if proto == ETH_P_PPP_SES {
         let h = c.bytes::<PPPOE_HLEN>(off)?;
@@ -264,7 +349,7 @@ fn link_layer(c: &Cursor) -> Option<(u16, usize)> {
             _ => 0,
         };
     }
-    Some((proto, off))
+    Some((proto as u32, off))
 }
 
 #[inline(always)]
@@ -281,14 +366,13 @@ fn ipv4(c: &Cursor, off: usize) -> Frame {
         return Frame::Malformed;
     }
     let ihl = ((h[IPV4_VER_IHL] & 0x0f) as usize) * 4;
+    let tot_len = be16([h[IPV4_TOT_LEN], h[IPV4_TOT_LEN + 1]]) as usize;
     // Options are skipped, not read, but a header that claims more than the frame holds is
     // malformed whatever follows it.
-    if ihl < IPV4_HLEN
-        || (be16([h[IPV4_TOT_LEN], h[IPV4_TOT_LEN + 1]]) as usize) < ihl
-        || !c.covers(off + ihl)
-    {
+    if ihl < IPV4_HLEN || tot_len < ihl || !c.covers(off + ihl) {
         return Frame::Malformed;
     }
+    let c = &c.datagram(off + tot_len);
     let proto = h[IPV4_PROTOCOL];
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Frame::Other;
@@ -301,7 +385,7 @@ fn ipv4(c: &Cursor, off: usize) -> Frame {
     if frag_offset != 0 {
         return Frame::Fragment { ip, id, ip_proto: proto };
     }
-    let first_fragment = if more_fragments { Some(id) } else { None };
+    let first_fragment = if more_fragments { FirstFragment::of(id) } else { FirstFragment::NONE };
     transport(c, off + ihl, proto, ip, first_fragment)
 }
 
@@ -313,17 +397,21 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
     if h[IPV6_VERSION] >> 4 != 6 {
         return Frame::Malformed;
     }
+    // A payload length of 0 is a jumbogram's (RFC 2675) or a sender's that leaves it to the
+    // frame: Linux then takes the frame's length.
+    let payload = be16([h[IPV6_PLEN], h[IPV6_PLEN + 1]]) as usize;
+    let c = &c.datagram(if payload != 0 { off + IPV6_HLEN + payload } else { usize::MAX });
     let ip = Ip { hdr: h.as_ptr(), v6: true };
     let mut next = h[IPV6_NEXTHDR];
     let mut p = off + IPV6_HLEN;
-    let mut first_fragment = None;
+    let mut first_fragment = FirstFragment::NONE;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_TCP | IPPROTO_UDP => break,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
             | IPPROTO_SHIM6 => {
                 let Some(e) = c.bytes::<2>(p) else {
-                    return Frame::Malformed;
+                    return cut(ip, first_fragment);
                 };
                 next = e[EXT_NEXTHDR];
                 // In 8-octet units, not counting the first 8 (RFC 8200 §4.3).
@@ -331,7 +419,7 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
             }
             IPPROTO_AH => {
                 let Some(e) = c.bytes::<2>(p) else {
-                    return Frame::Malformed;
+                    return cut(ip, first_fragment);
                 };
                 next = e[EXT_NEXTHDR];
                 // In 4-octet units, minus 2 (RFC 4302 §2.2).
@@ -339,7 +427,7 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
             }
             IPPROTO_FRAGMENT => {
                 let Some(e) = c.bytes::<FRAG_HLEN>(p) else {
-                    return Frame::Malformed;
+                    return cut(ip, first_fragment);
                 };
                 let fo = be16([e[FRAG_OFF], e[FRAG_OFF + 1]]);
                 let id = u32::from_be_bytes([
@@ -352,57 +440,71 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
                     return Frame::Fragment { ip, id, ip_proto: 0 };
                 }
                 if fo & IP6_MF != 0 {
-                    first_fragment = Some(id);
+                    first_fragment = FirstFragment::of(id);
                 }
                 // else an atomic fragment (RFC 6946): a whole datagram.
                 next = e[EXT_NEXTHDR];
                 p += FRAG_HLEN;
             }
-            _ => return no_ports(c, p),
+            _ => return no_ports(c, p, ip, first_fragment),
         }
     }
     match next {
         IPPROTO_TCP | IPPROTO_UDP => transport(c, p, next, ip, first_fragment),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
         | IPPROTO_SHIM6 | IPPROTO_AH | IPPROTO_FRAGMENT => {
-            // Still inside the extension chain after MAX_IPV6_EXT_HEADERS headers.
-            Frame::Malformed
+            if !c.covers(p) {
+                // The last header followed ends past the frame.
+                return cut(ip, first_fragment);
+            }
+            // Still inside the extension chain after MAX_IPV6_EXT_HEADERS headers. Linux
+            // follows any number of them (RFC 9098 on long chains; RFC 8200 §4 sets no
+            // limit): the ports behind may well be a guarded one.
+            Frame::Unjudged { ip, l4: PROTO_TCP | PROTO_UDP, fragment: first_fragment, ip_proto: 0 }
         }
-        _ => no_ports(c, p),
+        _ => no_ports(c, p, ip, first_fragment),
+    }
+}
+
+/// An IPv6 extension chain that runs past the end of the frame. Unfragmented, the stack
+/// discards it; in a first fragment, reassembly may complete it (RFC 7112 says the first
+/// fragment must hold the whole chain, but Linux checks only part of that): unjudged.
+#[inline(always)]
+fn cut(ip: Ip, first_fragment: FirstFragment) -> Frame {
+    if first_fragment.is_some() {
+        Frame::Unjudged { ip, l4: PROTO_TCP | PROTO_UDP, fragment: first_fragment, ip_proto: 0 }
+    } else {
+        Frame::Malformed
     }
 }
 
 /// ICMPv6, ESP, no next header (59), anything else after the chain: no ports to read. The
 /// chain itself must still be whole.
 #[inline(always)]
-fn no_ports(c: &Cursor, chain_end: usize) -> Frame {
-    if c.covers(chain_end) { Frame::Other } else { Frame::Malformed }
+fn no_ports(c: &Cursor, chain_end: usize, ip: Ip, first_fragment: FirstFragment) -> Frame {
+    if c.covers(chain_end) { Frame::Other } else { cut(ip, first_fragment) }
 }
 
-/// TCP or UDP at `off`. A header cut short is malformed (RFC 7112: the first fragment carries
-/// the whole header chain).
+/// TCP or UDP at `off`. An unfragmented datagram cut short is malformed (the stack discards
+/// it). A first fragment needs only its ports: reassembly completes a header split across
+/// fragments (RFC 1858's tiny fragments, which Linux accepts), so one whose ports are there is
+/// judged by them, and one cut before them is unjudged.
 #[inline(always)]
-fn transport(c: &Cursor, off: usize, proto: u8, ip: Ip, first_fragment: Option<u32>) -> Frame {
-    let (l4, sport, dport, syn) = if proto == IPPROTO_TCP {
-        let Some(t) = c.bytes::<TCP_HLEN>(off) else {
-            return Frame::Malformed;
-        };
-        (
-            PROTO_TCP,
-            be16([t[L4_SPORT], t[L4_SPORT + 1]]),
-            be16([t[L4_DPORT], t[L4_DPORT + 1]]),
-            t[TCP_FLAGS] & (TCP_SYN | TCP_ACK) == TCP_SYN,
-        )
-    } else {
-        let Some(u) = c.bytes::<UDP_HLEN>(off) else {
-            return Frame::Malformed;
-        };
-        (
-            PROTO_UDP,
-            be16([u[L4_SPORT], u[L4_SPORT + 1]]),
-            be16([u[L4_DPORT], u[L4_DPORT + 1]]),
-            false,
-        )
+fn transport(c: &Cursor, off: usize, proto: u8, ip: Ip, first_fragment: FirstFragment) -> Frame {
+    let tcp = proto == IPPROTO_TCP;
+    let l4 = if tcp { PROTO_TCP } else { PROTO_UDP };
+    let whole = c.covers(off + if tcp { TCP_HLEN } else { UDP_HLEN });
+    if !whole && !first_fragment.is_some() {
+        return Frame::Malformed;
+    }
+    let Some(t) = c.bytes::<4>(off) else {
+        return Frame::Unjudged { ip, l4, fragment: first_fragment, ip_proto: proto };
     };
+    let sport = be16([t[L4_SPORT], t[L4_SPORT + 1]]);
+    let dport = be16([t[L4_DPORT], t[L4_DPORT + 1]]);
+    // A SYN without ACK: a connection attempt. A first fragment cut before the flags is not
+    // known to be one.
+    let syn = tcp
+        && matches!(c.bytes::<{ TCP_FLAGS + 1 }>(off), Some(f) if f[TCP_FLAGS] & (TCP_SYN | TCP_ACK) == TCP_SYN);
     Frame::Ports(Ports { ip, l4, sport, dport, syn, first_fragment, ip_proto: proto })
 }

@@ -1,21 +1,25 @@
-//! Per-source accounting: find the source's slot in SOURCES, or admit it within the budget, or
-//! count it as untracked. The verdict never depends on what happens here.
+//! Per-source accounting: find the source's slot in SOURCES, or admit it (on first sight while
+//! the budget lasts, then on evidence that it was seen before), or count it as untracked. The
+//! verdict never depends on what happens here.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
 };
-use portguard_common::{ADMISSION_SLICE_SHIFT, SourceKey, SourceSlot, Totals};
+use portguard_common::{
+    ADMISSION_SLICE_SHIFT, Admission, Config, SKETCH_BITS_PER_SOURCE, SKETCH_BLOCKS,
+    SKETCH_ROTATE_AT, SourceKey, SourceSlot, Totals,
+};
 
-use crate::maps::{ADMISSION, SOURCES};
+use crate::maps::{ADMISSION, SKETCH, SOURCES};
 
-/// One matched packet, as the per-source table records it.
+/// One matched (or unjudged) packet, as the per-source table records it.
 pub struct Hit {
     pub bytes: u64,
     pub port: u16,
     pub direction: u8,
-    /// `PROTO_*` bit.
+    /// `PROTO_*` bit(s).
     pub l4: u8,
     pub syn: bool,
 }
@@ -25,7 +29,7 @@ pub fn record<C: EbpfContext>(
     ctx: &C,
     key: &SourceKey,
     hit: &Hit,
-    budget: u32,
+    cfg: &Config,
     totals: &mut Totals,
 ) {
     // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
@@ -39,27 +43,44 @@ pub fn record<C: EbpfContext>(
     // An unknown source: the rarer path can afford the real clock.
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !admit(now, budget) {
-        totals.untracked += 1;
-        totals.untracked_bytes += hit.bytes;
+    let Some(a) = ADMISSION.get_ptr_mut(0) else {
+        untracked(hit, totals);
         return;
-    }
+    };
+    // SAFETY: per-CPU, as above.
+    let a = unsafe { &mut *a };
+    let evidence = match admit(a, key, now, cfg) {
+        Admit::FirstSight => false,
+        Admit::Evidence => true,
+        Admit::No => {
+            untracked(hit, totals);
+            return;
+        }
+    };
     let mut s = SourceSlot { admitted_ns: now, ..SourceSlot::default() };
     update(&mut s, hit, jiffies);
     match SOURCES.insert(key, s, BPF_NOEXIST as u64) {
-        Ok(()) => totals.admitted += 1,
+        Ok(()) => {
+            totals.admitted += 1;
+            totals.admitted_evidence += evidence as u64;
+        }
         // Another CPU inserted it first: ours is a per-CPU slot in the same entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(s) => update(unsafe { &mut *s }, hit, jiffies),
             None => {
                 // The table is full.
-                totals.untracked += 1;
-                totals.untracked_bytes += hit.bytes;
-                log_full(ctx, now);
+                untracked(hit, totals);
+                log_full(ctx, a, now);
             }
         },
     }
+}
+
+#[inline(always)]
+fn untracked(hit: &Hit, totals: &mut Totals) {
+    totals.untracked += 1;
+    totals.untracked_bytes += hit.bytes;
 }
 
 #[inline(always)]
@@ -70,40 +91,102 @@ fn update(s: &mut SourceSlot, hit: &Hit, jiffies: u64) {
     s.packets += 1;
     s.bytes += hit.bytes;
     s.last_jiffies = jiffies;
-    s.last_port = hit.port;
+    if hit.port != 0 {
+        s.last_port = hit.port;
+    }
     s.directions |= hit.direction;
     s.protocols |= hit.l4;
     s.tcp_syns += hit.syn as u32;
 }
 
-/// Takes one unit of this CPU's admission budget for the current slice, if any is left.
+enum Admit {
+    FirstSight,
+    Evidence,
+    No,
+}
+
+/// Whether an unknown source gets a slot: on first sight while this CPU's budget for the slice
+/// lasts; past it (a flood of new sources), only when the sketch says it was seen before, from
+/// a second budget as large.
 #[inline(always)]
-fn admit(now: u64, budget: u32) -> bool {
-    let Some(a) = ADMISSION.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: per-CPU, as above.
-    let a = unsafe { &mut *a };
+fn admit(a: &mut Admission, key: &SourceKey, now: u64, cfg: &Config) -> Admit {
     let slice = now >> ADMISSION_SLICE_SHIFT;
     if a.slice != slice {
         a.slice = slice;
         a.used = 0;
+        a.used_evidence = 0;
     }
-    if a.used >= budget {
+    if a.used < cfg.admit_per_slice {
+        a.used += 1;
+        return Admit::FirstSight;
+    }
+    if seen_before(key, cfg) && a.used_evidence < cfg.admit_per_slice {
+        a.used_evidence += 1;
+        return Admit::Evidence;
+    }
+    Admit::No
+}
+
+/// Whether `key` is in its sketch block's current or previous generation; it is put in the
+/// current one either way (see `SketchBlock`).
+#[inline(always)]
+fn seen_before(key: &SourceKey, cfg: &Config) -> bool {
+    let h = hash(key, cfg);
+    let Some(b) = SKETCH.get_ptr_mut((h as u32) & (SKETCH_BLOCKS - 1)) else {
         return false;
+    };
+    // SAFETY: a block of a shared array; a racing CPU's write may be lost, which costs at
+    // worst one admission.
+    let b = unsafe { &mut *b };
+    // The block from the hash's low 17 bits, then SKETCH_BITS_PER_SOURCE bit positions in
+    // 0..128 from the next 35, 7 each.
+    const _: () = assert!(SKETCH_BLOCKS == 1 << 17 && 17 + 7 * SKETCH_BITS_PER_SOURCE <= 64);
+    let mut bits = [0u64; 2];
+    for i in 0..SKETCH_BITS_PER_SOURCE {
+        let bit = (h >> (17 + 7 * i)) as u32 & 127;
+        bits[(bit >> 6) as usize] |= 1 << (bit & 63);
     }
-    a.used += 1;
-    true
+    let within = |g: &[u64; 2]| g[0] & bits[0] == bits[0] && g[1] & bits[1] == bits[1];
+    let seen = within(&b.current) || within(&b.previous);
+    let filled = popcount(b.current[0] | bits[0]) + popcount(b.current[1] | bits[1]);
+    if filled > SKETCH_ROTATE_AT {
+        b.previous = b.current;
+        b.current = bits;
+    } else {
+        b.current[0] |= bits[0];
+        b.current[1] |= bits[1];
+    }
+    seen
+}
+
+/// Bits set in `x` (BPF has no popcount instruction).
+#[inline(always)]
+fn popcount(mut x: u64) -> u32 {
+    x -= (x >> 1) & 0x5555_5555_5555_5555;
+    x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32
+}
+
+/// A keyed hash of the source's key (24 bytes as three words): multiply-xorshift with seeds
+/// from userspace, so that nobody can choose sources that land on a prober's block.
+#[inline(always)]
+fn hash(key: &SourceKey, cfg: &Config) -> u64 {
+    // SAFETY: SourceKey is 24 bytes, aligned to 8.
+    let w = unsafe { &*(key as *const SourceKey as *const [u64; 3]) };
+    const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+    const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+    let mut h = (w[0] ^ cfg.sketch_seed[0]).wrapping_mul(K1);
+    h ^= (w[1] ^ cfg.sketch_seed[1]).wrapping_mul(K2);
+    h ^= w[2].wrapping_mul(K1);
+    h ^= h >> 29;
+    h = h.wrapping_mul(K2);
+    h ^ (h >> 32)
 }
 
 /// A rare event, logged through aya-log at most once per CPU per admission slice.
 #[inline(always)]
-fn log_full<C: EbpfContext>(ctx: &C, now: u64) {
-    let Some(a) = ADMISSION.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU, as above.
-    let a = unsafe { &mut *a };
+fn log_full<C: EbpfContext>(ctx: &C, a: &mut Admission, now: u64) {
     let slice = (now >> ADMISSION_SLICE_SHIFT) as u32;
     if a.full_logged != slice {
         a.full_logged = slice;

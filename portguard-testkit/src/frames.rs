@@ -140,6 +140,8 @@ pub struct Frame {
     payload: Vec<u8>,
     /// Cut the built frame to this many bytes.
     truncate: Option<usize>,
+    /// End the datagram after this many bytes of IP payload, its length field saying so.
+    ip_payload: Option<usize>,
     /// Raw edits applied after building: (offset, byte).
     pokes: Vec<(usize, u8)>,
 }
@@ -163,7 +165,15 @@ pub const fn v6(g: [u16; 8]) -> [u8; 16] {
 
 impl Frame {
     fn new(l3: L3, l4: L4) -> Frame {
-        Frame { l2: Vec::new(), l3, l4, payload: Vec::new(), truncate: None, pokes: Vec::new() }
+        Frame {
+            l2: Vec::new(),
+            l3,
+            l4,
+            payload: Vec::new(),
+            truncate: None,
+            ip_payload: None,
+            pokes: Vec::new(),
+        }
     }
 
     pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Frame {
@@ -253,6 +263,13 @@ impl Frame {
         self.truncate = Some(n);
         self
     }
+    /// Ends the datagram after `n` bytes of IP payload (IPv4: after the header and options;
+    /// IPv6: after the fixed header, extension headers included), with the length fields saying
+    /// so: a datagram sent that short, e.g. a tiny first fragment, not a truncated frame.
+    pub fn ip_payload(mut self, n: usize) -> Frame {
+        self.ip_payload = Some(n);
+        self
+    }
     /// Overwrites one byte of the finished frame.
     pub fn poke(mut self, offset: usize, byte: u8) -> Frame {
         self.pokes.push((offset, byte));
@@ -275,7 +292,24 @@ impl Frame {
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let (ethertype, l3) = self.network();
+        let (ethertype, mut l3) = self.network();
+        if let Some(n) = self.ip_payload {
+            match &self.l3 {
+                L3::V4 { options, .. } => {
+                    let ihl = 20 + options.len();
+                    l3.truncate(ihl + n);
+                    l3[2..4].copy_from_slice(&((ihl + n) as u16).to_be_bytes());
+                    l3[10..12].copy_from_slice(&[0, 0]);
+                    let sum = checksum(&l3[..ihl]);
+                    l3[10..12].copy_from_slice(&sum.to_be_bytes());
+                }
+                L3::V6 { .. } => {
+                    l3.truncate(40 + n);
+                    l3[4..6].copy_from_slice(&(n as u16).to_be_bytes());
+                }
+                L3::Raw(_) => l3.truncate(n),
+            }
+        }
         let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
         let mut inner = ethertype;
         // Wrap from the inside out: the EtherType before each layer names what follows it.

@@ -194,7 +194,13 @@ impl Generator {
                     }
                 };
                 f = f.payload(&payload);
-                let depth = if r.one_in(2) { 0 } else { 1 + r.below(10) };
+                // Now and then past the deepest chain the program follows.
+                let deepest = portguard_common::MAX_IPV6_EXT_HEADERS + 2;
+                let depth = match r.below(8) {
+                    0..=3 => 0,
+                    4..=6 => 1 + r.below(10),
+                    _ => 1 + r.below(deepest),
+                };
                 let exts: Vec<Ext> = (0..depth).map(|_| ext(r)).collect();
                 for e in &exts {
                     f = f.ext(e.clone());
@@ -254,18 +260,19 @@ impl Generator {
         }
     }
 
-    /// Wraps in a random link layer (up to three VLAN tags, PPPoE).
+    /// Wraps in a random link layer (up to one VLAN tag more than the program follows, PPPoE).
     fn wrap(&mut self, mut f: Frame) -> (Frame, Layout) {
         let r = &mut self.rng;
+        let deep = portguard_common::MAX_VLAN_TAGS + 1;
         let (tags, pppoe) = match r.below(20) {
             0..=7 => (0, false),
             8..=10 => (1, false),
             11..=12 => (2, false),
-            13 => (3, false),
+            13 => (2 + r.below(deep - 1), false),
             14..=15 => (0, true),
             16..=17 => (1, true),
             18 => (2, true),
-            _ => (3, true),
+            _ => (2 + r.below(deep - 1), true),
         };
         let mut layout = Layout { types: vec![12], ..Layout::default() };
         for i in 0..tags {

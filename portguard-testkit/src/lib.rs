@@ -44,6 +44,18 @@ pub fn test_run(g: &mut Loaded, frame: &[u8]) -> (u32, Totals) {
 
 /// Polls `cond` until it holds, or panics naming `what` after 30 s (the machine may be busy:
 /// no fixed sleeps).
+/// Keeps the calling thread on one CPU: per-CPU map state (TOTALS, ADMISSION) then belongs
+/// to one CPU across BPF_PROG_TEST_RUN calls.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(r, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

@@ -64,6 +64,21 @@ pub enum Reading {
     /// payload is never read as ports.
     Fragment(FragmentKey),
     Malformed(Malformed),
+    /// It could reach a guarded port (the kernel would deliver it, as the kernel oracle shows),
+    /// but its ports cannot be read: a VLAN stack or an IPv6 chain deeper than followed, a
+    /// first fragment cut before its ports.
+    Unjudged(Unjudged),
+}
+
+/// An unjudged frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unjudged {
+    /// TCP or UDP when known; None: either.
+    pub protocol: Option<Protocol>,
+    /// The source, when the IP header was reached.
+    pub src: Option<IpAddr>,
+    /// Set on a first fragment: its datagram.
+    pub first_fragment: Option<FragmentKey>,
 }
 
 /// A readable TCP or UDP header.
@@ -82,8 +97,6 @@ pub struct Ports {
 pub enum Malformed {
     /// The Ethernet header, a VLAN tag or the PPPoE header ends past the frame.
     LinkCut,
-    /// More than `MAX_VLAN_TAGS` VLAN tags.
-    TooManyVlanTags,
     /// PPPoE session header with version/type other than 0x11 or code other than 0.
     BadPppoe,
     /// Fewer than 20 bytes of IPv4 header.
@@ -98,13 +111,12 @@ pub enum Malformed {
     /// Fewer than 40 bytes of IPv6 header.
     Ipv6Cut,
     Ipv6Version,
-    /// An extension header ends past the frame.
+    /// An extension header ends past the frame (of an unfragmented datagram: in a first fragment
+    /// reassembly may complete it, and it is unjudged).
     ExtCut,
-    /// More than `MAX_IPV6_EXT_HEADERS` extension headers before TCP or UDP.
-    ExtTooDeep,
-    /// Fewer than 20 bytes of TCP header.
+    /// Fewer than 20 bytes of TCP header, unfragmented.
     TcpCut,
-    /// Fewer than 8 bytes of UDP header.
+    /// Fewer than 8 bytes of UDP header, unfragmented.
     UdpCut,
     /// Only as an alternative reading of an ambiguous frame: what a stricter parser (the
     /// stack) would say.
@@ -120,9 +132,6 @@ pub enum Doubt {
     Ipv4Checksum,
     /// IPv4 total length or IPv6 payload length larger than the frame: a truncated datagram.
     DatagramCut,
-    /// IPv4 total length or IPv6 payload length too small to hold the headers read: the L4
-    /// header (or an extension header) lies in the Ethernet padding.
-    HeadersInPadding,
     /// TCP data offset below 5.
     TcpDataOffset,
     /// TCP data offset reaching past the frame (portguard reads 20 bytes).
@@ -145,9 +154,6 @@ pub enum Quirk {
     /// An IPv6 extension header cut short is malformed, but the program only reads its first
     /// two bytes: when the next header has no ports it reads "no ports".
     Ipv6ExtUnread,
-    /// Eight extension headers (the most followed) then a protocol without ports (ICMPv6, no
-    /// next header, ...): the program counts it as malformed, as if the chain were deeper.
-    EighthExtNoPorts,
 }
 
 /// Why an outcome other than the documented one is accepted.
@@ -202,10 +208,16 @@ pub enum Outcome {
     FollowedDrop,
     /// A non-first fragment that followed its datagram's pass.
     FollowedPass,
+    /// Unjudged and dropped (fail closed).
+    UnjudgedDropped,
+    /// Unjudged and passed (count mode, or `unjudged = pass`).
+    UnjudgedPassed,
+    /// Unjudged, allowlisted, passed.
+    UnjudgedAllowed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Passed,
         Outcome::Malformed,
         Outcome::Dropped,
@@ -213,13 +225,23 @@ impl Outcome {
         Outcome::Allowed,
         Outcome::FollowedDrop,
         Outcome::FollowedPass,
+        Outcome::UnjudgedDropped,
+        Outcome::UnjudgedPassed,
+        Outcome::UnjudgedAllowed,
     ];
 
     pub fn verdict(self) -> u32 {
         match self {
-            Outcome::Dropped | Outcome::FollowedDrop => XDP_DROP,
+            Outcome::Dropped | Outcome::FollowedDrop | Outcome::UnjudgedDropped => XDP_DROP,
             _ => XDP_PASS,
         }
+    }
+
+    fn unjudged(self) -> bool {
+        matches!(
+            self,
+            Outcome::UnjudgedDropped | Outcome::UnjudgedPassed | Outcome::UnjudgedAllowed
+        )
     }
 
     /// How TOTALS move for one frame of `len` bytes with this outcome. `untracked` and
@@ -233,10 +255,12 @@ impl Outcome {
             matched_bytes: if matched { len } else { 0 },
             dropped: dropped as u64,
             dropped_bytes: if dropped { len } else { 0 },
-            allowed: (self == Outcome::Allowed) as u64,
+            allowed: matches!(self, Outcome::Allowed | Outcome::UnjudgedAllowed) as u64,
             malformed: (self == Outcome::Malformed) as u64,
             fragments_followed: matches!(self, Outcome::FollowedDrop | Outcome::FollowedPass)
                 as u64,
+            unjudged: self.unjudged() as u64,
+            unjudged_bytes: if self.unjudged() { len } else { 0 },
             ..Totals::default()
         }
     }
@@ -244,7 +268,13 @@ impl Outcome {
     /// The outcome a verdict and a change of TOTALS (for one frame of `len` bytes) show, if
     /// they are consistent with one.
     pub fn observed(verdict: u32, delta: &Totals, len: u64) -> Option<Outcome> {
-        let d = Totals { untracked: 0, untracked_bytes: 0, admitted: 0, ..*delta };
+        let d = Totals {
+            untracked: 0,
+            untracked_bytes: 0,
+            admitted: 0,
+            admitted_evidence: 0,
+            ..*delta
+        };
         Outcome::ALL.into_iter().find(|o| o.verdict() == verdict && o.totals(len) == d)
     }
 }
@@ -276,6 +306,7 @@ const SURELY_REMEMBERED: u64 = 1_024;
 /// The reference: settings plus the fragment state.
 pub struct Reference {
     drop: bool,
+    unjudged_drop: bool,
     tcp: bool,
     udp: bool,
     dst: bool,
@@ -295,6 +326,7 @@ impl Reference {
         }
         Reference {
             drop: s.mode == Mode::Drop,
+            unjudged_drop: s.unjudged_action() == portguard::settings::Unjudged::Drop,
             tcp: s.protocols.contains(&Protocol::Tcp),
             udp: s.protocols.contains(&Protocol::Udp),
             dst: matches!(s.direction, Direction::Dst | Direction::Both),
@@ -350,6 +382,14 @@ impl Reference {
                 };
                 one(outcome, effect)
             }
+            Reading::Unjudged(u) => {
+                let outcome = self.unjudged(u);
+                let effect = match (outcome, u.first_fragment) {
+                    (Outcome::Passed, _) | (_, None) => Effect::None,
+                    (o, Some(k)) => Effect::Remember(k, o == Outcome::UnjudgedDropped),
+                };
+                one(outcome, effect)
+            }
             Reading::Fragment(key) => match self.fragments.get(key) {
                 None => one(Outcome::Passed, Effect::None),
                 Some(&(drop, n)) => {
@@ -365,6 +405,23 @@ impl Reference {
                     v
                 }
             },
+        }
+    }
+
+    fn unjudged(&self, u: &Unjudged) -> Outcome {
+        let guarded_protocol = match u.protocol {
+            Some(Protocol::Tcp) => self.tcp,
+            Some(Protocol::Udp) => self.udp,
+            None => self.tcp || self.udp,
+        };
+        if !guarded_protocol {
+            Outcome::Passed
+        } else if u.src.is_some_and(|src| self.allow.iter().any(|c| c.contains(src))) {
+            Outcome::UnjudgedAllowed
+        } else if self.unjudged_drop {
+            Outcome::UnjudgedDropped
+        } else {
+            Outcome::UnjudgedPassed
         }
     }
 
@@ -394,6 +451,11 @@ pub fn read(frame: &[u8]) -> Parsed {
         Ok(Network::Ipv4(off)) => ipv4(&frame[off..]),
         Ok(Network::Ipv6(off)) => ipv6(&frame[off..]),
         Ok(Network::Other) => Parsed::exact(Reading::NotIp),
+        Ok(Network::TooDeep) => Parsed::exact(Reading::Unjudged(Unjudged {
+            protocol: None,
+            src: None,
+            first_fragment: None,
+        })),
     }
 }
 
@@ -402,9 +464,12 @@ enum Network {
     Ipv4(usize),
     Ipv6(usize),
     Other,
+    /// More VLAN tags than followed.
+    TooDeep,
 }
 
-/// Ethernet, up to two VLAN tags, then an optional PPPoE session header (not in etherparse).
+/// Ethernet, up to `MAX_VLAN_TAGS` VLAN tags, then an optional PPPoE session header (not in
+/// etherparse). More tags: unjudged (Linux peels priority tags at any depth).
 fn link_layer(f: &[u8]) -> Result<Network, Malformed> {
     let eth = Ethernet2HeaderSlice::from_slice(f).map_err(|_| Malformed::LinkCut)?;
     let mut proto = eth.ether_type().0;
@@ -412,7 +477,7 @@ fn link_layer(f: &[u8]) -> Result<Network, Malformed> {
     let mut tags = 0;
     while VLAN_TPIDS.contains(&proto) {
         if tags == MAX_VLAN_TAGS {
-            return Err(Malformed::TooManyVlanTags);
+            return Ok(Network::TooDeep);
         }
         let tag = SingleVlanHeaderSlice::from_slice(&f[off..]).map_err(|_| Malformed::LinkCut)?;
         proto = tag.ether_type().0;
@@ -441,8 +506,8 @@ fn link_layer(f: &[u8]) -> Result<Network, Malformed> {
 
 fn v4_key(src: [u8; 4], dst: [u8; 4], id: u16, proto: u8) -> FragmentKey {
     FragmentKey {
-        src: SourceKey::v4(src).addr,
-        dst: SourceKey::v4(dst).addr,
+        src: SourceKey::v4(src, 32).addr,
+        dst: SourceKey::v4(dst, 32).addr,
         id: id as u32,
         proto,
         _pad: [0; 3],
@@ -482,6 +547,8 @@ fn ipv4(b: &[u8]) -> Parsed {
     } else if total > b.len() {
         doubt = Some(Doubt::DatagramCut);
     }
+    // What follows the datagram is Ethernet padding, which the stack trims.
+    let b = &b[..total.min(b.len())];
     let proto = h.protocol().0;
     if proto != TCP && proto != UDP {
         return Parsed::doubted(Reading::NoPorts { ext_headers: 0 }, doubt);
@@ -528,11 +595,15 @@ fn ipv6(b: &[u8]) -> Parsed {
             return Parsed::exact(Reading::Malformed(Malformed::Ipv6Version));
         }
     };
-    let end = 40 + h.payload_length() as usize;
-    let mut doubt = (end > b.len()).then_some(Doubt::DatagramCut);
-    let in_padding = |upto: usize, doubt: Option<Doubt>| {
-        doubt.or((upto > end).then_some(Doubt::HeadersInPadding))
+    // A payload length of 0 (no Jumbo option): Linux takes the frame's length, and delivers
+    // (the kernel oracle shows it), so no doubt about what follows.
+    let end = match h.payload_length() {
+        0 => b.len(),
+        n => 40 + n as usize,
     };
+    let mut doubt = (end > b.len()).then_some(Doubt::DatagramCut);
+    // What follows the datagram is Ethernet padding, which the stack trims.
+    let b = &b[..end.min(b.len())];
     let (src, dst) = (h.source(), h.destination());
     let mut next = h.next_header().0;
     let mut p = 40;
@@ -542,24 +613,29 @@ fn ipv6(b: &[u8]) -> Parsed {
         let is_ext = EIGHT_OCTET_EXTS.contains(&next) || next == AH || next == FRAGMENT;
         if !is_ext {
             let documented = Reading::NoPorts { ext_headers: depth };
-            if depth == MAX_IPV6_EXT_HEADERS {
-                let program = Reading::Malformed(Malformed::ExtTooDeep);
-                return Parsed::quirk(documented, program, Quirk::EighthExtNoPorts);
-            }
-            return Parsed::doubted(documented, in_padding(p, doubt));
+            return Parsed::doubted(documented, doubt);
         }
         if depth == MAX_IPV6_EXT_HEADERS {
-            return Parsed::exact(Reading::Malformed(Malformed::ExtTooDeep));
+            // Linux follows any depth: what lies behind may be a guarded port.
+            return Parsed::exact(Reading::Unjudged(Unjudged {
+                protocol: None,
+                src: Some(IpAddr::V6(h.source_addr())),
+                first_fragment: first,
+            }));
         }
         depth += 1;
         let rest = &b[p..];
         if next == FRAGMENT {
             let Ok(fh) = Ipv6FragmentHeaderSlice::from_slice(rest) else {
+                if first.is_some() {
+                    return chain_cut(src_of(&h), first, doubt);
+                }
+                // The stack cannot tell what this fragment is: it discards it.
                 return Parsed::exact(Reading::Malformed(Malformed::ExtCut));
             };
             let key = v6_key(src, dst, fh.identification());
             if fh.fragment_offset().value() != 0 {
-                return Parsed::doubted(Reading::Fragment(key), in_padding(p + 8, doubt));
+                return Parsed::doubted(Reading::Fragment(key), doubt);
             }
             if fh.more_fragments() {
                 first = Some(key);
@@ -584,12 +660,30 @@ fn ipv6(b: &[u8]) -> Parsed {
                 .map(|e| (e.next_header().0, e.slice().len()))
         };
         let Some((n, len)) = header else {
+            if first.is_some() {
+                return chain_cut(src_of(&h), first, doubt);
+            }
             return ipv6_ext_cut(rest, depth);
         };
         next = n;
         p += len;
     }
+    if first.is_some() && p > b.len() {
+        // The chain's last header ends past the first fragment.
+        return chain_cut(src_of(&h), first, doubt);
+    }
     transport(b, p, end, next, IpAddr::V6(h.source_addr()), first, doubt)
+}
+
+fn src_of(h: &Ipv6HeaderSlice) -> IpAddr {
+    IpAddr::V6(h.source_addr())
+}
+
+/// A first fragment whose extension chain runs past it: reassembly may complete the chain
+/// (Linux checks RFC 7112 only in part, the kernel oracle shows), so the frame is unjudged.
+fn chain_cut(src: IpAddr, first: Option<FragmentKey>, doubt: Option<Doubt>) -> Parsed {
+    let u = Unjudged { protocol: None, src: Some(src), first_fragment: first };
+    Parsed::doubted(Reading::Unjudged(u), doubt)
 }
 
 /// Extension header number `depth` (1-based) ends past the frame: malformed. The program reads
@@ -604,8 +698,8 @@ fn ipv6_ext_cut(rest: &[u8], depth: usize) -> Parsed {
         || next == AH
         || next == FRAGMENT
         || EIGHT_OCTET_EXTS.contains(&next);
-    if has_more || depth == MAX_IPV6_EXT_HEADERS {
-        // The program goes on to read past the frame (or to the depth check): malformed too.
+    if has_more {
+        // The program goes on to read past the frame: malformed too.
         return Parsed::exact(documented);
     }
     Parsed::quirk(documented, Reading::NoPorts { ext_headers: depth }, Quirk::Ipv6ExtUnread)
@@ -622,8 +716,30 @@ fn transport(
     first_fragment: Option<FragmentKey>,
     mut doubt: Option<Doubt>,
 ) -> Parsed {
-    let t = &b[off..];
-    let (protocol, hlen) = if proto == TCP {
+    let t = b.get(off..).unwrap_or(&[]);
+    let protocol = if proto == TCP { Protocol::Tcp } else { Protocol::Udp };
+    if let Some(first) = first_fragment
+        && t.len() < if proto == TCP { 20 } else { 8 }
+    {
+        // A first fragment needs only its ports: reassembly completes the header (tiny
+        // fragments, RFC 1858, which Linux accepts and delivers).
+        if t.len() < 4 {
+            return Parsed::exact(Reading::Unjudged(Unjudged {
+                protocol: Some(protocol),
+                src: Some(src),
+                first_fragment: Some(first),
+            }));
+        }
+        let ports = Ports {
+            protocol,
+            sport: u16::from_be_bytes([t[0], t[1]]),
+            dport: u16::from_be_bytes([t[2], t[3]]),
+            src,
+            first_fragment,
+        };
+        return Parsed::doubted(Reading::Ports(ports), doubt);
+    }
+    if proto == TCP {
         if t.len() < 20 {
             return Parsed::exact(Reading::Malformed(Malformed::TcpCut));
         }
@@ -632,24 +748,24 @@ fn transport(
             Err(err::tcp::HeaderSliceError::Content(_)) => {
                 doubt = doubt.or(Some(Doubt::TcpDataOffset));
             }
-            Err(err::tcp::HeaderSliceError::Len(_)) => {
+            // In a first fragment the options continue in the next one: delivered (the kernel
+            // oracle shows it), no doubt.
+            Err(err::tcp::HeaderSliceError::Len(_)) if first_fragment.is_none() => {
                 doubt = doubt.or(Some(Doubt::TcpOptionsCut));
             }
+            Err(err::tcp::HeaderSliceError::Len(_)) => {}
         }
-        (Protocol::Tcp, 20)
     } else {
         let Ok(u) = UdpHeaderSlice::from_slice(t) else {
             return Parsed::exact(Reading::Malformed(Malformed::UdpCut));
         };
-        // A first fragment's UDP length is the whole datagram's.
+        // A first fragment's UDP length is the whole datagram's. Over IPv6 a length of 0 means
+        // "the payload length's" to Linux (delivered, as the kernel oracle shows).
         let len = u.length() as usize;
-        if first_fragment.is_none() && (len < 8 || off + len > end.min(b.len())) {
+        let v6_zero = src.is_ipv6() && len == 0;
+        if first_fragment.is_none() && !v6_zero && (len < 8 || off + len > end.min(b.len())) {
             doubt = doubt.or(Some(Doubt::UdpLength));
         }
-        (Protocol::Udp, 8)
-    };
-    if off + hlen > end {
-        doubt = doubt.or(Some(Doubt::HeadersInPadding));
     }
     // Both headers start with the source and destination ports.
     let ports = Ports {
@@ -698,11 +814,21 @@ mod tests {
         }
         for f in [
             hit.clone().truncate(53),
-            hit.clone().vlan(0x8100, 1).vlan(0x8100, 2).vlan(0x8100, 3),
             hit.clone().pppoe().poke(14, 0x12),
             hit.clone().poke(14, 0x44),
         ] {
             assert_eq!(outcomes(&r, &f), [Outcome::Malformed], "{f:?}");
+        }
+        // Ports that cannot be read, on a frame Linux would deliver: fail closed.
+        let tags = |n: u16| (1..=n).fold(hit.clone(), |f, i| f.vlan(0x8100, i));
+        assert_eq!(outcomes(&r, &tags(MAX_VLAN_TAGS as u16)), [Outcome::Dropped]);
+        for f in [
+            tags(MAX_VLAN_TAGS as u16 + 1),
+            hit.clone().ipv4_fragment(0, true, 9).ip_payload(2),
+            (0..=MAX_IPV6_EXT_HEADERS)
+                .fold(Frame::udp6(SRC6, DST6, 1, 443), |f, _| f.ext(Ext::DestOpts(0))),
+        ] {
+            assert_eq!(outcomes(&r, &f), [Outcome::UnjudgedDropped], "{f:?}");
         }
     }
 

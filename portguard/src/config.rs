@@ -17,7 +17,9 @@ use serde::Deserialize;
 use crate::{
     guard::{AttachMode, Share},
     multiprog::Attach,
-    settings::{Cidr, Direction, Mode, Protocol, Settings},
+    settings::{
+        Cidr, DEFAULT_V4_PREFIX, DEFAULT_V6_PREFIX, Direction, Mode, Protocol, Settings, Unjudged,
+    },
 };
 
 /// The file's contents. Every key is optional; a missing key keeps the built-in default.
@@ -49,6 +51,13 @@ pub struct FileConfig {
     pub sources: Option<u32>,
     /// Leave the guard attached when portguard exits.
     pub persist: Option<bool>,
+    /// drop or pass frames whose ports cannot be read (default: what the mode does).
+    pub unjudged: Option<Unjudged>,
+    /// Sources are counted per prefix of these lengths.
+    #[serde(default, deserialize_with = "checked::v4_prefix")]
+    pub v4_prefix: Option<u8>,
+    #[serde(default, deserialize_with = "checked::v6_prefix")]
+    pub v6_prefix: Option<u8>,
     #[serde(default)]
     pub output: Output,
     #[serde(default)]
@@ -138,6 +147,9 @@ pub struct Flags {
     pub priority: Option<u32>,
     pub sources: Option<u32>,
     pub admit_per_slice: Option<u32>,
+    pub unjudged: Option<Unjudged>,
+    pub v4_prefix: Option<u8>,
+    pub v6_prefix: Option<u8>,
     pub interval: Option<f64>,
     pub top: Option<usize>,
     pub json: bool,
@@ -226,6 +238,9 @@ impl Plan {
                 direction: flags.direction.or(file.direction).unwrap_or(Direction::Dst),
                 allow,
                 admit_per_slice: flags.admit_per_slice,
+                unjudged: flags.unjudged.or(file.unjudged),
+                v4_prefix: flags.v4_prefix.or(file.v4_prefix).unwrap_or(DEFAULT_V4_PREFIX),
+                v6_prefix: flags.v6_prefix.or(file.v6_prefix).unwrap_or(DEFAULT_V6_PREFIX),
             },
             xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
             share: Share {
@@ -281,6 +296,14 @@ mod checked {
 
     pub fn sources<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         check(d, |v: &u32| ranges::sources(*v).map(drop))
+    }
+
+    pub fn v4_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+        check(d, |v: &u8| ranges::prefix(*v, false).map(drop))
+    }
+
+    pub fn v6_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+        check(d, |v: &u8| ranges::prefix(*v, true).map(drop))
     }
 
     pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {

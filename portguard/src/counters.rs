@@ -45,8 +45,73 @@ pub fn rates(prev: &Totals, cur: &Totals, dt: Duration) -> Rates {
 /// One source's merged counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Source {
-    pub addr: IpAddr,
+    pub addr: SourceAddr,
     pub stats: SourceStats,
+}
+
+/// A source as the table keys it: an address, or a prefix when sources are counted per prefix
+/// (`--v6-prefix 64`). An IPv6 source stays IPv6, also in `::ffff:0:0/96`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceAddr {
+    /// The address, the bits past `prefix` cleared.
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl SourceAddr {
+    /// One address.
+    pub fn host(ip: IpAddr) -> SourceAddr {
+        SourceAddr { ip, prefix: if ip.is_ipv4() { 32 } else { 128 } }
+    }
+
+    /// One address, not a wider prefix.
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.ip.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// Whether `ip` is in this prefix (of the same family).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        crate::settings::Cidr { addr: self.ip, len: self.prefix }.contains(ip)
+    }
+}
+
+/// "198.18.0.2", or "2001:db8:0:2::/64" for a wider prefix.
+impl std::fmt::Display for SourceAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.ip)
+        } else {
+            write!(f, "{}/{}", self.ip, self.prefix)
+        }
+    }
+}
+
+/// The form Display writes: an address, or a prefix ("2001:db8:0:2::/64").
+impl std::str::FromStr for SourceAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SourceAddr, String> {
+        let bad = || format!("'{s}' is not an address or a prefix");
+        let (a, len) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
+        let ip: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = match len {
+            None => max,
+            Some(l) => l.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(bad)?,
+        };
+        // Display writes the prefix's first address: anything else is not one of ours.
+        if crate::settings::mask(ip, prefix) != ip {
+            return Err(format!("'{s}' has bits set past /{prefix}"));
+        }
+        Ok(SourceAddr { ip, prefix })
+    }
+}
+
+/// A host source equals its address.
+impl PartialEq<IpAddr> for SourceAddr {
+    fn eq(&self, ip: &IpAddr) -> bool {
+        self.is_host() && self.ip == *ip
+    }
 }
 
 /// Converts the kernel's jiffies into CLOCK_MONOTONIC nanoseconds, from one simultaneous

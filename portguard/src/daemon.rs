@@ -12,7 +12,6 @@
 use std::{
     collections::HashMap,
     io::{IsTerminal as _, Write as _},
-    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -25,7 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     check, clock,
     config::{Flags, Plan},
-    counters::{self, Source},
+    counters::{self, Source, SourceAddr},
     guard::{Acquired, Changed, Health, Owner, Reason, Share, Upkeep, View},
     metrics::{self, IfaceMetrics, LocalSocket},
     notices,
@@ -84,7 +83,7 @@ struct Guarded {
     prev: Totals,
     prev_at: Instant,
     /// Packets per source at the previous tick: rates, and which sources are new.
-    prev_packets: HashMap<IpAddr, u64>,
+    prev_packets: HashMap<SourceAddr, u64>,
     /// The last upkeep's finding, so that each change is logged once.
     last: Upkeep,
     /// Since when the guard has been lost (not guarding, and not coming back by itself).
@@ -285,7 +284,7 @@ fn log_change(iface: &str, c: &Changed) {
     log::info!("{iface}: settings changed by {who} (pid {}): {}", c.by, diff.join("; "));
 }
 
-fn packets(sources: &[Source]) -> HashMap<IpAddr, u64> {
+fn packets(sources: &[Source]) -> HashMap<SourceAddr, u64> {
     sources.iter().map(|s| (s.addr, s.stats.packets)).collect()
 }
 

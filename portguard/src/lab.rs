@@ -2,8 +2,9 @@
 //! built-in lab (`portguard lab`) and the end-to-end tests run here, never on a real uplink.
 //!
 //! Addresses come only from the ranges reserved for such tests: the gateway is 198.18.0.1 and
-//! 2001:db8::1; the outside has `OUTSIDE_HOSTS` addresses, 198.18.0.2.. and 2001:db8::2.. .
-//! Everything the lab creates is removed when the `Lab` is dropped.
+//! 2001:db8::1; the outside has `OUTSIDE_HOSTS` hosts, host n at 198.18.0.n and 2001:db8:0:n::2
+//! (n from 2), each IPv6 host in a /64 of its own as real hosts are (portguard counts IPv6
+//! sources per /64 by default). Everything the lab creates is removed when the `Lab` is dropped.
 
 use std::{
     fs::File,
@@ -42,11 +43,20 @@ pub fn gw_v6() -> IpAddr {
 /// The `n`th outside address (0-based) of a family.
 pub fn outside(v6: bool, n: u8) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2 + n as u16))
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 2 + n as u16, 0, 0, 0, 2))
     } else {
         IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2 + n))
     }
 }
+
+/// How the `n`th outside host appears among the sources with the default prefixes: its IPv4
+/// address, or its IPv6 /64 ("2001:db8:0:2::/64").
+pub fn outside_source(v6: bool, n: u8) -> String {
+    if v6 { format!("2001:db8:0:{:x}::/64", 2 + n as u16) } else { outside(false, n).to_string() }
+}
+
+/// The prefix length of the lab's IPv6 link: the gateway's /64 and the hosts' /64s all on it.
+const V6_LINK_PREFIX: u8 = 48;
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
@@ -100,7 +110,8 @@ impl Lab {
                 ip(&["-n", ns, "addr", "add", &format!("{a}/24"), "dev", dev])?;
             }
             for a in v6 {
-                ip(&["-n", ns, "addr", "add", &format!("{a}/64"), "dev", dev, "nodad"])?;
+                let a = format!("{a}/{V6_LINK_PREFIX}");
+                ip(&["-n", ns, "addr", "add", &a, "dev", dev, "nodad"])?;
             }
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;

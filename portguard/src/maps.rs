@@ -11,7 +11,7 @@ use aya::{
 };
 use portguard_common::{
     Admission, AllowV4, AllowV6, Config, FragmentKey, FragmentVerdict, Meta, PORT_GUARDED,
-    PORT_TABLE_ENTRIES, SourceKey, SourceSlot, Totals, map_names,
+    PORT_TABLE_ENTRIES, SketchBlock, SourceKey, SourceSlot, Totals, map_names,
 };
 
 use crate::sys;
@@ -29,6 +29,7 @@ pub struct Maps {
     /// maps (an extension) still needs.
     _admission: PerCpuArray<MapData, Admission>,
     _fragments: HashMap<MapData, FragmentKey, FragmentVerdict>,
+    _sketch: Array<MapData, SketchBlock>,
     /// A second handle on every map, for pinning and for the batched reads aya does not wrap.
     all: Vec<(&'static str, MapData)>,
 }
@@ -87,6 +88,7 @@ impl Maps {
         // loaded against them.
         let _admission = typed(map_names::ADMISSION, take(map_names::ADMISSION)?)?;
         let _fragments = typed(map_names::FRAGMENTS, take(map_names::FRAGMENTS)?)?;
+        let _sketch = typed(map_names::SKETCH, take(map_names::SKETCH)?)?;
         Ok(Maps {
             meta,
             config,
@@ -97,6 +99,7 @@ impl Maps {
             sources,
             _admission,
             _fragments,
+            _sketch,
             all,
         })
     }
@@ -231,8 +234,8 @@ impl Maps {
         match sys::lookup_batch(raw.fd().as_fd(), ksize, vsize * cpus, max) {
             Ok((keys, values)) => {
                 for (k, v) in keys.chunks_exact(ksize).zip(values.chunks_exact(vsize * cpus)) {
-                    let mut key = SourceKey::default();
-                    key.addr.copy_from_slice(k);
+                    // SAFETY: SourceKey is Pod; the chunk holds exactly its size.
+                    let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SourceKey) };
                     let slots = v
                         .chunks_exact(vsize)
                         // SAFETY: SourceSlot is Pod; the chunk holds at least its size.

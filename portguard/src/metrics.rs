@@ -103,6 +103,7 @@ pub fn render(s: &Snapshot) -> String {
             ("dropped", t.dropped),
             ("allowed", t.allowed),
             ("untracked", t.untracked),
+            ("unjudged", t.unjudged),
         ] {
             packets.get_or_create(&l(kind)).inc_by(v);
         }
@@ -110,6 +111,7 @@ pub fn render(s: &Snapshot) -> String {
             ("matched", t.matched_bytes),
             ("dropped", t.dropped_bytes),
             ("untracked", t.untracked_bytes),
+            ("unjudged", t.unjudged_bytes),
         ] {
             bytes.get_or_create(&l(kind)).inc_by(v);
         }

@@ -51,6 +51,21 @@ pub fn duration(v: f64) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Sources are counted per prefix of this length: IPv4 /8 to /32, IPv6 /16 to /128 (wider
+/// would lump unrelated networks into one row).
+pub const V4_PREFIX: (u8, u8) = (8, 32);
+pub const V6_PREFIX: (u8, u8) = (16, 128);
+
+/// A source prefix length for IPv4 (`v6`: false) or IPv6.
+pub fn prefix(v: u8, v6: bool) -> Result<u8, String> {
+    let (lo, hi) = if v6 { V6_PREFIX } else { V4_PREFIX };
+    if !(lo..=hi).contains(&v) {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        return Err(format!("/{v}: {family} sources are counted per /{lo} to /{hi}"));
+    }
+    Ok(v)
+}
+
 /// clap's parsers for the flags: a number, then its range.
 pub mod parse {
     fn seconds(s: &str) -> Result<f64, String> {
@@ -63,6 +78,19 @@ pub mod parse {
 
     pub fn duration(s: &str) -> Result<f64, String> {
         super::duration(seconds(s)?)
+    }
+
+    fn prefix(s: &str, v6: bool) -> Result<u8, String> {
+        let n = s.trim().trim_start_matches('/');
+        super::prefix(n.parse().map_err(|_| format!("'{s}' is not a prefix length"))?, v6)
+    }
+
+    pub fn v4_prefix(s: &str) -> Result<u8, String> {
+        prefix(s, false)
+    }
+
+    pub fn v6_prefix(s: &str) -> Result<u8, String> {
+        prefix(s, true)
     }
 
     pub fn sources(s: &str) -> Result<u32, String> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     clock,
-    counters::{Rates, Source},
+    counters::{Rates, Source, SourceAddr},
     daemon::Tick,
     guard::{Attached, Health},
     json::Document,
@@ -64,7 +64,7 @@ pub struct Snapshot {
 /// `top`.
 pub fn rank(
     sources: &[Source],
-    prev: Option<(&HashMap<IpAddr, u64>, Duration)>,
+    prev: Option<(&HashMap<SourceAddr, u64>, Duration)>,
     now_ns: u64,
     sort: SortBy,
     top: usize,
@@ -227,6 +227,7 @@ fn block(v: &Snapshot, w: usize, rows: Option<usize>) -> Vec<String> {
         format!("malformed {}", t.malformed),
         format!("fragments followed {}", t.fragments_followed),
         format!("untracked {}", t.untracked),
+        format!("unjudged {}", t.unjudged),
     ];
     out.extend(flow(&items, "  ", "  ", w));
     if v.sources.is_empty() {
@@ -390,7 +391,7 @@ pub fn line(v: &Snapshot) -> String {
     let t = &v.totals;
     let mut s = format!(
         "iface={}{} xdp={} mode={} seen={} matched={} dropped={} allowed={} malformed={} \
-         fragments_followed={} untracked={} sources={} drop_rate={:.1}",
+         fragments_followed={} untracked={} unjudged={} sources={} drop_rate={:.1}",
         v.iface,
         // Its own key, only when the interface is in another namespace (the lab's).
         v.netns.as_ref().map(|n| format!(" netns={n}")).unwrap_or_default(),
@@ -403,17 +404,18 @@ pub fn line(v: &Snapshot) -> String {
         t.malformed,
         t.fragments_followed,
         t.untracked,
+        t.unjudged,
         v.tracked,
         v.rates.map_or(0.0, |r| r.dropped)
     );
-    // addr:packets, IPv6 in brackets ("[2001:db8::4]:449") as in a socket address, so that a
-    // script can split each entry at its last colon.
+    // addr:packets, IPv6 in brackets ("[2001:db8::4]:449", "[2001:db8:0:2::/64]:3") as in a
+    // socket address, so that a script can split each entry at its last colon.
     let tops: Vec<String> = v
         .sources
         .iter()
-        .map(|x| match x.source.addr {
-            IpAddr::V4(a) => format!("{a}:{}", x.source.stats.packets),
-            IpAddr::V6(a) => format!("[{a}]:{}", x.source.stats.packets),
+        .map(|x| match x.source.addr.ip {
+            IpAddr::V4(_) => format!("{}:{}", x.source.addr, x.source.stats.packets),
+            IpAddr::V6(_) => format!("[{}]:{}", x.source.addr, x.source.stats.packets),
         })
         .collect();
     if !tops.is_empty() {
@@ -437,8 +439,11 @@ pub fn new_source_line(iface: &str, s: &Source) -> String {
 /// One source in JSON.
 #[derive(Serialize, JsonSchema)]
 pub struct SourceJson {
-    /// The source address (IPv4 sources as IPv4).
+    /// The source: an address, or the prefix it is counted under when sources are counted per
+    /// prefix (IPv6 per /64 by default): "198.18.0.2", "2001:db8:0:2::/64".
     pub address: String,
+    /// The prefix length `address` covers: 32 or 128 for one address.
+    pub prefix_len: u8,
     pub packets: u64,
     /// Whole frames.
     pub bytes: u64,
@@ -455,9 +460,13 @@ pub struct SourceJson {
     pub last_seen_age_seconds: f64,
     pub tcp_syns: u32,
     pub last_port: u16,
-    /// "probing" (sent to a guarded port), "answering" (sent from one), or "both".
-    #[schemars(extend("enum" = ["probing", "answering", "both"]))]
+    /// "probing" (sent to a guarded port), "answering" (sent from one), "both", or
+    /// "unjudged" (sent only frames whose ports could not be read).
+    #[schemars(extend("enum" = ["probing", "answering", "both", "unjudged"]))]
     pub direction: &'static str,
+    /// Some of its frames could not be judged (their ports could not be read; dropped in drop
+    /// mode).
+    pub unjudged: bool,
     /// "tcp" and/or "udp".
     pub protocols: Vec<&'static str>,
 }
@@ -469,6 +478,7 @@ impl SourceJson {
         let last = clock::wall(st.last_seen_ns, now_ns);
         SourceJson {
             address: r.source.addr.to_string(),
+            prefix_len: r.source.addr.prefix,
             packets: st.packets,
             bytes: st.bytes,
             rate_pps: (r.rate * 1000.0).round() / 1000.0,
@@ -482,6 +492,7 @@ impl SourceJson {
             tcp_syns: st.tcp_syns,
             last_port: st.last_port,
             direction: st.directions.word(),
+            unjudged: st.directions.unjudged(),
             protocols: st.protocols.names(),
         }
     }
@@ -706,7 +717,7 @@ mod tests {
         for entry in top.split(',') {
             let (addr, n) = entry.rsplit_once(':').unwrap();
             let addr = addr.trim_start_matches('[').trim_end_matches(']');
-            assert!(addr.parse::<IpAddr>().is_ok() && n.parse::<u64>().is_ok(), "{entry}");
+            assert!(addr.parse::<SourceAddr>().is_ok() && n.parse::<u64>().is_ok(), "{entry}");
         }
         assert!(top.contains("[2001:db8:7:0:1234:5678:9abc:4]:448"), "{top}");
         // Every other word is key=value too.

@@ -111,12 +111,14 @@ impl FromStr for Cidr {
             },
         };
         let cidr = Cidr { addr: mask(addr, len), len };
-        // The program keys IPv4 sources in the IPv4 trie, so an IPv4-mapped IPv6 prefix would be
-        // accepted and never match anything: say what to write instead.
+        // IPv4 packets are looked up in the IPv4 trie, so an IPv4-mapped IPv6 prefix would match
+        // only IPv6 packets that carry such a source, never the IPv4 host it seems to name:
+        // refused, with what to write instead.
         if let Some(v4) = cidr.mapped_v4() {
             return Err(format!(
-                "'{s}' is an IPv4-mapped IPv6 prefix, which no packet matches (IPv4 sources are \
-                 compared as IPv4): write {v4}"
+                "'{s}' is an IPv4-mapped IPv6 prefix: it would match only IPv6 packets with such a \
+                 source, never IPv4 packets from {}; write {v4}",
+                v4.addr
             ));
         }
         Ok(cidr)
@@ -144,7 +146,8 @@ impl Cidr {
     }
 }
 
-fn mask(addr: IpAddr, len: u8) -> IpAddr {
+/// `addr` with the bits past `len` cleared.
+pub(crate) fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let m = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
@@ -163,6 +166,25 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// What happens to a frame that could reach a guarded port but whose ports cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unjudged {
+    /// Drop it: fail closed.
+    Drop,
+    /// Pass it (and count it).
+    Pass,
+}
+
+impl Unjudged {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unjudged::Drop => "drop",
+            Unjudged::Pass => "pass",
+        }
+    }
+}
+
 /// Everything the program's behaviour depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -174,7 +196,18 @@ pub struct Settings {
     /// Override of the admission budget (new sources per CPU per slice); by default it is
     /// derived from the table's capacity and the CPU count (`admit_per_slice`).
     pub admit_per_slice: Option<u32>,
+    /// What to do with unjudged frames; None: what the mode does (drop mode drops them, count
+    /// mode passes them).
+    pub unjudged: Option<Unjudged>,
+    /// Sources are counted per prefix of these lengths.
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
 }
+
+/// Sources are counted per IPv4 address, and per IPv6 /64: one host (or one scanner rotating
+/// through its /64) is one row.
+pub const DEFAULT_V4_PREFIX: u8 = 32;
+pub const DEFAULT_V6_PREFIX: u8 = 64;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -185,6 +218,9 @@ impl Default for Settings {
             direction: Direction::Dst,
             allow: Vec::new(),
             admit_per_slice: None,
+            unjudged: None,
+            v4_prefix: DEFAULT_V4_PREFIX,
+            v6_prefix: DEFAULT_V6_PREFIX,
         }
     }
 }
@@ -225,7 +261,29 @@ impl Settings {
         if self.admit_per_slice != new.admit_per_slice {
             out.push("admission budget changed".into());
         }
+        // A mode change carries the default along with it; only an override is news.
+        if self.unjudged != new.unjudged && self.unjudged_action() != new.unjudged_action() {
+            out.push(format!(
+                "unjudged {} → {}",
+                self.unjudged_action().as_str(),
+                new.unjudged_action().as_str()
+            ));
+        }
+        if (self.v4_prefix, self.v6_prefix) != (new.v4_prefix, new.v6_prefix) {
+            out.push(format!(
+                "source prefixes /{}, /{} → /{}, /{}",
+                self.v4_prefix, self.v6_prefix, new.v4_prefix, new.v6_prefix
+            ));
+        }
         out
+    }
+
+    /// What is done with unjudged frames under these settings.
+    pub fn unjudged_action(&self) -> Unjudged {
+        self.unjudged.unwrap_or(match self.mode {
+            Mode::Drop => Unjudged::Drop,
+            Mode::Count => Unjudged::Pass,
+        })
     }
 
     /// One line for logs and headers: "drop tcp+udp dst port 2745".
@@ -236,7 +294,18 @@ impl Settings {
             let a: Vec<String> = self.allow.iter().map(Cidr::to_string).collect();
             s.push_str(&format!(", allow {}", a.join(",")));
         }
+        // Only what departs from the defaults, so the common line stays short.
+        if self.unjudged.is_some_and(|u| u != self.unjudged_action_by_mode()) {
+            s.push_str(&format!(", unjudged {}", self.unjudged_action().as_str()));
+        }
+        if (self.v4_prefix, self.v6_prefix) != (DEFAULT_V4_PREFIX, DEFAULT_V6_PREFIX) {
+            s.push_str(&format!(", sources per /{} and /{}", self.v4_prefix, self.v6_prefix));
+        }
         s
+    }
+
+    fn unjudged_action_by_mode(&self) -> Unjudged {
+        Settings { unjudged: None, ..self.clone() }.unjudged_action()
     }
 }
 
@@ -290,6 +359,8 @@ mod tests {
         assert_eq!(a.diff(&b), ["mode drop → count", "ports +3000", "allow +198.18.0.0/24"]);
         assert_eq!(b.diff(&a), ["mode count → drop", "ports -3000", "allow -198.18.0.0/24"]);
         assert!(a.diff(&a).is_empty());
+        let c = Settings { unjudged: Some(Unjudged::Pass), v6_prefix: 56, ..a.clone() };
+        assert_eq!(a.diff(&c), ["unjudged drop → pass", "source prefixes /32, /64 → /32, /56"]);
     }
 
     #[test]

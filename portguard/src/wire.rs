@@ -9,14 +9,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use portguard_common::{
-    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, Config, DIR_DST, DIR_SRC, PROTO_TCP,
-    PROTO_UDP, SourceKey, Totals,
+    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CFG_UNJUDGED_DROP, Config, DIR_DST,
+    DIR_SRC, DIR_UNJUDGED, PROTO_TCP, PROTO_UDP, SourceKey, Totals,
 };
 
 use crate::{
-    counters::{self, Source, SourceStats},
+    counters::{self, Source, SourceAddr, SourceStats},
     maps::Maps,
-    settings::{Cidr, Direction, Mode, Protocol, Settings},
+    settings::{Cidr, Direction, Mode, Protocol, Settings, Unjudged},
 };
 
 /// A set of `DIR_*` bits: which way sources used a guarded port.
@@ -32,22 +32,32 @@ impl Directions {
         self.0 & DIR_SRC != 0
     }
 
-    /// "probing", "answering" or "both": the word JSON and metrics use.
+    /// "probing", "answering", "both", or "unjudged" (only frames whose ports could not be
+    /// read): the word JSON and metrics use.
     pub fn word(self) -> &'static str {
         match (self.probing(), self.answering()) {
             (true, true) => "both",
             (false, true) => "answering",
+            (false, false) if self.unjudged() => "unjudged",
             _ => "probing",
         }
     }
 
-    /// "probing 2745", "answering from 2745", or both: for people.
+    /// Frames from it could not be judged (their ports could not be read).
+    pub fn unjudged(self) -> bool {
+        self.0 & DIR_UNJUDGED != 0
+    }
+
+    /// "probing 2745", "answering from 2745", both, or "sending unjudged frames": for people.
     pub fn describe(self, port: u16) -> String {
-        match (self.probing(), self.answering()) {
+        let what = match (self.probing(), self.answering()) {
             (true, true) => format!("probing and answering from {port}"),
             (false, true) => format!("answering from {port}"),
-            _ => format!("probing {port}"),
-        }
+            (true, false) => format!("probing {port}"),
+            (false, false) if self.unjudged() => return "sending unjudged frames".into(),
+            (false, false) => format!("probing {port}"),
+        };
+        if self.unjudged() { format!("{what}, and unjudged frames") } else { what }
     }
 }
 
@@ -106,12 +116,15 @@ fn bit(p: Protocol) -> u8 {
     }
 }
 
-/// The CONFIG entry for `s`, with the admission budget already worked out.
-pub fn config(s: &Settings, admit_per_slice: u32) -> Config {
+/// The CONFIG entry for `s`, with the admission budget worked out and the sketch's seeds (kept
+/// from the running CONFIG: new seeds would make every source a stranger again).
+pub fn config(s: &Settings, admit_per_slice: u32, sketch_seed: [u64; 2]) -> Config {
     let mut allow = 0;
     for c in &s.allow {
         allow |= if c.addr.is_ipv4() { ALLOW_HAS_V4 } else { ALLOW_HAS_V6 };
     }
+    let v4_mask = u32::MAX.checked_shl(32 - s.v4_prefix as u32).unwrap_or(0);
+    let v6_mask = u128::MAX.checked_shl(128 - s.v6_prefix as u32).unwrap_or(0).to_be_bytes();
     Config {
         action: match s.mode {
             Mode::Drop => ACTION_DROP,
@@ -121,20 +134,61 @@ pub fn config(s: &Settings, admit_per_slice: u32) -> Config {
         direction: Directions::from(s.direction).0,
         allow,
         admit_per_slice,
+        flags: match s.unjudged_action() {
+            Unjudged::Drop => CFG_UNJUDGED_DROP,
+            Unjudged::Pass => 0,
+        },
+        v4_prefix: s.v4_prefix,
+        v6_prefix: s.v6_prefix,
+        _pad: 0,
+        // The program ANDs the address's bytes as they lie in memory.
+        v4_mask: u32::from_ne_bytes(v4_mask.to_be_bytes()),
+        v6_mask: [
+            u64::from_ne_bytes(v6_mask[..8].try_into().unwrap_or_default()),
+            u64::from_ne_bytes(v6_mask[8..].try_into().unwrap_or_default()),
+        ],
+        sketch_seed,
     }
 }
 
 /// What CONFIG says, as settings. The ports and the allowlist live in maps of their own and are
 /// filled in by the caller.
 pub fn settings(c: &Config) -> Settings {
-    Settings {
-        mode: if c.action == ACTION_DROP { Mode::Drop } else { Mode::Count },
+    let mode = if c.action == ACTION_DROP { Mode::Drop } else { Mode::Count };
+    let unjudged = if c.flags & CFG_UNJUDGED_DROP != 0 { Unjudged::Drop } else { Unjudged::Pass };
+    let mut s = Settings {
+        mode,
         ports: Vec::new(),
         protocols: Protocols(c.protocols).list(),
         direction: Directions(c.direction).into(),
         allow: Vec::new(),
         admit_per_slice: None,
+        unjudged: Some(unjudged),
+        v4_prefix: c.v4_prefix,
+        v6_prefix: c.v6_prefix,
+    };
+    // What the mode does anyway is not an override.
+    let by_mode = Settings { unjudged: None, ..s.clone() }.unjudged_action();
+    if s.unjudged_action() == by_mode {
+        s.unjudged = None;
     }
+    s
+}
+
+/// New random seeds for the sketch's hashes.
+fn random_seed() -> [u64; 2] {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom fills the buffer it is given, up to its length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+    if n != b.len() as isize {
+        // Never seen on Linux for 16 bytes; the clock is a poor but harmless fallback.
+        let t = crate::clock::monotonic_ns();
+        return [t, t.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15];
+    }
+    [
+        u64::from_ne_bytes(b[..8].try_into().unwrap_or_default()),
+        u64::from_ne_bytes(b[8..].try_into().unwrap_or_default()),
+    ]
 }
 
 /// The number of CPUs the admission budget is shared among.
@@ -181,9 +235,13 @@ pub fn write_settings(
         }
         .with_context(|| format!("adding {c} to the allowlist"))?;
     }
-    let admit =
-        new.admit_per_slice.unwrap_or(portguard_common::admit_per_slice(capacity, online_cpus()?));
-    maps.set_config(config(new, admit))?;
+    let cpus = online_cpus()?;
+    let admit = new.admit_per_slice.unwrap_or(portguard_common::admit_per_slice(capacity, cpus));
+    let seed = match maps.config()?.sketch_seed {
+        [0, 0] => random_seed(),
+        kept => kept,
+    };
+    maps.set_config(config(new, admit, seed))?;
     for p in old.ports.iter().filter(|p| !new.ports.contains(p)) {
         maps.set_port(*p, false)?;
     }
@@ -214,21 +272,28 @@ pub fn read_sources(maps: &Maps) -> Result<Vec<Source>> {
         .collect())
 }
 
-/// The SOURCES key of an address (IPv4 as `::ffff:a.b.c.d`, as the program builds it).
-pub fn source_key(a: IpAddr) -> SourceKey {
-    match a {
-        IpAddr::V4(a) => SourceKey::v4(a.octets()),
-        IpAddr::V6(a) => SourceKey { addr: a.octets() },
+/// The SOURCES key of a source (IPv4 as `::ffff:a.b.c.d` of family 4, as the program builds
+/// it).
+pub fn source_key(a: SourceAddr) -> SourceKey {
+    match a.ip {
+        IpAddr::V4(v4) => SourceKey::v4(v4.octets(), a.prefix),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w =
+                |r: std::ops::Range<usize>| u64::from_ne_bytes(o[r].try_into().unwrap_or_default());
+            SourceKey::v6([w(0..8), w(8..16)], a.prefix)
+        }
     }
 }
 
-/// The address a SOURCES key stands for.
-pub fn source_addr(k: &SourceKey) -> IpAddr {
-    let v6 = Ipv6Addr::from(k.addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(Ipv4Addr::from(v4.octets())),
-        None => IpAddr::V6(v6),
-    }
+/// The source a SOURCES key stands for.
+pub fn source_addr(k: &SourceKey) -> SourceAddr {
+    let ip = if k.family == 4 {
+        IpAddr::V4(Ipv4Addr::new(k.addr[12], k.addr[13], k.addr[14], k.addr[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(k.addr))
+    };
+    SourceAddr { ip, prefix: k.prefix }
 }
 
 #[cfg(test)]
@@ -243,15 +308,24 @@ mod tests {
             direction: Direction::Both,
             ..Settings::default()
         };
-        let c = config(&s, 7);
+        let c = config(&s, 7, [1, 2]);
         assert_eq!(c.action, ACTION_COUNT);
+        assert_eq!(c.flags, 0, "count mode passes unjudged frames");
+        assert_eq!(c.v4_mask, u32::from_ne_bytes([255; 4]));
+        assert_eq!(c.v6_mask, [u64::MAX, 0], "a /64");
         assert_eq!(c.protocols, PROTO_UDP);
         assert_eq!(c.direction, DIR_DST | DIR_SRC);
         assert_eq!(c.admit_per_slice, 7);
         let back = settings(&c);
         assert_eq!((back.mode, back.protocols, back.direction), (s.mode, s.protocols, s.direction));
-        let d = config(&Settings::default(), 274);
+        assert_eq!((back.unjudged, back.v6_prefix), (None, 64));
+        let d = config(&Settings::default(), 274, [1, 2]);
         assert_eq!((d.action, d.protocols, d.direction, d.allow), (ACTION_DROP, 3, DIR_DST, 0));
+        assert_eq!(d.flags, CFG_UNJUDGED_DROP, "drop mode drops unjudged frames");
+        let p = Settings { unjudged: Some(Unjudged::Pass), v4_prefix: 24, ..Settings::default() };
+        let c = config(&p, 1, [1, 2]);
+        assert_eq!((c.flags, c.v4_mask), (0, u32::from_ne_bytes([255, 255, 255, 0])));
+        assert_eq!(settings(&c).unjudged, Some(Unjudged::Pass));
     }
 
     #[test]
@@ -260,15 +334,19 @@ mod tests {
             allow: vec!["198.18.0.0/15".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
             ..Settings::default()
         };
-        assert_eq!(config(&s, 1).allow, ALLOW_HAS_V4 | ALLOW_HAS_V6);
+        assert_eq!(config(&s, 1, [0, 0]).allow, ALLOW_HAS_V4 | ALLOW_HAS_V6);
     }
 
     #[test]
     fn keys_round_trip() {
-        for a in ["198.18.0.1", "2001:db8::7"] {
-            let a: IpAddr = a.parse().unwrap();
+        for (a, p) in [("198.18.0.1", 32), ("2001:db8::7", 128), ("2001:db8:0:7::", 64)] {
+            let a = SourceAddr { ip: a.parse().unwrap(), prefix: p };
             assert_eq!(source_addr(&source_key(a)), a);
         }
+        // An IPv6 source in ::ffff:0:0/96 stays IPv6.
+        let mapped = SourceAddr::host("::ffff:198.18.0.2".parse().unwrap());
+        assert_eq!(source_addr(&source_key(mapped)), mapped);
+        assert_ne!(source_key(mapped), source_key(SourceAddr::host("198.18.0.2".parse().unwrap())));
     }
 
     #[test]

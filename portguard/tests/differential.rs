@@ -290,13 +290,6 @@ fn fixed_disagreements_stay_fixed() {
             Outcome::Malformed,
             Outcome::Passed,
         ),
-        // Eight destination-options headers, then ICMPv6: within the depth followed.
-        (
-            Quirk::EighthExtNoPorts,
-            (0..8).fold(Frame::ip6_other(src6, dst6, 58), |f, _| f.ext(Ext::DestOpts(0))).build(),
-            Outcome::Passed,
-            Outcome::Malformed,
-        ),
     ];
     let mut g = Loaded::with_defaults(&Settings::default()).unwrap();
     let mut reference = Reference::new(&Settings::default());

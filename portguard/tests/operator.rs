@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use portguard::lab::{GW_IF, Listeners};
+use portguard::lab::{self, GW_IF, Listeners};
 use portguard_testkit::{Fixture, fixture::unique, root_or_skip, wait_until};
 use serde_json::Value;
 
@@ -45,7 +45,9 @@ fn stats_status_set_detach_on_a_running_guard() {
     assert_eq!(e["totals"]["dropped"], 14);
     assert_eq!(e["sources_tracked"], 4);
     let top = &e["sources"][0];
-    assert!(top["address"] == "198.18.0.2" || top["address"] == "2001:db8::2", "{top}");
+    let v6 = lab::outside_source(true, 0);
+    assert!(top["address"] == "198.18.0.2" || top["address"] == v6.as_str(), "{top}");
+    assert_eq!(top["prefix_len"], if top["address"] == "198.18.0.2" { 32 } else { 64 });
     assert_eq!(top["packets"], 5);
     assert_eq!(
         top["bytes"],

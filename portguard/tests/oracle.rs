@@ -8,10 +8,8 @@
 //! runs the ignored `long_run`. Both take PORTGUARD_FUZZ_SEED and print it on failure, with
 //! every violation class's smallest reproducer in hex.
 //!
-//! On main as of 6746eb4 `bounded_run` and `reproducers` FAIL, by design: they assert the
-//! invariant, and the XDP program's "malformed frames are passed, the stack discards them" is
-//! wrong for four classes of frames Linux 6.18 delivers (`oracle::repro` has one minimal frame
-//! for each; the program counts every one as malformed and passes it):
+//! The oracle found five classes of frames Linux 6.18 delivers to a guarded port that the
+//! first release passed as malformed (`oracle::repro` keeps one minimal frame for each):
 //! 1. an IPv6 extension chain deeper than 8 headers (9 destination-options headers suffice),
 //!    in an unfragmented packet or in a first fragment;
 //! 2. more than two VLAN tags where the kernel peels them: any number of priority tags (VLAN
@@ -20,9 +18,13 @@
 //!    reassembles it, the SYN is answered;
 //! 4. an IPv6 first fragment that cuts its extension chain where the next header's first two
 //!    bytes lie past the fragment (the kernel's RFC 8200 §4.5 check gives up there and lets it
-//!    through to reassembly).
+//!    through to reassembly);
+//! 5. the same, with Ethernet padding after the datagram that spells the rest of the chain and
+//!    harmless ports (the stack trims padding; a parser bounded by the frame reads it).
 //!
-//! Both pass once the program no longer passes what it cannot read (fail-closed parsing).
+//! The program now reads what it can (16 headers, 4 tags, the ports in a first fragment's
+//! first 4 bytes, no further than the datagram's own length) and fails closed on the rest
+//! ("unjudged"): both tests pass.
 
 use std::time::Duration;
 

@@ -114,7 +114,7 @@ impl Fixture {
     }
 
     /// 198.18.0.3 sends 30 datagrams and one connection attempt (31 packets), 198.18.0.2 sends
-    /// 5, 2001:db8::3 sends 3.
+    /// 5, 2001:db8:0:3::2 (counted as 2001:db8:0:3::/64) sends 3.
     fn probes(&self) {
         self.udp(false, 1, 30);
         let lab = self.lab();
@@ -304,7 +304,7 @@ fn shows_the_sources_and_follows_the_keys() {
     // Waiting for everything at once: a capture can catch a frame half drawn.
     let screen = f.wait_screen(&s, "the sources with a rate", |sc| {
         line_of(sc, "198.18.0.3").is_some_and(|l| l.contains("/s") && l.contains("probing 2745"))
-            && line_of(sc, "2001:db8::3").is_some()
+            && line_of(sc, &lab::outside_source(true, 1)).is_some()
     });
     eprintln!("{screen}");
     assert!(screen.contains("pg-wan"), "{screen}");
@@ -316,7 +316,7 @@ fn shows_the_sources_and_follows_the_keys() {
     assert!(cols.iter().any(|c| c.ends_with("/s")), "a rate: {row}");
     assert!(row.contains("probing 2745"), "{row}");
     assert!(!row.contains('*'), "probes sent before top started are not new: {row}");
-    assert!(line_of(&screen, "2001:db8::3").is_some(), "{screen}");
+    assert!(line_of(&screen, &lab::outside_source(true, 1)).is_some(), "{screen}");
     for word in ["seen", "matched", "dropped", "allowed", "malformed", "fragments followed"] {
         assert!(screen.contains(word), "{word}: {screen}");
     }
@@ -347,13 +347,13 @@ fn shows_the_sources_and_follows_the_keys() {
     f.keys(&s, &["Enter"]);
     f.wait_screen(&s, "the filter", |sc| {
         line_of(sc, "198.18.0.3").is_none()
-            && line_of(sc, "2001:db8::3").is_none()
+            && line_of(sc, &lab::outside_source(true, 1)).is_none()
             && line_of(sc, "198.18.0.2").is_some()
             && sc.contains("sources: 1 of 4 match \"0.2\"")
     });
     f.keys(&s, &["/", "Escape"]);
     f.wait_screen(&s, "the filter cleared", |sc| {
-        line_of(sc, "198.18.0.3").is_some() && line_of(sc, "2001:db8::3").is_some()
+        line_of(sc, "198.18.0.3").is_some() && line_of(sc, &lab::outside_source(true, 1)).is_some()
     });
 
     // Help, then any key closes it.
@@ -490,6 +490,14 @@ fn columns_follow_the_width() {
     const LONG: &str = "2001:db8:7:0:1234:5678:9abc:4";
     let mut f = Fixture::new(true);
     f.probes();
+    // One row per IPv6 address, not per /64: the whole address is the row's name.
+    f.guards[0]
+        .view_mut()
+        .update(portguard_common::CHANGE_SET, |s| {
+            s.v6_prefix = 128;
+            Ok(())
+        })
+        .unwrap();
     let src: std::net::Ipv6Addr = LONG.parse().unwrap();
     let std::net::IpAddr::V6(gw) = lab::gw_v6() else { unreachable!() };
     let frame = Frame::tcp6(src.octets(), gw.octets(), 40_000, 2745).build();

@@ -3,8 +3,9 @@
 //! headers of every kind; IPv4 and IPv6 fragmentation in 2 to 4 pieces, every order, tiny
 //! first fragments, overlaps that rewrite the ports, duplicates, missing pieces), wrapped in a
 //! link layer (untagged, priority tags, VLAN and QinQ, tags no device takes), then now and
-//! then mutated (broken checksums, truncation, a bit flipped or a value set in a length or
-//! next-header field, checksums left broken or fixed up the way an attacker would).
+//! then mutated (broken checksums, truncation, bytes after the datagram as Ethernet padding, a
+//! bit flipped or a value set in a length or next-header field, checksums left broken or fixed
+//! up the way an attacker would).
 //!
 //! A case is a description; `Case::frames` builds it for the addresses of one phase, so every
 //! phase sends the same bytes but for the source address (and the checksums that cover it).
@@ -76,6 +77,12 @@ pub enum Mutation {
         field: Field,
         op: FieldOp,
         fix_l4: bool,
+    },
+    /// Bytes after the datagram, inside the frame: Ethernet padding, which a NIC adds to short
+    /// frames and a sender fills as it likes. The stack trims them.
+    Trailer {
+        frame: usize,
+        bytes: Vec<u8>,
     },
 }
 
@@ -180,6 +187,11 @@ impl Case {
                 && *frame == i
             {
                 f.truncate((*keep).max(14));
+            }
+            if let Some(Mutation::Trailer { frame, bytes }) = &self.mutation
+                && *frame == i
+            {
+                f.extend_from_slice(bytes);
             }
             out.push(f);
         }
@@ -566,7 +578,7 @@ impl Generator {
         let frames = d.pieces.as_ref().map_or(1, Vec::len);
         let frame = self.rng.below(frames);
         let v6 = d.net.is_v6();
-        match self.weighted(&[55, 4, 6, 4, 8, 15, 8]) {
+        match self.weighted(&[55, 4, 6, 4, 8, 15, 8, 6]) {
             1 if !v6 => (Some(Mutation::BadIpChecksum { frame }), "bad ip checksum".into()),
             2 => (Some(Mutation::BadL4Checksum { frame }), "bad l4 checksum".into()),
             3 if !v6 && d.l4.proto == Proto::Udp => {
@@ -598,6 +610,18 @@ impl Generator {
                     Some(Mutation::Field { frame, field, op, fix_l4 }),
                     format!("{what} {}{fixed}", field_name(field)),
                 )
+            }
+            7 => {
+                // Random bytes, or ports repeated: what a parser reading past the datagram
+                // would take for a TCP/UDP header.
+                let n = 2 + self.rng.below(45);
+                let bytes = if self.rng.one_in(2) {
+                    self.rng.bytes(n)
+                } else {
+                    let port: u16 = self.rng.pick(&[443, 53, 0, 2745]);
+                    port.to_be_bytes().into_iter().cycle().take(n).collect()
+                };
+                (Some(Mutation::Trailer { frame, bytes }), "trailer".into())
             }
             _ => (None, "none".into()),
         }

@@ -2,8 +2,8 @@
 //! to a guarded port while portguard passes them, and a few it delivers that portguard gets
 //! right today but the reference calls "discarded by the stack" (a TCP header whose options
 //! continue into the next fragment, IPv6 payload length 0 behind hop-by-hop, IPv6 UDP length
-//! 0), so that a change in the parser cannot quietly lose them. Each is the smallest frame (or fragment set) of its
-//! class; `tests/oracle.rs` checks that the kernel still delivers every one without portguard
+//! 0), so that a change in the parser cannot quietly lose them. Each is the smallest frame (or
+//! fragment set) of its class; `tests/oracle.rs` checks that the kernel still delivers every one without portguard
 //! and that none reaches the port through it.
 
 use super::{
@@ -49,6 +49,11 @@ pub fn all(first_id: u32) -> Vec<Repro> {
         field: Field::V6PayloadLen,
         op: FieldOp::Set(0),
         fix_l4: false,
+    };
+    // The cut header's other 8 bytes, a destination-options header naming TCP, ports 443.
+    let chain_in_padding = Mutation::Trailer {
+        frame: 0,
+        bytes: [[0; 8], [6, 0, 1, 4, 0, 0, 0, 0], [0x01, 0xbb, 0x01, 0xbb, 0, 0, 0, 0]].concat(),
     };
     let zero_udp_length =
         Mutation::Field { frame: 0, field: Field::UdpLen, op: FieldOp::Set(0), fix_l4: true };
@@ -227,6 +232,25 @@ pub fn all(first_id: u32) -> Vec<Repro> {
                 tags: vec![],
             }),
             Some(zero_udp_length.clone()),
+        ),
+        (
+            "ipv6 udp, first fragment cuts the extension chain, padded with bytes that complete the chain and read as port 443",
+            false,
+            // As the cut-chain case above, and the padding (which the stack trims) spells the
+            // rest of the cut header, a last destination-options header and TCP ports 443: a
+            // parser bounded by the frame, not the payload length, reads them.
+            Box::new(|id| Datagram {
+                net: Net::V6 {
+                    exts: vec![Ext::DestOpts { units: 1, opts: Opts::Valid }, dst()],
+                    frag_at: 0,
+                },
+                l4: l4(Proto::Udp, id, 2745),
+                id,
+                filler: 0,
+                pieces: Some(vec![piece(0, 8, true), piece(8, 48, false)]),
+                tags: vec![],
+            }),
+            Some(chain_in_padding.clone()),
         ),
     ];
     specs

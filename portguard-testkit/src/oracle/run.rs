@@ -414,8 +414,10 @@ fn send_phase(
                     std::hint::spin_loop();
                 };
                 let d = counters::since(&after, before);
+                // An unjudged frame is what portguard counts of a case it cannot read: it
+                // stands for the case as a match does.
                 counted[c.id as usize] =
-                    Counted { matched: d.matched, followed: d.fragments_followed };
+                    Counted { matched: d.matched + d.unjudged, followed: d.fragments_followed };
                 *before = after;
             }
         }
@@ -454,6 +456,11 @@ fn reading(r: &Reading) -> String {
         }
         Reading::Fragment(_) => "Fragment".into(),
         Reading::Malformed(m) => format!("Malformed({m:?})"),
+        Reading::Unjudged(u) => format!(
+            "Unjudged({}{})",
+            u.protocol.map_or("tcp/udp".into(), |p| format!("{p:?}")),
+            if u.first_fragment.is_some() { " first-frag" } else { "" }
+        ),
     }
 }
 

@@ -5,7 +5,8 @@ use anyhow::{Result, bail};
 use portguard::{
     error::usage,
     pins::Pins,
-    settings::{Cidr, Direction, Mode, Protocol},
+    ranges,
+    settings::{Cidr, Direction, Mode, Protocol, Unjudged},
 };
 
 /// The settings flags `run` and `set` share.
@@ -30,6 +31,18 @@ pub struct SettingsArgs {
     /// switches off dropping for every IPv4 or IPv6 source.
     #[arg(long)]
     pub force: bool,
+    /// What to do with frames that could reach a guarded port but whose ports cannot be read
+    /// (an IPv6 chain or a VLAN stack deeper than followed, a first fragment cut before its
+    /// ports) [default: drop in drop mode, pass in count mode].
+    #[arg(long, value_enum)]
+    pub unjudged: Option<Unjudged>,
+    /// Count IPv4 sources per prefix of this length, 8 to 32 [run's default: 32].
+    #[arg(long, value_name = "LEN", value_parser = ranges::parse::v4_prefix)]
+    pub v4_prefix: Option<u8>,
+    /// Count IPv6 sources per prefix of this length, 16 to 128 [run's default: 64: one /64, as
+    /// a host or a scanner rotating through its /64 has, is one row].
+    #[arg(long, value_name = "LEN", value_parser = ranges::parse::v6_prefix)]
+    pub v6_prefix: Option<u8>,
 }
 
 impl SettingsArgs {

@@ -41,10 +41,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         && args.disallow.is_empty()
         && a.direction.is_none()
         && a.protocols.is_empty()
+        && a.unjudged.is_none()
+        && a.v4_prefix.is_none()
+        && a.v6_prefix.is_none()
     {
         return Err(usage(
             "nothing to change: give --mode, --add-port, --remove-port, --allow, --disallow, \
-             --direction or --protocol",
+             --direction, --protocol, --unjudged, --v4-prefix or --v6-prefix",
         ));
     }
     if let Some(p) = args.add_ports.iter().find(|p| args.remove_ports.contains(p)) {
@@ -84,6 +87,15 @@ fn edit(args: &Args, s: &mut Settings) -> Result<()> {
     let a = &args.settings;
     if let Some(m) = a.mode {
         s.mode = m;
+    }
+    if let Some(u) = a.unjudged {
+        s.unjudged = Some(u);
+    }
+    if let Some(p) = a.v4_prefix {
+        s.v4_prefix = p;
+    }
+    if let Some(p) = a.v6_prefix {
+        s.v6_prefix = p;
     }
     if let Some(d) = a.direction {
         s.direction = d;

@@ -43,7 +43,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .map(|i| View::open(&pins, i))
         .collect::<Result<_>>()?;
     // The first sample, when rates over an interval were asked for.
-    let mut first: Vec<Option<(Totals, HashMap<std::net::IpAddr, u64>)>> = Vec::new();
+    let mut first: Vec<Option<(Totals, HashMap<portguard::counters::SourceAddr, u64>)>> =
+        Vec::new();
     if let Some(i) = args.interval {
         for g in &guards {
             let s = g.sources()?;

@@ -16,7 +16,7 @@ use portguard_common::{Meta, Totals, map_names};
 
 use crate::{
     clock,
-    counters::SourceStats,
+    counters::{SourceAddr, SourceStats},
     guard::View,
     pins::Pins,
     settings::{Mode, Settings},
@@ -43,7 +43,7 @@ const SOURCES_MAX_SPACING: u32 = 30;
 /// One source as shown.
 #[derive(Clone, Debug)]
 pub struct Row {
-    pub addr: IpAddr,
+    pub addr: SourceAddr,
     pub stats: SourceStats,
     /// Packets per second since the previous refresh; None on the first one.
     pub rate: Option<f64>,
@@ -108,7 +108,7 @@ pub struct Iface {
     pub generation: u64,
     /// Packets per source at the previous read, keyed by the address as 128 bits (cheaper to
     /// hash than an `IpAddr`; still SipHash, since the addresses are chosen by whoever probes).
-    prev_packets: Option<(HashMap<u128, u64>, Instant)>,
+    prev_packets: Option<(HashMap<AddrBits, u64>, Instant)>,
     /// Ticks between reads of the source table (1 unless it is costly, see `SOURCES_BUDGET`).
     pub sources_every: u32,
     /// Ticks to go before the next read.
@@ -254,10 +254,14 @@ impl Iface {
     }
 }
 
-fn addr_bits(a: IpAddr) -> u128 {
-    match a {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
-        IpAddr::V6(v6) => v6.to_bits(),
+/// A source as 128 bits plus its prefix and family, cheaper to hash than the address (still
+/// SipHash: the addresses are chosen by whoever probes).
+type AddrBits = (u128, u8, bool);
+
+fn addr_bits(a: SourceAddr) -> AddrBits {
+    match a.ip {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().to_bits(), a.prefix, false),
+        IpAddr::V6(v6) => (v6.to_bits(), a.prefix, true),
     }
 }
 

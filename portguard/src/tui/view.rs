@@ -176,8 +176,8 @@ fn panel(f: &mut Frame, area: Rect, i: &Iface) {
     );
     f.render_widget(
         Paragraph::new(format!(
-            "malformed {}  fragments followed {}  untracked {}",
-            t.malformed, t.fragments_followed, t.untracked
+            "malformed {}  fragments followed {}  untracked {}  unjudged {}",
+            t.malformed, t.fragments_followed, t.untracked, t.unjudged
         )),
         totals2,
     );

@@ -15,6 +15,11 @@ use super::{bpf, cases::GUARDED};
 /// before the flood began, whose count must come out exact.
 pub const STEADY_EVERY: usize = 1_000;
 pub const STEADY: [u8; 16] = v6([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 2]);
+/// A prober that first appears a quarter of the way into the flood and then sends one frame in
+/// every `NEWCOMER_EVERY` (halfway between the steady source's): admitted on evidence, at its
+/// second frame, it is counted exactly from then on.
+pub const NEWCOMER_EVERY: usize = 1_000;
+pub const NEWCOMER: [u8; 16] = v6([0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0, 2]);
 /// 198.18.0.0/15: the IPv4 benchmark range, used up before IPv6 sources take over.
 const V4_SOURCES: usize = 1 << 17;
 
@@ -23,12 +28,17 @@ pub struct Sequence {
     data: Vec<u8>,
     spans: Vec<(usize, usize)>,
     pub steady_frames: u64,
+    pub newcomer_frames: u64,
 }
 
 impl Sequence {
     pub fn new(frames: usize) -> Sequence {
-        let mut s =
-            Sequence { data: Vec::new(), spans: Vec::with_capacity(frames), steady_frames: 0 };
+        let mut s = Sequence {
+            data: Vec::new(),
+            spans: Vec::with_capacity(frames),
+            steady_frames: 0,
+            newcomer_frames: 0,
+        };
         let dst4 = [198, 18, 0, 1];
         let dst6 = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
         let mut next = 0usize;
@@ -36,6 +46,9 @@ impl Sequence {
             let frame = if i % STEADY_EVERY == 0 {
                 s.steady_frames += 1;
                 Frame::udp6(STEADY, dst6, 40000, GUARDED)
+            } else if i >= frames / 4 && i % NEWCOMER_EVERY == NEWCOMER_EVERY / 2 {
+                s.newcomer_frames += 1;
+                Frame::tcp6(NEWCOMER, dst6, 40000, GUARDED).syn()
             } else {
                 let k = next;
                 next += 1;
@@ -43,10 +56,10 @@ impl Sequence {
                     let a = (198u32 << 24 | 18 << 16) + k as u32;
                     Frame::udp4(a.to_be_bytes(), dst4, 40000, GUARDED)
                 } else {
-                    // 2001:db8:0:1::/64, numbered: distinct from the steady source and from
-                    // the gateway.
+                    // A /64 each (sources are counted per /64), numbered from 2001:db8:1::/64:
+                    // distinct from the probers' and from the gateway's.
                     let j = (k - V4_SOURCES) as u32;
-                    let src = v6([0x2001, 0xdb8, 0, 1, 0, 0, (j >> 16) as u16, j as u16]);
+                    let src = v6([0x2001, 0xdb8, 1 + (j >> 16) as u16, j as u16, 0, 0, 0, 2]);
                     Frame::udp6(src, dst6, 40000, GUARDED)
                 }
             }
@@ -62,9 +75,11 @@ impl Sequence {
         self.spans.len()
     }
 
-    /// Distinct sources in the sequence (the flood's plus the steady one).
+    /// Distinct sources in the sequence (the flood's plus the two probers).
     pub fn distinct_sources(&self) -> u64 {
-        self.len() as u64 - self.steady_frames + u64::from(self.steady_frames > 0)
+        self.len() as u64 - self.steady_frames - self.newcomer_frames
+            + u64::from(self.steady_frames > 0)
+            + u64::from(self.newcomer_frames > 0)
     }
 
     fn frames(&self) -> impl Iterator<Item = &[u8]> {
@@ -74,6 +89,10 @@ impl Sequence {
 
 pub fn steady_addr() -> IpAddr {
     IpAddr::from(STEADY)
+}
+
+pub fn newcomer_addr() -> IpAddr {
+    IpAddr::from(NEWCOMER)
 }
 
 /// One pass of one tool over the whole sequence.

@@ -108,6 +108,9 @@ pub struct Accounting {
     pub tracked: usize,
     pub steady_expected: u64,
     pub steady_counted: u64,
+    pub newcomer_sent: u64,
+    pub newcomer_counted: u64,
+    pub admitted_evidence: u64,
     pub every_pass_dropped_all: bool,
 }
 
@@ -333,7 +336,7 @@ fn run_flood(
 fn accounting(g: &Loaded, seq: &flood::Sequence) -> Result<Accounting> {
     let totals = g.totals()?;
     let sources = g.sources()?;
-    let steady = flood::steady_addr();
+    let count = |ip| sources.iter().find(|s| s.addr.contains(ip)).map_or(0, |s| s.stats.packets);
     Ok(Accounting {
         seen: totals.seen,
         dropped: totals.dropped,
@@ -341,7 +344,10 @@ fn accounting(g: &Loaded, seq: &flood::Sequence) -> Result<Accounting> {
         untracked: totals.untracked,
         tracked: sources.len(),
         steady_expected: seq.steady_frames,
-        steady_counted: sources.iter().find(|s| s.addr == steady).map_or(0, |s| s.stats.packets),
+        steady_counted: count(flood::steady_addr()),
+        newcomer_sent: seq.newcomer_frames,
+        newcomer_counted: count(flood::newcomer_addr()),
+        admitted_evidence: totals.admitted_evidence,
         every_pass_dropped_all: true,
     })
 }

@@ -327,18 +327,41 @@ fn flood_section(s: &mut String, f: &FloodResult) {
     let _ = writeln!(s, "| untracked (budget spent or table full) | {} |", thousands(a.untracked));
     let _ = writeln!(
         s,
-        "| steady source {}: packets counted / sent | {} / {} ({}) |\n",
+        "| steady source {}: packets counted / sent | {} / {} ({}) |",
         super::flood::steady_addr(),
         thousands(a.steady_counted),
         thousands(a.steady_expected),
         if a.steady_counted == a.steady_expected { "exact" } else { "**not exact**" }
     );
+    // Admitted at its k-th frame: the frames before were untracked.
+    let k = (a.newcomer_counted > 0).then(|| a.newcomer_sent - a.newcomer_counted + 1);
+    let _ = writeln!(
+        s,
+        "| newcomer {}, first seen a quarter of the way in: packets counted / sent | {} / {} ({}) |",
+        super::flood::newcomer_addr(),
+        thousands(a.newcomer_counted),
+        thousands(a.newcomer_sent),
+        match k {
+            Some(k) => format!("tracked from its frame {k} on, exact since"),
+            None => "**never tracked**".into(),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| admitted on evidence (the newcomer, and the sketch's false positives among {} \
+         one-frame sources) | {} |\n",
+        thousands(f.distinct.saturating_sub(2)),
+        thousands(a.admitted_evidence)
+    );
     let _ = writeln!(
         s,
         "The steady source sends the first frame and then one in every {}: a prober the table \
-         knew before the flood, which the admission budget never affects and the LRU never \
-         evicts while one-packet flood sources are there to go first.\n",
-        super::flood::STEADY_EVERY
+         knew before the flood, which the admission budget never affects and nothing in the \
+         kernel evicts. The newcomer starts a quarter of the way in, once the first-sight budget \
+         is long spent, and sends a TCP SYN in every {}: it gets its entry on evidence (the \
+         sketch has seen it before), which one-frame sources almost never show.\n",
+        super::flood::STEADY_EVERY,
+        super::flood::NEWCOMER_EVERY
     );
 }
 
