@@ -6,6 +6,9 @@
 //! portguard-common. Nothing here can return XDP_ABORTED: every failure passes the packet.
 #![no_std]
 #![no_main]
+// Atomic adds on shared map values (sources.rs): the BPF target has no atomic types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod parse;

@@ -10,7 +10,7 @@ mod oracle;
 mod setup;
 mod test;
 mod util;
-mod vmtest;
+mod vmlab;
 
 use clap::{Parser, Subcommand};
 
@@ -48,13 +48,25 @@ enum Task {
     /// Differential fuzzing: the XDP program against the reference classifier, at length;
     /// with --kernel, against the kernel itself.
     Fuzz(fuzz::Args),
-    /// The sharing tests (tests/multiprog.rs) for real, in a Debian kernel under QEMU: this
-    /// machine's kernel may refuse the freplace programs libxdp's dispatcher needs.
-    Vmtest(vmtest::Args),
+    /// The router VM lab: portguard on Debian kernels in QEMU guests (x86_64, aarch64).
+    Vmlab(vmlab::Args),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version and a bare `cargo xtask` print as usual.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("xtask: {}", one_line(&e));
+            return std::process::ExitCode::from(2);
+        }
+    };
     let r = match cli.task {
         Task::Setup => setup::run(),
         Task::Demo(a) => demo::run(a),
@@ -65,7 +77,7 @@ fn main() -> std::process::ExitCode {
         Task::Audit => audit::run(),
         Task::Bench { args } => bench(&args),
         Task::Fuzz(a) => fuzz::run(a),
-        Task::Vmtest(a) => vmtest::run(a),
+        Task::Vmlab(a) => vmlab::run(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -74,6 +86,18 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// clap's errors span several lines (message, possible values, usage); one is enough.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    format!("{} (see 'cargo xtask help')", parts.join(" "))
 }
 
 /// The benchmarks link portguard itself, so they are a binary of their own behind the `bench`

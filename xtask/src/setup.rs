@@ -57,6 +57,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     bpffs()?;
     promtool()?;
+    crate::vmlab::setup::run()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }

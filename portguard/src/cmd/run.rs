@@ -239,8 +239,9 @@ fn link_flags(iface: &str) -> Option<i32> {
     for (d, s) in req.ifr_name.iter_mut().zip(name) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of this ifreq.
-    let ok = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) } == 0;
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of this ifreq. (`as _`: the
+    // request is an unsigned long with glibc, an int with musl.)
+    let ok = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) } == 0;
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
     // SAFETY: the kernel filled in the flags member of the union.

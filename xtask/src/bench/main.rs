@@ -22,6 +22,7 @@ mod util;
 
 mod bpf;
 mod cases;
+mod contended;
 mod cost;
 mod dispatcher;
 mod flood;
@@ -196,6 +197,7 @@ pub fn run(args: Args) -> Result<()> {
     check_verdicts(&table)?;
     let first = table.cases.first().context("no cases")?;
     let probes = probes::measure(first, args.repeat, args.rounds)?;
+    let contended = contended::measure(drop_fd.as_fd(), args.repeat, args.rounds)?;
 
     let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
@@ -233,6 +235,7 @@ pub fn run(args: Args) -> Result<()> {
         xdp_filter: &xf_label,
         table: &table,
         probes: &probes,
+        contended: &contended,
         flood: &flood,
         pg_maps: &pg_maps,
         xf_maps: &xf_maps,

@@ -60,6 +60,7 @@ pub struct Inputs<'a> {
     pub xdp_filter: &'a str,
     pub table: &'a CostTable,
     pub probes: &'a [super::probes::Probe],
+    pub contended: &'a super::contended::Contended,
     pub flood: &'a FloodResult,
     pub pg_maps: &'a [MapMem],
     pub xf_maps: &'a [MapMem],
@@ -216,6 +217,25 @@ fn cost_section(s: &mut String, i: &Inputs) {
         let _ = writeln!(s, "| {} | {:.0} |", p.name, p.ns);
     }
     let _ = writeln!(s);
+    let c = i.contended;
+    let _ = writeln!(
+        s,
+        "One source on two CPUs at once (SOURCES is shared by the CPUs, its counters added \
+         atomically): two threads pinned to CPUs 0 and 1 run portguard's matched drop \
+         (`IPv4 UDP :2745`, repeat {}, median of {} rounds, ns per packet per thread) at the \
+         same moment, from one source or from a source each.\n\n\
+         | | ns/packet | ÷ alone |\n| --- | ---: | ---: |\n\
+         | one thread alone | {:.0} | 1.00× |\n\
+         | two threads, a source each | {:.0} | {:.2}× |\n\
+         | two threads, the same source | {:.0} | {:.2}× |\n",
+        thousands(u64::from(c.repeat)),
+        c.rounds,
+        c.alone_ns,
+        c.parallel_ns,
+        c.parallel_ns / c.alone_ns,
+        c.contended_ns,
+        c.contended_ns / c.alone_ns,
+    );
     if let Some(p) = i.plot {
         let _ = writeln!(s, "![ns per packet by case and tool]({p})\n");
     } else {
