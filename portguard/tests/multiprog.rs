@@ -8,7 +8,8 @@
 //! freplace (extension) programs. Where the kernel refuses them, as libxdp's own compatibility
 //! check finds (`multiprog::support`), the sharing tests say so in one line and pass without
 //! checking anything, and the tests of what portguard does on such a kernel run instead.
-//! `cargo xtask vmtest` runs this file under a Debian kernel in QEMU, where they all run.
+//! `cargo xtask vmlab --scenario multiprog` runs this file in the router VM lab's Debian guests,
+//! where they all run (and `cargo xtask test` in its 6.1 guest).
 //!
 //! Every test removes, however it ends: its daemons, xdp-filter (through xdp-filter), whatever
 //! is left attached to the interface, the libxdp pins of every dispatcher the interface had,
@@ -43,8 +44,19 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const FILTERED: u16 = 2746;
 /// Ordinary traffic.
 const SERVICE: u16 = 8080;
-/// Generous: under emulation (the VM) everything is slow.
-const PATIENCE: Duration = Duration::from_secs(60);
+/// Generous: under emulation (the VM lab's guests) everything is slow, and loading the program
+/// (the verifier) slowest of all: a start can take half a minute there.
+const PATIENCE: Duration = Duration::from_secs(180);
+
+/// Polls `cond` until it holds, or panics naming `what` after PATIENCE (testkit's
+/// `wait_until` gives up sooner than an emulated guest may need).
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Whether the kernel runs extensions (libxdp's own check): the serial lock if so; None, with
 /// one line saying why, if the kernel refuses them. A check that cannot run at all (libxdp's
@@ -66,8 +78,8 @@ fn sharing_or_skip() -> Option<MutexGuard<'static, ()>> {
     }
 }
 
-/// Set where the kernel is known to run extensions (`cargo xtask vmtest` sets it in the
-/// Debian guest): a refusal there is a failure, never a skip.
+/// Set where the kernel is known to run extensions (the VM lab's multiprog scenario sets it in
+/// the Debian guest): a refusal there is a failure, never a skip.
 const REQUIRE_SHARING: &str = "PORTGUARD_REQUIRE_SHARING";
 
 /// The opposite: the serial lock on a kernel that refuses extensions; None (one line) where
@@ -188,14 +200,29 @@ impl Shared {
         args.extend_from_slice(extra);
         let i = self.f.run(&args);
         let d = &self.f.daemons[i];
-        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            portguard_testkit::wait_until("portguard run to guard", || {
-                let log = d.log();
-                log.contains("guarding ") || log.contains("adopted the guard")
-            })
-        }));
-        assert!(started.is_ok(), "portguard run did not start guarding: {}", d.log());
-        i
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = d.log();
+            if log.contains("guarding ") || log.contains("adopted the guard") {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "portguard run did not start guarding: {log}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until daemon `i` has logged `needle`; on a timeout the panic shows its log.
+    fn wait_log(&self, i: usize, needle: &str) {
+        let d = &self.f.daemons[i];
+        let deadline = Instant::now() + PATIENCE;
+        while !d.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the log line '{needle}'; the log:\n{}",
+                d.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM to a `run`, and its exit, which must be clean; its log is returned.
@@ -561,7 +588,7 @@ fn restart_in_a_dispatcher_lets_nothing_through() {
     for _ in 0..3 {
         s.stop(run);
         run = s.run(&["--persist"]);
-        s.f.daemons[run].wait_log("adopted");
+        s.wait_log(run, "adopted");
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(id) = s.ours()
@@ -605,16 +632,16 @@ fn upkeep_joins_again_after_a_rebuild_and_a_returning_interface() {
     let ours = s.ours().unwrap();
     // Another libxdp user rebuilds the dispatcher without portguard.
     s.xdp_ok("xdp-loader", &["unload", GW_IF, "--id", &ours.to_string()]);
-    s.f.daemons[run].wait_log("rebuilt without portguard: joined it again");
+    s.wait_log(run, "rebuilt without portguard: joined it again");
     s.wait_chain(&["portguard", "xdpfilt_alw_all"]);
     assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0);
     // The interface goes away (xdp-filter with it) and comes back: portguard alone again.
     s.xdp_ok("xdp-filter", &["unload", GW_IF]);
     s.wait_chain(&["portguard"]);
     s.f.lab.unplug().unwrap();
-    s.f.daemons[run].wait_log("went away");
+    s.wait_log(run, "went away");
     s.f.lab.plug().unwrap();
-    s.f.daemons[run].wait_log("guarding it again");
+    s.wait_log(run, "guarding it again");
     s.wait_chain(&["portguard"]);
     assert_status_shared(&s, &[]);
     assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0);
@@ -651,8 +678,8 @@ fn upkeep_puts_pins_back_joins_again_and_never_replaces_another_program() {
     for p in &pins {
         std::fs::remove_file(p).unwrap();
     }
-    s.f.daemons[run].wait_log("pinned them again");
-    portguard_testkit::wait_until("every pin back", || pins.iter().all(|p| p.exists()));
+    s.wait_log(run, "pinned them again");
+    until("every pin back", || pins.iter().all(|p| p.exists()));
     // libxdp carries it over from those pins: xdp-filter leaves, portguard stays.
     s.xdp_ok("xdp-filter", &["unload", GW_IF]);
     s.wait_chain(&["portguard"]);
@@ -662,7 +689,7 @@ fn upkeep_puts_pins_back_joins_again_and_never_replaces_another_program() {
     let Hook::Dispatcher(d) = s.hook() else { panic!("no dispatcher") };
     let (i, flag) = (s.ifindex_now(), d.mode.flag());
     lab::in_netns(&s.f.lab.gw, move || netlink::set(i, None, flag, None).unwrap()).unwrap();
-    s.f.daemons[run].wait_log("attached again");
+    s.wait_log(run, "attached again");
     s.wait_chain(&["portguard"]);
     assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0);
 

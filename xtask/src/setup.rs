@@ -16,8 +16,7 @@ use crate::util::{output, sh, succeeds};
 /// tshark (captures, and reading back portguard's pcapng), ethtool (checksums in software on
 /// the lab's veth); python3-jsonschema (every `--json` output validated against docs/schema/);
 /// man-db and groff-base (every man page rendered by `man -l`); libxdp1 (libxdp's dispatcher
-/// object, which `--attach multiprog` loads), and for `cargo xtask vmtest` qemu-system-x86 and
-/// busybox-static (a Debian kernel's guest, for the sharing tests this kernel may refuse).
+/// object, which `--attach multiprog` loads, and the sharing tests with it).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "xdp-tools",
@@ -44,8 +43,6 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "groff-base",
     "libxdp1",
-    "qemu-system-x86",
-    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -526,6 +526,21 @@ impl Owner {
         }
     }
 
+    /// `health`, read again under libxdp's lock when a shared guard seems to be out of the
+    /// dispatcher: a libxdp user may be rebuilding it right then (it pins the new dispatcher,
+    /// swaps it in, then unpins the old one, each step under that lock), and a read between two
+    /// steps must not make this owner join again a dispatcher it is already in.
+    fn settled_health(&self) -> Health {
+        let h = self.health();
+        if !matches!(h, Health::NotGuarded(Reason::NotInDispatcher { .. })) {
+            return h;
+        }
+        match multiprog::Lock::acquire() {
+            Ok(_xdp) => self.health(),
+            Err(_) => h,
+        }
+    }
+
     /// A shared guard carried into a rebuilt dispatcher (by libxdp, when another program
     /// joined or left): this process's descriptor follows it to its new link, letting go of
     /// the old dispatcher.
@@ -567,7 +582,7 @@ impl Owner {
                 Err(e) => return self.after_repin_failed(e),
             }
         }
-        let health = self.health();
+        let health = self.settled_health();
         self.follow_dispatcher(&health);
         match health {
             Health::Guarded { mode, .. } => {

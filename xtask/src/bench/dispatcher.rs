@@ -282,10 +282,10 @@ fn render(tables: &[cost::CostTable], support: &Support, repeat: u32, rounds: us
     }
     if let Support::Refused(why) = support {
         md.push_str(&format!(
-            "\nNo dispatcher row with a component: {why}. For those rows, run this in the Debian \
-             guest `cargo xtask vmtest` uses: `portguard/tests/vm/run-in-vm.sh \
-             target/release/xtask-bench --dispatcher` (under emulation: its nanoseconds are not \
-             the hardware's).\n"
+            "\nNo dispatcher row with a component: {why}. Those rows need a kernel that runs \
+             freplace programs (Debian's do: `cargo xtask vmlab --scenario multiprog` runs the \
+             sharing tests in one, under emulation, whose nanoseconds would not be the \
+             hardware's).\n"
         ));
     }
     md
