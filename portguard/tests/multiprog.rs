@@ -489,6 +489,13 @@ fn xdp_filter_first_then_portguard_each_detached_in_turn() {
     assert_loader_lists_both(&s);
     assert_status_shared(&s, &["xdpfilt_alw_all"]);
     s.check_both(&l);
+    // Settings change in place, as always: in count mode 2745 gets through (xdp-filter lets
+    // it), then is dropped again.
+    assert!(s.f.portguard(&["set", "--mode", "count"]).status.success());
+    assert_eq!(s.probe(2745, 5, PATIENCE), 2, "count mode lets TCP to 2745 through");
+    until("the datagrams to 2745 delivered", || l.guarded.udp() >= 10);
+    assert!(s.f.portguard(&["set", "--mode", "drop"]).status.success());
+    assert_eq!(s.probe(2745, 5, Duration::from_millis(500)), 0, "drop mode again");
 
     // portguard leaves; xdp-filter stays and keeps working; 2745 is reachable again.
     let log = s.stop(run);
