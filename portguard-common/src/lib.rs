@@ -366,7 +366,9 @@ pub struct Meta {
     pub state: u8,
     /// `CHANGE_*` of the latest change of the settings.
     pub change: u8,
-    pub _pad: u8,
+    /// `ATTACH_*`: how the program takes the interface's XDP hook. A byte that was padding
+    /// before, zero (exclusive) in every guard made before sharing existed.
+    pub attach: u8,
     /// The `portguard detach` that asked for STATE_DETACHING.
     pub detach_by: u32,
 }
@@ -375,6 +377,11 @@ const _: () = assert!(size_of::<Meta>() == 72);
 /// `Meta::xdp_mode`.
 pub const XDP_MODE_NATIVE: u8 = 1;
 pub const XDP_MODE_GENERIC: u8 = 2;
+
+/// `Meta::attach`: alone through a pinned bpf_link (`link` in the guard's directory), or as a
+/// component of libxdp's multi-program dispatcher (pinned under libxdp's own directory).
+pub const ATTACH_EXCLUSIVE: u8 = 0;
+pub const ATTACH_MULTIPROG: u8 = 1;
 
 /// `Meta::state`: guarding (what a zeroed META says), or a `portguard detach` asked the owner to
 /// stop: a deliberate, recorded request, which the owner honours instead of guarding again.

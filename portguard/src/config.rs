@@ -15,7 +15,8 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 use serde::Deserialize;
 
 use crate::{
-    guard::AttachMode,
+    guard::{AttachMode, Share},
+    multiprog::Attach,
     settings::{
         Cidr, DEFAULT_V4_PREFIX, DEFAULT_V6_PREFIX, Direction, Mode, Protocol, Settings, Unjudged,
     },
@@ -40,6 +41,11 @@ pub struct FileConfig {
     pub allow: Option<Vec<Cidr>>,
     /// auto, native or generic.
     pub xdp_mode: Option<AttachMode>,
+    /// auto, exclusive or multiprog: take the XDP hook alone, or share it through libxdp's
+    /// dispatcher.
+    pub attach: Option<Attach>,
+    /// Run priority among the dispatcher's programs (lower runs first).
+    pub priority: Option<u32>,
     /// Capacity of the per-source table.
     #[serde(default, deserialize_with = "checked::sources")]
     pub sources: Option<u32>,
@@ -137,6 +143,8 @@ pub struct Flags {
     pub protocols: Vec<Protocol>,
     pub allow: Vec<Cidr>,
     pub xdp_mode: Option<AttachMode>,
+    pub attach: Option<Attach>,
+    pub priority: Option<u32>,
     pub sources: Option<u32>,
     pub admit_per_slice: Option<u32>,
     pub unjudged: Option<Unjudged>,
@@ -158,6 +166,8 @@ pub struct Plan {
     pub ifaces: Vec<String>,
     pub settings: Settings,
     pub xdp_mode: AttachMode,
+    /// How the XDP hook is taken (`attach`, `priority`).
+    pub share: Share,
     pub sources: u32,
     /// The capacity was given (flag or file), not the default.
     pub sources_chosen: bool,
@@ -233,6 +243,10 @@ impl Plan {
                 v6_prefix: flags.v6_prefix.or(file.v6_prefix).unwrap_or(DEFAULT_V6_PREFIX),
             },
             xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or(AttachMode::Auto),
+            share: Share {
+                attach: flags.attach.or(file.attach).unwrap_or(Attach::Auto),
+                priority: flags.priority.or(file.priority),
+            },
             sources: flags.sources.or(file.sources).unwrap_or(DEFAULT_SOURCE_CAPACITY),
             sources_chosen: flags.sources.is_some() || file.sources.is_some(),
             interval,
@@ -329,6 +343,8 @@ protocols = ["tcp"]
 direction = "both"
 allow = ["198.18.0.0/15", "2001:db8::/32"]
 xdp_mode = "generic"
+attach = "multiprog"
+priority = 20
 sources = 1024
 persist = true
 [output]
@@ -348,6 +364,7 @@ top_sources = 20
         assert_eq!(c.direction, Some(Direction::Both));
         assert_eq!(c.allow.unwrap()[1].to_string(), "2001:db8::/32");
         assert_eq!(c.xdp_mode, Some(AttachMode::Generic));
+        assert_eq!((c.attach, c.priority), (Some(Attach::Multiprog), Some(20)));
         assert_eq!(c.output.interval, Some(2.5));
         assert_eq!(c.metrics.top_sources, Some(20));
     }
@@ -359,6 +376,7 @@ top_sources = 20
         assert_eq!(c.mode, Some(Mode::Drop));
         assert_eq!(c.ports.unwrap(), [portguard_common::DEFAULT_PORT]);
         assert_eq!(c.sources, Some(portguard_common::DEFAULT_SOURCE_CAPACITY));
+        assert_eq!((c.attach, c.priority), (Some(Attach::Auto), None));
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9745"));
     }
 

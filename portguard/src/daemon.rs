@@ -25,7 +25,7 @@ use crate::{
     check, clock,
     config::{Flags, Plan},
     counters::{self, Source, SourceAddr},
-    guard::{Acquired, Changed, Health, Owner, Reason, Upkeep, View},
+    guard::{Acquired, Changed, Health, Owner, Reason, Share, Upkeep, View},
     metrics::{self, IfaceMetrics, LocalSocket},
     notices,
     notify::Notifier,
@@ -203,6 +203,13 @@ impl Guarded {
                     mode()
                 )
             }
+            Upkeep::Reattached { after: Reason::NotInDispatcher { id, .. }, .. } => {
+                log::warn!(
+                    "{iface}: libxdp's dispatcher (program {id}) was rebuilt without portguard: \
+                     joined it again ({} XDP), counters kept",
+                    mode()
+                )
+            }
             Upkeep::Reattached { .. } => {
                 log::info!("{iface} is back: guarding it again ({} XDP), counters kept", mode())
             }
@@ -224,13 +231,15 @@ impl Guarded {
     /// kept), with the settings the guard holds.
     fn take_over(&mut self, pins: &Pins, plan: &Plan) {
         let was = self.held.view().meta().map_or(0, |m| m.owner_pid);
-        match Owner::acquire(pins, &self.iface, None, plan.sources, plan.xdp_mode) {
+        // The guard keeps its settings, and, shared, its priority.
+        let share = Share { priority: None, ..plan.share };
+        match Owner::acquire_shared(pins, &self.iface, None, plan.sources, plan.xdp_mode, &share) {
             Ok(Acquired::Adopted(o) | Acquired::Attached(o)) => {
                 log::warn!(
-                    "{}: its owner (pid {was}) is gone: this process guards it now ({} XDP), \
+                    "{}: its owner (pid {was}) is gone: this process guards it now ({}), \
                      counters kept",
                     self.iface,
-                    o.attached().as_str()
+                    o.describe()
                 );
                 self.held = Held::Owner(Box::new(o));
                 self.last = Upkeep::Guarding;
@@ -315,15 +324,21 @@ impl Daemon {
     pub fn start(plan: Plan, flags: Flags, pins: Pins) -> Result<Daemon> {
         let mut guards: Vec<Guarded> = Vec::new();
         for iface in &plan.ifaces {
-            let acquired =
-                Owner::acquire(&pins, iface, Some(&plan.settings), plan.sources, plan.xdp_mode);
+            let acquired = Owner::acquire_shared(
+                &pins,
+                iface,
+                Some(&plan.settings),
+                plan.sources,
+                plan.xdp_mode,
+                &plan.share,
+            );
             let fresh = matches!(acquired, Ok(Acquired::Attached(_)));
             let mut keep = plan.persist;
             let held = match acquired {
                 Ok(Acquired::Attached(o)) => {
                     log::info!(
-                        "guarding {iface} ({} XDP): {}",
-                        o.attached().as_str(),
+                        "guarding {iface} ({}): {}",
+                        o.describe(),
                         o.view().settings().summary()
                     );
                     Held::Owner(Box::new(o))
@@ -333,8 +348,8 @@ impl Daemon {
                     // it stays in place when this run ends, unless told otherwise.
                     keep |= !plan.detach_on_exit;
                     log::warn!(
-                        "adopted the guard left on {iface} ({} XDP), counters kept: {}; {}",
-                        o.attached().as_str(),
+                        "adopted the guard left on {iface} ({}), counters kept: {}; {}",
+                        o.describe(),
                         o.view().settings().summary(),
                         if keep {
                             "it stays in place when this run ends (`portguard detach` removes it)"
@@ -505,6 +520,8 @@ impl Daemon {
             ("interfaces", new.ifaces != old.ifaces),
             ("sources", new.sources != old.sources),
             ("xdp_mode", new.xdp_mode != old.xdp_mode),
+            ("attach", new.share.attach != old.share.attach),
+            ("priority", new.share.priority != old.share.priority),
             ("[metrics] listen", new.metrics != old.metrics),
         ]
         .into_iter()
@@ -555,6 +572,7 @@ impl Daemon {
             netns: self.plan.netns.clone(),
             sources: self.plan.sources,
             xdp_mode: self.plan.xdp_mode,
+            share: self.plan.share,
             metrics: self.plan.metrics,
             metrics_chosen: self.plan.metrics_chosen,
             ..new
@@ -753,10 +771,12 @@ pub async fn serve(
                 .snaps
                 .iter()
                 .zip(&tick.tops)
-                .map(|(v, top)| IfaceMetrics {
+                .zip(&daemon.guards)
+                .map(|((v, top), g)| IfaceMetrics {
                     iface: v.iface.clone(),
                     xdp_mode: v.attached.map_or("unknown", |a| a.as_str()).into(),
                     mode: v.settings.mode.as_str().into(),
+                    attach: g.held.view().kind().as_str().into(),
                     guarded: v.health.is_guarded(),
                     totals: v.totals,
                     tracked: v.tracked,

@@ -16,6 +16,7 @@
 //! - `fingerprint`: what sent a probe (tool rules, p0f signatures, per-source evidence);
 //!   `capture`: pcapng files of matched packets.
 //! - `tui`: `portguard top`.
+//! - `multiprog`: sharing the XDP hook with other programs through libxdp's dispatcher.
 //! - `lab`: network namespaces joined by veth pairs, for `portguard lab` and the tests.
 //! - `privileges`, `clock`, `error`, `sys`: the capability check, time, typed errors, and the
 //!   bpf(2) commands aya does not wrap.
@@ -33,6 +34,7 @@ pub mod json;
 pub mod lab;
 pub mod maps;
 pub mod metrics;
+pub mod multiprog;
 pub mod netlink;
 pub mod netns;
 pub mod notices;

@@ -107,6 +107,13 @@ impl Maps {
         self.all.iter().find(|(n, _)| *n == name).map(|(_, m)| m).context(name.to_string())
     }
 
+    /// The kernel's id of the CONFIG map: the program that uses it is this guard's, whatever
+    /// else is known of it (how a dispatcher component is recognised as portguard's).
+    pub fn config_id(&self) -> Result<u32> {
+        let fd = self.raw(map_names::CONFIG)?.fd().as_fd();
+        Ok(sys::map_info(fd).context("reading CONFIG's info")?.id)
+    }
+
     /// Pins the maps missing from `dir` under their own names (those there are left alone).
     /// Returns how many were pinned.
     pub fn pin_missing(&self, dir: &Path) -> Result<usize> {

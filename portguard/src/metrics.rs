@@ -31,6 +31,8 @@ pub struct IfaceMetrics {
     pub iface: String,
     pub xdp_mode: String,
     pub mode: String,
+    /// "exclusive" or "multiprog" (one program of libxdp's dispatcher).
+    pub attach: String,
     /// Whether the kernel says the interface runs portguard's program now.
     pub guarded: bool,
     pub totals: Totals,
@@ -91,6 +93,7 @@ pub fn render(s: &Snapshot) -> String {
             ("iface", &i.iface),
             ("xdp_mode", &i.xdp_mode),
             ("mode", &i.mode),
+            ("attach", &i.attach),
         ]))
         .set(1);
         guarded.get_or_create(&labels(&[("iface", &i.iface)])).set(i.guarded as i64);
@@ -126,7 +129,11 @@ pub fn render(s: &Snapshot) -> String {
             src_syns.get_or_create(&sl).inc_by(src.stats.tcp_syns as u64);
         }
     }
-    reg.register("guard_info", "A guarded interface: XDP mode and action", info);
+    reg.register(
+        "guard_info",
+        "A guarded interface: XDP mode, action, and how it holds the XDP hook",
+        info,
+    );
     reg.register(
         "guarded",
         "1 when the kernel runs portguard's program on the interface now, else 0",
@@ -341,6 +348,7 @@ mod tests {
                 iface: "eth1".into(),
                 xdp_mode: "native".into(),
                 mode: "drop".into(),
+                attach: "exclusive".into(),
                 guarded: true,
                 totals: Totals {
                     seen: 10,
@@ -379,7 +387,7 @@ mod tests {
             // Nothing found is 0, not a missing series.
             "portguard_local_sockets{port=\"2745\",protocol=\"udp\"} 0",
             "portguard_local_sockets{port=\"3127\",protocol=\"tcp\"} 0",
-            "portguard_guard_info{iface=\"eth1\",xdp_mode=\"native\",mode=\"drop\"} 1",
+            "portguard_guard_info{iface=\"eth1\",xdp_mode=\"native\",mode=\"drop\",attach=\"exclusive\"} 1",
             "portguard_guarded{iface=\"eth1\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");

@@ -104,16 +104,7 @@ impl Pins {
     /// Makes sure bpffs is mounted under the root, mounting it at /sys/fs/bpf when `mount` is
     /// set and it is missing; then creates (or checks) the root and the namespace's directory.
     pub fn prepare(&self, ns: &Netns, mount: bool) -> Result<PathBuf> {
-        if !on_bpffs(&self.root) {
-            let bpffs = Path::new("/sys/fs/bpf");
-            if !(mount && self.root.starts_with(bpffs)) {
-                bail!(
-                    "bpffs is not mounted at {}: mount it with `mount -t bpf bpf /sys/fs/bpf`",
-                    bpffs.display()
-                );
-            }
-            mount_bpffs(bpffs)?;
-        }
+        ensure_bpffs(&self.root, mount)?;
         if let Some(parent) = self.root.parent() {
             check_parent(parent)?;
         }
@@ -127,6 +118,22 @@ impl Pins {
     pub fn mounted(&self) -> bool {
         on_bpffs(&self.root)
     }
+}
+
+/// Makes sure bpffs is mounted under `path`, mounting it at /sys/fs/bpf when `mount` is set,
+/// `path` is below it, and it is missing.
+pub fn ensure_bpffs(path: &Path, mount: bool) -> Result<()> {
+    if on_bpffs(path) {
+        return Ok(());
+    }
+    let bpffs = Path::new("/sys/fs/bpf");
+    if !(mount && path.starts_with(bpffs)) {
+        bail!(
+            "bpffs is not mounted at {}: mount it with `mount -t bpf bpf /sys/fs/bpf`",
+            bpffs.display()
+        );
+    }
+    mount_bpffs(bpffs)
 }
 
 /// The entries of `dir`; none when it does not exist.

@@ -204,7 +204,13 @@ fn block(v: &Snapshot, w: usize, rows: Option<usize>) -> Vec<String> {
     // What the kernel says first: a guard that is not running must not look like one.
     let state = match &v.health {
         Health::NotGuarded(why) => format!("NOT GUARDED: {why}"),
-        Health::Guarded { .. } => format!("{} XDP", attached_str(v.attached)),
+        Health::Guarded { shared: None, .. } => format!("{} XDP", attached_str(v.attached)),
+        Health::Guarded { shared: Some(s), .. } => format!(
+            "{} XDP, shared at priority {}, {}",
+            attached_str(v.attached),
+            s.priority,
+            s.company()
+        ),
     };
     out.push(text::fit(&format!("{}{ns} ({state}): {}", v.iface, v.settings.summary()), w));
     let t = &v.totals;
@@ -636,7 +642,12 @@ mod tests {
             iface: "pg-wan".into(),
             netns: netns.map(str::to_string),
             attached: Some(Attached::Native),
-            health: Health::Guarded { mode: Attached::Native, prog_id: 7, pinned: true },
+            health: Health::Guarded {
+                mode: Attached::Native,
+                prog_id: 7,
+                pinned: true,
+                shared: None,
+            },
             settings: Settings::default(),
             totals: Totals { seen: 268, matched: 1, dropped: 1, ..Totals::default() },
             rates,

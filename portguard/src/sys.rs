@@ -1,6 +1,7 @@
 //! The bpf(2) commands aya 0.14 does not wrap, or keeps private: batched map reads (a full
 //! source table in a few syscalls instead of two per entry), forced link detach, a pinned
-//! object's fd, a program or map by id, and their info.
+//! object's fd, a program or map by id, and their info, one array lookup (libxdp's dispatcher
+//! config), and an extension's link info (which dispatcher a component runs in).
 
 use std::{
     io,
@@ -249,4 +250,86 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
         map_ids,
         btf_id: raw.btf_id,
     })
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+
+/// BPF_F_RDONLY_PROG: a map the program may only read (libxdp's dispatcher config is one).
+pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
+/// A map by id.
+pub fn map_by_id(id: u32) -> io::Result<OwnedFd> {
+    fd_by_id(BPF_MAP_GET_FD_BY_ID, id)
+}
+
+/// The head of struct bpf_map_info.
+#[repr(C)]
+#[derive(Default)]
+struct RawMapInfo {
+    map_type: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// What portguard reads of a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+/// The info of a map.
+pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let mut raw = RawMapInfo::default();
+    obj_info(fd, &mut raw)?;
+    Ok(MapInfo {
+        id: raw.id,
+        key_size: raw.key_size,
+        value_size: raw.value_size,
+        max_entries: raw.max_entries,
+        flags: raw.map_flags,
+    })
+}
+
+/// The value at `key` in an array map, `value.len()` bytes.
+pub fn map_lookup(fd: BorrowedFd<'_>, key: u32, value: &mut [u8]) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = Attr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
+}
+
+/// BPF_LINK_TYPE_TRACING: the link of an freplace (extension) program.
+pub const LINK_TYPE_TRACING: u32 = 2;
+
+/// An freplace link's (program id, target program id): the kernel's word on which program an
+/// extension replaces a function of. The target is 0 once the link is detached.
+pub fn extension_link_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 whose tracing member
+    // is attach_type, target_obj_id, target_btf_id.
+    let mut info = [0u32; 16];
+    obj_info(fd, &mut info)?;
+    if info[0] != LINK_TYPE_TRACING {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok((info[2], info[5]))
 }

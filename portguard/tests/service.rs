@@ -199,7 +199,9 @@ fn metrics_over_http_match_the_maps() {
     );
     assert!(text.contains("portguard_build_info{version=\""));
     assert!(
-        text.contains("portguard_guard_info{iface=\"pg-wan\",xdp_mode=\"native\",mode=\"drop\"} 1")
+        text.contains(
+            "portguard_guard_info{iface=\"pg-wan\",xdp_mode=\"native\",mode=\"drop\",attach=\"exclusive\"} 1"
+        )
     );
     // The listener in the namespace is a socket on 2745 on this "host": exported too.
     wait_until("local sockets", || {

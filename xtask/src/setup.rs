@@ -15,7 +15,8 @@ use crate::util::{output, sh, succeeds};
 /// unicornscan-like SYNs), p0f (its verdicts and its database, /etc/p0f/p0f.fp), tcpdump and
 /// tshark (captures, and reading back portguard's pcapng), ethtool (checksums in software on
 /// the lab's veth); python3-jsonschema (every `--json` output validated against docs/schema/);
-/// man-db and groff-base (every man page rendered by `man -l`).
+/// man-db and groff-base (every man page rendered by `man -l`); libxdp1 (libxdp's dispatcher
+/// object, which `--attach multiprog` loads, and the sharing tests with it).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "xdp-tools",
@@ -41,6 +42,7 @@ const PACKAGES: &[&str] = &[
     "python3-jsonschema",
     "man-db",
     "groff-base",
+    "libxdp1",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

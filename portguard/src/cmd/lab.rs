@@ -65,6 +65,7 @@ fn lab(args: Args) -> Result<ExitCode> {
         ifaces: vec![GW_IF.into()],
         settings: settings.clone(),
         xdp_mode: AttachMode::Auto,
+        share: Default::default(),
         sources: DEFAULT_SOURCE_CAPACITY,
         sources_chosen: false,
         interval: 1.0,

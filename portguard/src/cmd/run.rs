@@ -8,7 +8,9 @@ use portguard::{
     config::{Flags, Plan},
     daemon::{self, Daemon, Service, Signals, Stopped},
     guard::AttachMode,
-    metrics, notices,
+    metrics,
+    multiprog::Attach,
+    notices,
     notify::Notifier,
     pins::Pins,
     privileges, ranges,
@@ -34,6 +36,15 @@ pub struct Args {
     /// XDP attach mode [default: auto].
     #[arg(long = "xdp-mode", value_enum)]
     pub xdp_mode: Option<AttachMode>,
+    /// Take the interface's XDP hook alone, or share it with other XDP programs (xdp-filter,
+    /// xdp-loader, ...) through libxdp's dispatcher [default: auto: share when a libxdp
+    /// dispatcher is attached, alone otherwise].
+    #[arg(long, value_enum)]
+    pub attach: Option<Attach>,
+    /// Run priority among the dispatcher's programs, lower first [default: 5, before
+    /// xdp-filter's 10 and libxdp's default 50; a guard left in place keeps its own].
+    #[arg(long, value_name = "N")]
+    pub priority: Option<u32>,
     /// Capacity of the per-source table, 256 to 1048576 [default: 65536].
     #[arg(long, value_name = "N", value_parser = ranges::parse::sources)]
     pub sources: Option<u32>,
@@ -84,6 +95,8 @@ impl Args {
             protocols: self.settings.protocols.clone(),
             allow: self.settings.allow.clone(),
             xdp_mode: self.xdp_mode,
+            attach: self.attach,
+            priority: self.priority,
             sources: self.sources,
             admit_per_slice: self.admit_per_slice,
             unjudged: self.settings.unjudged,

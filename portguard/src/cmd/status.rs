@@ -10,6 +10,7 @@ use portguard::{
     clock,
     guard::{Health, View},
     json::Document,
+    multiprog,
     netns::Netns,
     pins::Pins,
 };
@@ -49,6 +50,16 @@ pub struct Status {
     xdp_mode: Option<&'static str>,
     /// The program the guard's link runs; 0 when there is no link.
     program_id: u32,
+    /// How the program takes the interface's XDP hook: "exclusive" (alone, through its
+    /// pinned bpf_link) or "multiprog" (one program of libxdp's dispatcher).
+    attach: &'static str,
+    /// multiprog: its run priority in the dispatcher (lower runs first); null when exclusive
+    /// or not in the dispatcher now.
+    priority: Option<u32>,
+    /// multiprog: the dispatcher program attached to the interface; null otherwise.
+    dispatcher_id: Option<u32>,
+    /// multiprog: the other programs in the dispatcher, in run order (empty otherwise).
+    shared_with: Vec<PeerJson>,
     /// The link is pinned (a guard without pins ends with its owner).
     pinned: bool,
     mode: &'static str,
@@ -63,6 +74,17 @@ pub struct Status {
     source_capacity: u32,
     sources_tracked: usize,
     pin_dir: String,
+}
+
+/// Another program in the dispatcher portguard runs in.
+#[derive(Serialize, schemars::JsonSchema)]
+struct PeerJson {
+    program_id: u32,
+    /// The kernel's name for it (at most 15 characters).
+    name: String,
+    priority: u32,
+    /// The XDP actions after which the next program runs, e.g. ["XDP_PASS"].
+    chain_call_actions: Vec<String>,
 }
 
 /// `status --json`: every guarded interface (an empty list when nothing is).
@@ -80,16 +102,41 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let meta = g.meta()?;
         let s = g.settings().clone();
         let health = g.health();
-        let (reason, pinned) = match &health {
-            Health::Guarded { pinned, .. } => (None, *pinned),
-            Health::NotGuarded(why) => (Some(why.to_string()), g.pinned_link().is_some()),
+        let kind = g.kind();
+        let (reason, pinned, program_id, shared) = match &health {
+            Health::Guarded { pinned, prog_id, shared, .. } => {
+                (None, *pinned, *prog_id, shared.clone())
+            }
+            Health::NotGuarded(why) => (
+                Some(why.to_string()),
+                g.pinned_link().is_some(),
+                g.pinned_link().map_or(0, |(id, _)| id),
+                None,
+            ),
         };
         out.push(Status {
             netns: NetnsJson { name: ns.name(), cookie: ns.cookie, inode: ns.inode },
             guarded: health.is_guarded(),
             reason,
             xdp_mode: health.mode().map(|m| m.as_str()),
-            program_id: g.pinned_link().map_or(0, |(id, _)| id),
+            program_id,
+            attach: kind.as_str(),
+            priority: shared.as_ref().map(|s| s.priority),
+            dispatcher_id: shared.as_ref().map(|s| s.dispatcher),
+            shared_with: shared
+                .iter()
+                .flat_map(|s| &s.others)
+                .map(|p| PeerJson {
+                    program_id: p.prog_id,
+                    name: p.name.clone(),
+                    priority: p.priority,
+                    chain_call_actions: multiprog::actions(p.chain_call_actions)
+                        .split(',')
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                })
+                .collect(),
             pinned,
             mode: s.mode.as_str(),
             ports: s.ports.clone(),
@@ -130,6 +177,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ),
         };
         println!("{} (namespace {}): {state}", s.iface, s.netns.name);
+        match (s.attach, s.dispatcher_id, s.priority) {
+            ("multiprog", Some(d), Some(p)) => {
+                let others: Vec<String> = s
+                    .shared_with
+                    .iter()
+                    .map(|o| {
+                        format!("{} (program {}, priority {})", o.name, o.program_id, o.priority)
+                    })
+                    .collect();
+                println!(
+                    "  shared in libxdp's dispatcher (program {d}) at priority {p}, {}",
+                    if others.is_empty() {
+                        "alone".into()
+                    } else {
+                        format!("with {}", others.join(", "))
+                    }
+                );
+            }
+            ("multiprog", _, _) => println!("  shared through libxdp's dispatcher"),
+            _ => println!("  alone on the interface (exclusive bpf_link)"),
+        }
         println!("  since {} ({} ago), {owner}", clock::rfc3339(since), clock::short(age));
         let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
         println!(

@@ -2,7 +2,9 @@
 
 use anyhow::{Result, anyhow};
 use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
-use portguard_common::{XDP_MODE_GENERIC, XDP_MODE_NATIVE};
+use portguard_common::{ATTACH_EXCLUSIVE, ATTACH_MULTIPROG, XDP_MODE_GENERIC, XDP_MODE_NATIVE};
+
+use crate::multiprog::root_cause;
 
 /// How to attach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -48,6 +50,51 @@ impl Attached {
     }
 }
 
+/// How the program holds the interface's XDP hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Alone, through a pinned bpf_link.
+    Exclusive,
+    /// As a component of libxdp's multi-program dispatcher (see `multiprog`).
+    Multiprog,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Exclusive => "exclusive",
+            Kind::Multiprog => "multiprog",
+        }
+    }
+
+    /// From `Meta::attach`.
+    pub fn from_meta(m: u8) -> Kind {
+        if m == ATTACH_MULTIPROG { Kind::Multiprog } else { Kind::Exclusive }
+    }
+
+    pub fn meta(self) -> u8 {
+        match self {
+            Kind::Exclusive => ATTACH_EXCLUSIVE,
+            Kind::Multiprog => ATTACH_MULTIPROG,
+        }
+    }
+}
+
+/// How a guard is to share its interface (`--attach`, `--priority`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub attach: crate::multiprog::Attach,
+    /// Run priority in the dispatcher (lower runs first). None: a guard left in place keeps
+    /// its own, a new one gets `multiprog::DEFAULT_PRIORITY`.
+    pub priority: Option<u32>,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share { attach: crate::multiprog::Attach::Auto, priority: None }
+    }
+}
+
 /// Attaches `prog` to interface `idx`. With `Auto`, a driver without native XDP gets generic
 /// mode and a warning.
 pub fn attach_to(
@@ -86,15 +133,4 @@ pub fn attach_to(
 
 fn attach_error(iface: &str, mode: &str, e: ProgramError) -> anyhow::Error {
     anyhow!("cannot attach to {iface} in {mode} XDP mode: {}", root_cause(&e))
-}
-
-/// The innermost error message: aya wraps syscall errors a few levels deep.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    let mut msg = cur.to_string();
-    while let Some(next) = cur.source() {
-        msg = next.to_string();
-        cur = next;
-    }
-    msg
 }

@@ -7,7 +7,10 @@ use std::{fmt, os::fd::AsFd as _};
 use portguard_common::{Meta, STATE_DETACHING};
 
 use super::Attached;
-use crate::{netlink, sys};
+use crate::{
+    multiprog::{self, Hook, Ours},
+    netlink, sys,
+};
 
 /// What the kernel says about a guard now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +22,9 @@ pub enum Health {
         /// The link is pinned (false: only the owner's descriptor keeps it, and it goes with
         /// the owner).
         pinned: bool,
+        /// Shared through libxdp's dispatcher: where portguard runs in it, and beside what.
+        /// None: the interface runs portguard alone.
+        shared: Option<Shared>,
     },
     NotGuarded(Reason),
 }
@@ -40,14 +46,82 @@ impl Health {
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Health::Guarded { mode, pinned: true, .. } => {
-                write!(f, "guarded ({} XDP)", mode.as_str())
-            }
-            Health::Guarded { mode, pinned: false, .. } => {
-                write!(f, "guarded ({} XDP; not pinned: it ends with its owner)", mode.as_str())
+            Health::Guarded { mode, pinned, shared, .. } => {
+                write!(f, "guarded ({} XDP", mode.as_str())?;
+                if let Some(s) = shared {
+                    write!(
+                        f,
+                        "; in libxdp's dispatcher {}, priority {}, {}",
+                        s.dispatcher,
+                        s.priority,
+                        s.company()
+                    )?;
+                }
+                if !pinned {
+                    f.write_str("; not pinned: it ends with its owner")?;
+                }
+                f.write_str(")")
             }
             Health::NotGuarded(why) => write!(f, "NOT GUARDED: {why}"),
         }
+    }
+}
+
+/// portguard as one program of libxdp's dispatcher, as the kernel runs it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shared {
+    /// The dispatcher attached to the interface.
+    pub dispatcher: u32,
+    /// portguard's position in its run order (0 runs first).
+    pub slot: usize,
+    pub priority: u32,
+    /// XDP actions (`1 << action`) after which the next program runs.
+    pub chain_call_actions: u32,
+    /// The other programs in the dispatcher, in run order.
+    pub others: Vec<Peer>,
+}
+
+/// Another program in the dispatcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub slot: usize,
+    pub prog_id: u32,
+    pub name: String,
+    pub priority: u32,
+    pub chain_call_actions: u32,
+}
+
+impl Shared {
+    fn of(d: &multiprog::Dispatcher, slot: usize) -> Shared {
+        let ours = &d.components[slot];
+        Shared {
+            dispatcher: d.prog_id,
+            slot,
+            priority: ours.priority,
+            chain_call_actions: ours.chain_call_actions,
+            others: d
+                .components
+                .iter()
+                .filter(|c| c.slot != slot)
+                .map(|c| Peer {
+                    slot: c.slot,
+                    prog_id: c.prog_id,
+                    name: c.name.clone(),
+                    priority: c.priority,
+                    chain_call_actions: c.chain_call_actions,
+                })
+                .collect(),
+        }
+    }
+
+    /// "with xdpfilt_alw_all (10)" or "alone".
+    pub fn company(&self) -> String {
+        if self.others.is_empty() {
+            return "alone".into();
+        }
+        let v: Vec<String> =
+            self.others.iter().map(|p| format!("{} ({})", p.name, p.priority)).collect();
+        format!("with {}", v.join(", "))
     }
 }
 
@@ -71,6 +145,9 @@ pub enum Reason {
     OtherProgram { id: u32, name: String },
     /// The interface runs no XDP program at all.
     NoProgram,
+    /// The interface runs libxdp's dispatcher, without portguard in it (another libxdp user
+    /// rebuilt it without portguard, or portguard's link in it was removed).
+    NotInDispatcher { id: u32, others: Vec<String> },
     /// The kernel could not be asked.
     Unknown(String),
 }
@@ -90,6 +167,14 @@ impl fmt::Display for Reason {
                 write!(f, "interface has program {id} ({name}) attached")
             }
             Reason::NoProgram => f.write_str("interface has no XDP program"),
+            Reason::NotInDispatcher { id, others } if others.is_empty() => {
+                write!(f, "interface runs libxdp's dispatcher (program {id}) without portguard")
+            }
+            Reason::NotInDispatcher { id, others } => write!(
+                f,
+                "interface runs libxdp's dispatcher (program {id}: {}) without portguard",
+                others.join(", ")
+            ),
             Reason::Unknown(e) => write!(f, "cannot tell: {e}"),
         }
     }
@@ -132,7 +217,7 @@ pub fn check(meta: &Meta, iface: &str, link: Option<(u32, u32)>, pinned: bool) -
                 netlink::Mode::Native => Attached::Native,
                 netlink::Mode::Generic => Attached::Generic,
             };
-            Health::Guarded { mode, prog_id, pinned }
+            Health::Guarded { mode, prog_id, pinned, shared: None }
         }
         Ok(Some(a)) => {
             Health::NotGuarded(Reason::OtherProgram { id: a.prog_id, name: prog_name(a.prog_id) })
@@ -149,4 +234,62 @@ fn what_runs(ifindex: u32) -> Option<Reason> {
         Ok(None) => Some(Reason::NoProgram),
         Err(_) => None,
     }
+}
+
+/// Judges a guard shared through libxdp's dispatcher (`Meta::attach` is ATTACH_MULTIPROG):
+/// the device it joined (META's ifindex) still has the guard's name, and the dispatcher
+/// attached to it runs portguard's program (`ours`) through a link pinned where the protocol
+/// says, replacing a function of that very dispatcher. `held`: the owner's own descriptor of
+/// its component's link, (program id, target program id), which keeps it running even when
+/// the pin is gone. Runs in the guard's network namespace.
+pub fn check_component(meta: &Meta, iface: &str, ours: Ours, held: Option<(u32, u32)>) -> Health {
+    if meta.state == STATE_DETACHING {
+        return Health::NotGuarded(Reason::Detaching);
+    }
+    let named = super::ifindex(iface).ok();
+    match netlink::name_of(meta.ifindex) {
+        Some(n) if n == iface => {}
+        Some(to) => return Health::NotGuarded(Reason::Renamed { to }),
+        None => {
+            return Health::NotGuarded(match named {
+                None => Reason::InterfaceGone,
+                Some(i) => Reason::Replaced { ifindex: i },
+            });
+        }
+    }
+    let d = match multiprog::hook(meta.ifindex) {
+        Ok(Hook::Free) => return Health::NotGuarded(Reason::NoProgram),
+        Ok(Hook::Dispatcher(d)) => d,
+        Ok(Hook::OtherVersion { prog_id, version }) => {
+            return Health::NotGuarded(Reason::OtherProgram {
+                id: prog_id,
+                name: format!("xdp_dispatcher of protocol version {version}"),
+            });
+        }
+        Ok(Hook::Exclusive { prog_id, name }) => {
+            return Health::NotGuarded(Reason::OtherProgram { id: prog_id, name });
+        }
+        Err(e) => return Health::NotGuarded(Reason::Unknown(format!("{e:#}"))),
+    };
+    let mode = multiprog::component::attached(d.mode);
+    let is_ours = |c: &multiprog::Component| match ours {
+        Ours::Map(id) => c.map_ids.contains(&id),
+        Ours::Program(id) => c.prog_id == id,
+    };
+    if let Some(i) = d.components.iter().position(|c| c.linked && is_ours(c)) {
+        let prog_id = d.components[i].prog_id;
+        return Health::Guarded { mode, prog_id, pinned: true, shared: Some(Shared::of(&d, i)) };
+    }
+    // Not pinned where the protocol says, but the owner's own link runs it there.
+    if let Some((prog_id, target)) = held
+        && target == d.prog_id
+    {
+        let slot = d.components.iter().position(|c| c.prog_id == prog_id || c.prog_id == 0);
+        let shared = slot.map(|i| Shared::of(&d, i));
+        return Health::Guarded { mode, prog_id, pinned: false, shared };
+    }
+    Health::NotGuarded(Reason::NotInDispatcher {
+        id: d.prog_id,
+        others: d.components.iter().map(|c| c.name.clone()).collect(),
+    })
 }

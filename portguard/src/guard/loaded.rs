@@ -5,14 +5,15 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, Xdp},
+    programs::{Extension, ProgramError, Xdp},
 };
 use portguard_common::{DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names};
 
 use crate::{counters::Source, maps::Maps, settings::Settings, wire};
 
 /// The XDP object, built by build.rs from portguard-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -45,8 +46,57 @@ impl Program {
         Ok((Program { ebpf, logger }, maps))
     }
 
+    /// Loads the object with its program as an extension (BPF_PROG_TYPE_EXT), to run as a
+    /// component of libxdp's dispatcher; the maps as for `load`.
+    ///
+    /// The kernel verifies an extension against a target, so the program is loaded against a
+    /// scratch dispatcher (libxdp's compatibility check does the same); joining then attaches
+    /// it to the real one, which the kernel allows for any target with the same BTF signature.
+    /// Verifying up front means a refusal happens before anything on the interface is touched.
+    pub(crate) fn load_extension(capacity: u32, dir: &Path) -> Result<(Program, Maps)> {
+        use crate::multiprog::dispatcher;
+        if capacity == 0 {
+            bail!("the source table needs at least 1 entry");
+        }
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map_names::SOURCES, capacity);
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        loader.extension(PROGRAM_NAME);
+        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        let mut scratch = dispatcher::load(&dispatcher::Config::empty(0))?;
+        let target = scratch.program()?.fd()?.try_clone()?;
+        extension(&mut ebpf)?.load(target, dispatcher::PROGRAM).map_err(|e| {
+            let why = crate::multiprog::load_error(&e);
+            match crate::multiprog::support() {
+                Ok(crate::multiprog::Support::Refused(r)) => anyhow!("{r}"),
+                _ => anyhow!("the kernel rejected portguard's program as an XDP extension: {why}"),
+            }
+        })?;
+        let maps = Maps::take(&mut ebpf)?;
+        let logger =
+            aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok();
+        Ok((Program { ebpf, logger }, maps))
+    }
+
     pub(crate) fn xdp(&mut self) -> Result<&mut Xdp> {
         xdp(&mut self.ebpf)
+    }
+
+    /// The program loaded as an extension (`load_extension`).
+    pub(crate) fn extension(&mut self) -> Result<&mut Extension> {
+        extension(&mut self.ebpf)
+    }
+
+    /// The loaded program's id.
+    pub(crate) fn id(&mut self) -> Result<u32> {
+        let info = match self.ebpf.program_mut(PROGRAM_NAME) {
+            Some(aya::programs::Program::Extension(p)) => p.info(),
+            Some(aya::programs::Program::Xdp(p)) => p.info(),
+            _ => bail!("the object has no portguard program"),
+        };
+        Ok(info.context("reading the program's info")?.id())
     }
 
     /// Passes what the program logged since the last call to the `log` crate.
@@ -62,6 +112,13 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .context("the object has no portguard program")?
         .try_into()
         .context("portguard is not an XDP program")
+}
+
+fn extension(ebpf: &mut Ebpf) -> Result<&mut Extension> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .context("the object has no portguard program")?
+        .try_into()
+        .context("portguard's program was not loaded as an extension")
 }
 
 fn verifier_error(e: ProgramError) -> anyhow::Error {

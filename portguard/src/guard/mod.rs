@@ -7,7 +7,9 @@
 //!   and change it, and so that it outlives the process when asked to. If the interface is
 //!   already guarded (a previous run left it in place, or was killed), the new program
 //!   atomically replaces the old one on the same link, reusing its maps: no packet is ever
-//!   unguarded and no counter is lost.
+//!   unguarded and no counter is lost. The program holds the interface alone through a
+//!   bpf_link, or shares it as one program of libxdp's dispatcher ([`Kind`], see `multiprog`);
+//!   every promise holds for both.
 //! - [`View`]: any other process (`stats`, `set`, `top`, a second `run`) reading or changing a
 //!   guard through its pins. It never loads or attaches anything.
 
@@ -19,8 +21,8 @@ pub mod view;
 
 use std::ffi::CString;
 
-pub use attach::{AttachMode, Attached};
-pub use health::{Health, Reason};
+pub use attach::{AttachMode, Attached, Kind, Share};
+pub use health::{Health, Peer, Reason, Shared};
 pub use loaded::Loaded;
 pub use owner::{Acquired, Owner, Upkeep, detach_pinned};
 pub use view::{Changed, View};

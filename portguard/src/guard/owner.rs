@@ -1,13 +1,24 @@
 //! The process that attached the program to an interface and keeps it there.
 //!
-//! It holds the program, the maps and the XDP link by descriptor, so the guard stays attached
-//! for as long as it runs, whatever happens to the pins: if they vanish it pins them again; if
-//! the interface goes away and comes back (a PPP reconnect makes a new device), it attaches to
-//! the new one with the same maps. It stops only when a `portguard detach` asks it to, through
-//! META: a deliberate, recorded request, never the mere absence of a file.
+//! It holds the program, the maps and the link that runs the program by descriptor, so the
+//! guard stays attached for as long as it runs, whatever happens to the pins: if they vanish it
+//! pins them again; if the interface goes away and comes back (a PPP reconnect makes a new
+//! device), it attaches to the new one with the same maps. It stops only when a `portguard
+//! detach` asks it to, through META: a deliberate, recorded request, never the mere absence of
+//! a file.
+//!
+//! The program holds the interface's hook in one of two ways ([`Kind`], recorded in META):
+//! alone, through a bpf_link pinned as `link` in the guard's directory; or as a component of
+//! libxdp's multi-program dispatcher (`multiprog`), its freplace link pinned by the protocol in
+//! the dispatcher's directory. Everything above holds for both: adopting a shared guard swaps
+//! the dispatcher for one with the new program in the old one's place (zero gap), and a
+//! dispatcher rebuilt without portguard, or detached, is joined again.
 
 use std::{
-    os::fd::{AsFd as _, OwnedFd},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::DirBuilderExt as _,
+    },
     path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -22,7 +33,7 @@ use portguard_common::{
 };
 
 use super::{
-    AttachMode, Attached, View,
+    AttachMode, Attached, Kind, Share, View,
     attach::attach_to,
     health::{self, Health, Reason},
     ifindex,
@@ -30,12 +41,21 @@ use super::{
 };
 use crate::{
     counters::Source,
+    multiprog::{self, Attach, Ours, component},
     netlink,
     netns::Netns,
     pins::{self, Contents, LINK, Lock, Pins},
     settings::Settings,
     sys, table, wire,
 };
+
+/// How `acquire` attaches: the kind, the run priority in a dispatcher, and the dispatcher
+/// `--attach auto` found.
+struct How {
+    kind: Kind,
+    priority: u32,
+    found: Option<multiprog::Dispatcher>,
+}
 
 /// What `acquire` found.
 pub enum Acquired {
@@ -72,8 +92,11 @@ pub enum Upkeep {
 
 pub struct Owner {
     program: Program,
+    /// The loaded program's id.
+    prog_id: u32,
     view: View,
-    /// This process's descriptor of the XDP link (the pin is another); None while the interface
+    /// This process's descriptor of the link that runs the program (the pin is another): the
+    /// XDP link, or the component's freplace link in the dispatcher; None while the interface
     /// is gone.
     link: Option<OwnedFd>,
     /// Held for as long as this process owns the guard.
@@ -81,8 +104,59 @@ pub struct Owner {
     attached: Attached,
     /// The mode asked for, for attaching again.
     mode: AttachMode,
+    kind: Kind,
+    /// Shared: the run priority, the dispatcher last joined and portguard's slot in it.
+    priority: u32,
+    dispatcher: u32,
+    slot: usize,
     /// A detach was asked for and done: nothing left to release.
     detached: bool,
+}
+
+/// What runs the guard's program on its interface now, found before anything is loaded.
+enum Live {
+    Nothing,
+    /// Its pinned XDP link, on the interface of its name.
+    Link(FdLink),
+    /// Its component in the dispatcher attached to the interface of its name, at this priority.
+    Component {
+        priority: u32,
+    },
+}
+
+/// How `acquire` takes the hook when nothing runs the program: the kind, and for `--attach
+/// auto` the dispatcher found, to say why it cannot be shared when that fails.
+fn choose(
+    share: &Share,
+    live: &Live,
+    iface: &str,
+    idx: u32,
+) -> Result<(Kind, Option<multiprog::Dispatcher>)> {
+    let keep = |was: Kind, asked: Attach| {
+        log::warn!(
+            "{iface}: kept its {} attachment (--attach {} needs `portguard detach` first)",
+            was.as_str(),
+            asked.as_str()
+        );
+    };
+    Ok(match (live, share.attach) {
+        (Live::Link(_), Attach::Multiprog) => {
+            keep(Kind::Exclusive, Attach::Multiprog);
+            (Kind::Exclusive, None)
+        }
+        (Live::Link(_), _) => (Kind::Exclusive, None),
+        (Live::Component { .. }, Attach::Exclusive) => {
+            keep(Kind::Multiprog, Attach::Exclusive);
+            (Kind::Multiprog, None)
+        }
+        (Live::Component { .. }, _) => (Kind::Multiprog, None),
+        (Live::Nothing, Attach::Exclusive) => (Kind::Exclusive, None),
+        (Live::Nothing, Attach::Multiprog) => (Kind::Multiprog, None),
+        (Live::Nothing, Attach::Auto) => match component::auto(iface, idx)? {
+            Some(d) => (Kind::Multiprog, Some(d)),
+            None => (Kind::Exclusive, None),
+        },
+    })
 }
 
 fn now_unix() -> u64 {
@@ -133,6 +207,19 @@ impl Owner {
         capacity: u32,
         mode: AttachMode,
     ) -> Result<Acquired> {
+        Owner::acquire_shared(pins, iface, settings, capacity, mode, &Share::default())
+    }
+
+    /// `acquire`, taking the interface's hook alone or sharing it through libxdp's dispatcher
+    /// as `share` says. A guard left in place keeps the way it was attached.
+    pub fn acquire_shared(
+        pins: &Pins,
+        iface: &str,
+        settings: Option<&Settings>,
+        capacity: u32,
+        mode: AttachMode,
+        share: &Share,
+    ) -> Result<Acquired> {
         let ns = Netns::current()?;
         let idx = ifindex(iface)?;
         let ns_dir = pins.prepare(&ns, true)?;
@@ -146,37 +233,66 @@ impl Owner {
             return Ok(Acquired::Watching(v, owner));
         };
         let link_path = dir.join(LINK);
-        let mut live_link = None;
+        let mut live = Live::Nothing;
         if contents == Contents::Guard {
             // Refuses maps of another layout or type before anything is loaded against them.
             let v = View::open_dir(&dir, iface)?;
             let meta = v.meta()?;
+            let ours = Ours::Map(v.maps.config_id()?);
+            let kind = Kind::from_meta(meta.attach);
             if meta.state == STATE_DETACHING {
                 // A detach that did not finish (its process died half-way): finish it, then
                 // start afresh.
                 if let Ok(fd) = sys::obj_get(&link_path) {
                     let _ = sys::link_detach(fd.as_fd());
                 }
+                if kind == Kind::Multiprog {
+                    component::leave(meta.ifindex, ours)
+                        .with_context(|| format!("{iface}: finishing an earlier detach"))?;
+                }
                 drop(v);
                 pins::remove_guard(&dir)?;
                 pins::secure_dir(&dir)?;
                 contents = Contents::Empty;
+            } else if kind == Kind::Multiprog {
+                match multiprog::find(idx, ours)? {
+                    Some((d, i)) if meta.ifindex == idx => {
+                        live = Live::Component { priority: d.components[i].priority };
+                    }
+                    // The device it joined went away, was replaced or renamed, or its
+                    // dispatcher was rebuilt without it: leave what is left (a renamed device's
+                    // dispatcher, a stale directory) and join again below, maps and counters
+                    // kept.
+                    _ => component::leave(meta.ifindex, ours)?,
+                }
             } else if let Ok(fd) = sys::obj_get(&link_path)
                 && sys::xdp_link_info(fd.as_fd()).is_ok_and(|(_, i)| i == idx)
             {
-                live_link = Some(PinnedLink::from_pin(&link_path).map(FdLink::from)?);
+                live = Live::Link(PinnedLink::from_pin(&link_path).map(FdLink::from)?);
             } else if link_path.exists() {
                 // The interface went away (or was replaced) since: the link is defunct. The
                 // maps, and their counters, are reused below.
                 std::fs::remove_file(&link_path).ok();
             }
         }
-        if live_link.is_none() {
+        let (kind, found) = choose(share, &live, iface, idx)?;
+        if kind == Kind::Exclusive && !matches!(live, Live::Link(_)) {
             refuse_foreign(iface, idx)?;
         }
+        let priority = match (&live, share.priority) {
+            (_, Some(p)) => p,
+            (Live::Component { priority }, None) => *priority,
+            _ => multiprog::DEFAULT_PRIORITY,
+        };
+        let how = How { kind, priority, found };
+        let live_link = match live {
+            Live::Link(l) => Some(l),
+            _ => None,
+        };
         let fresh = contents == Contents::Empty;
-        let attempt =
-            Owner::attach_pinned(&dir, iface, idx, &ns, settings, capacity, mode, live_link, lock);
+        let attempt = Owner::attach_pinned(
+            &dir, iface, idx, &ns, settings, capacity, mode, live_link, lock, how,
+        );
         match attempt {
             Ok(o) if fresh => Ok(Acquired::Attached(o)),
             Ok(o) => Ok(Acquired::Adopted(o)),
@@ -202,8 +318,21 @@ impl Owner {
         mode: AttachMode,
         live_link: Option<FdLink>,
         lock: Lock,
+        how: How,
     ) -> Result<Owner> {
-        let (mut program, mut maps) = Program::load(capacity, Some(dir))?;
+        let (mut program, mut maps) = match how.kind {
+            Kind::Exclusive => Program::load(capacity, Some(dir))?,
+            Kind::Multiprog => {
+                Program::load_extension(capacity, dir).map_err(|e| match &how.found {
+                    Some(d) => component::cannot_share(iface, d, &format!("{e:#}")),
+                    None => anyhow!(
+                        "{iface}: cannot join libxdp's multi-program dispatcher: {e:#} (--attach \
+                     exclusive takes the interface alone)"
+                    ),
+                })?
+            }
+        };
+        let prog_id = program.id()?;
         let mut meta = maps.meta()?;
         let adopting = meta.layout == LAYOUT_VERSION;
         if adopting && meta.capacity != capacity {
@@ -219,9 +348,22 @@ impl Owner {
         let new = settings.cloned().unwrap_or_else(|| old.clone());
         crate::guard::view::check_capacity(&new)?;
         wire::write_settings(&mut maps, &old, &new, capacity)?;
-        let prog = program.xdp()?;
-        let (link, attached) = match live_link {
-            Some(fd) => {
+        let (mut dispatcher, mut slot) = (0, 0);
+        let (link, attached) = match (how.kind, live_link) {
+            (Kind::Multiprog, _) => {
+                // Joining, or for a guard left in place, the dispatcher swapped for one with
+                // this program in the old one's place: atomic, no packet unguarded.
+                let ours = Ours::Map(maps.config_id()?);
+                let j =
+                    component::join(program.extension()?, iface, idx, ours, how.priority, mode)?;
+                if adopting && j.replaced.is_empty() {
+                    log::info!("{iface}: joined libxdp's dispatcher again, counters kept");
+                }
+                (dispatcher, slot) = (j.dispatcher, j.slot);
+                (j.link, j.mode)
+            }
+            (Kind::Exclusive, Some(fd)) => {
+                let prog = program.xdp()?;
                 // Atomic replacement (BPF_LINK_UPDATE): the old program runs until the new one
                 // does.
                 let xdp = XdpLink::try_from(fd).context("the pinned link is not an XDP link")?;
@@ -243,7 +385,8 @@ impl Owner {
                 drop(link);
                 (fd, was)
             }
-            None => {
+            (Kind::Exclusive, None) => {
+                let prog = program.xdp()?;
                 let (id, attached) = attach_to(prog, iface, idx, mode)?;
                 let link = FdLink::try_from(prog.take_link(id)?)
                     .map_err(|_| anyhow!("{iface}: the kernel attached XDP without a bpf_link; pinning needs Linux 5.9 or later"))?;
@@ -257,6 +400,7 @@ impl Owner {
         meta.netns_inode = ns.inode;
         meta.capacity = capacity;
         meta.xdp_mode = attached.meta();
+        meta.attach = how.kind.meta();
         meta.owner_pid = std::process::id();
         meta.state = STATE_GUARDING;
         meta.generation = meta.generation.wrapping_add(1);
@@ -267,7 +411,20 @@ impl Owner {
         }
         maps.set_meta(&meta)?;
         let view = View::from_maps(maps, dir, iface)?;
-        Ok(Owner { program, view, link: Some(link), _lock: lock, attached, mode, detached: false })
+        Ok(Owner {
+            program,
+            prog_id,
+            view,
+            link: Some(link),
+            _lock: lock,
+            attached,
+            mode,
+            kind: how.kind,
+            priority: how.priority,
+            dispatcher,
+            slot,
+            detached: false,
+        })
     }
 
     pub fn view(&self) -> &View {
@@ -283,9 +440,37 @@ impl Owner {
         self.attached
     }
 
-    /// The link's (program id, ifindex), from this process's descriptor.
+    /// How the program holds the interface's hook.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// For the log: "native XDP", or "native XDP, shared in libxdp's dispatcher (program 812)
+    /// at priority 5, with xdpfilt_alw_all (10)".
+    pub fn describe(&self) -> String {
+        match self.health() {
+            Health::Guarded { mode, shared: Some(s), .. } => format!(
+                "{} XDP, shared in libxdp's dispatcher (program {}) at priority {}, {}",
+                mode.as_str(),
+                s.dispatcher,
+                s.priority,
+                s.company()
+            ),
+            _ if self.kind == Kind::Multiprog => {
+                format!("{} XDP, shared in libxdp's dispatcher", self.attached.as_str())
+            }
+            _ => format!("{} XDP", self.attached.as_str()),
+        }
+    }
+
+    /// The link's (program id, ifindex) for an XDP link, (program id, target program id) for
+    /// a component's link, from this process's descriptor.
     fn link_info(&self) -> Option<(u32, u32)> {
-        sys::xdp_link_info(self.link.as_ref()?.as_fd()).ok()
+        let fd = self.link.as_ref()?.as_fd();
+        match self.kind {
+            Kind::Exclusive => sys::xdp_link_info(fd).ok(),
+            Kind::Multiprog => sys::extension_link_info(fd).ok(),
+        }
     }
 
     /// Whether every pin is there: META and the other maps, and the link (ours). When the
@@ -293,18 +478,84 @@ impl Owner {
     fn pinned(&self) -> bool {
         let dir = self.view.dir();
         let maps = portguard_common::map_names::ALL.iter().all(|n| dir.join(n).exists());
-        let link = match (&self.link, self.view.read_pinned_link()) {
-            (None, _) | (Some(_), Err(_)) => true,
-            (Some(_), Ok(pin)) => pin.is_some() && pin == self.link_info(),
+        let link = match self.kind {
+            Kind::Exclusive => match (&self.link, self.view.read_pinned_link()) {
+                (None, _) | (Some(_), Err(_)) => true,
+                (Some(_), Ok(pin)) => pin.is_some() && pin == self.link_info(),
+            },
+            Kind::Multiprog => self.missing_component_pins().is_none(),
         };
         maps && link
+    }
+
+    /// A shared guard whose link runs it in the dispatcher attached now, but whose pins there
+    /// (`progN-link`, `progN-prog` at the slot it joined) are gone or are not its own: the
+    /// dispatcher's directory. None otherwise, and when the kernel cannot be asked.
+    fn missing_component_pins(&self) -> Option<std::path::PathBuf> {
+        let (prog, target) = self.link_info()?;
+        let idx = self.view.meta().ok()?.ifindex;
+        if netlink::query(idx).ok()??.prog_id != target {
+            // Rebuilt since (by libxdp, carrying portguard over, or without it): its pins are
+            // the protocol's business there, and `health` says whether it runs.
+            return None;
+        }
+        let dir = multiprog::pin_dir(idx, target);
+        let link = sys::obj_get(&dir.join(format!("prog{}-link", self.slot)))
+            .and_then(|fd| sys::extension_link_info(fd.as_fd()));
+        let program = sys::obj_get(&dir.join(format!("prog{}-prog", self.slot)))
+            .and_then(|fd| sys::prog_info(fd.as_fd()));
+        let ok = link.is_ok_and(|l| l == (prog, target)) && program.is_ok_and(|p| p.id == prog);
+        (!ok).then_some(dir)
     }
 
     /// What the kernel says about this guard now, from this process's own descriptors.
     pub fn health(&self) -> Health {
         match self.view.meta() {
-            Ok(meta) => health::check(&meta, self.view.iface(), self.link_info(), self.pinned()),
+            Ok(meta) => match self.kind {
+                Kind::Exclusive => {
+                    health::check(&meta, self.view.iface(), self.link_info(), self.pinned())
+                }
+                Kind::Multiprog => health::check_component(
+                    &meta,
+                    self.view.iface(),
+                    Ours::Program(self.prog_id),
+                    self.link_info(),
+                ),
+            },
             Err(e) => Health::NotGuarded(Reason::Unknown(format!("{e:#}"))),
+        }
+    }
+
+    /// `health`, read again under libxdp's lock when a shared guard seems to be out of the
+    /// dispatcher: a libxdp user may be rebuilding it right then (it pins the new dispatcher,
+    /// swaps it in, then unpins the old one, each step under that lock), and a read between two
+    /// steps must not make this owner join again a dispatcher it is already in.
+    fn settled_health(&self) -> Health {
+        let h = self.health();
+        if !matches!(h, Health::NotGuarded(Reason::NotInDispatcher { .. })) {
+            return h;
+        }
+        match multiprog::Lock::acquire() {
+            Ok(_xdp) => self.health(),
+            Err(_) => h,
+        }
+    }
+
+    /// A shared guard carried into a rebuilt dispatcher (by libxdp, when another program
+    /// joined or left): this process's descriptor follows it to its new link, letting go of
+    /// the old dispatcher.
+    fn follow_dispatcher(&mut self, h: &Health) {
+        let Health::Guarded { shared: Some(s), pinned: true, .. } = h else { return };
+        if self.kind != Kind::Multiprog || (s.dispatcher, s.slot) == (self.dispatcher, self.slot) {
+            return;
+        }
+        let Ok(idx) = self.view.meta().map(|m| m.ifindex) else { return };
+        let path = multiprog::pin_dir(idx, s.dispatcher).join(format!("prog{}-link", s.slot));
+        if let Ok(fd) = sys::obj_get(&path)
+            && sys::extension_link_info(fd.as_fd()).is_ok_and(|l| l == (self.prog_id, s.dispatcher))
+        {
+            self.link = Some(fd);
+            (self.dispatcher, self.slot) = (s.dispatcher, s.slot);
         }
     }
 
@@ -331,7 +582,9 @@ impl Owner {
                 Err(e) => return self.after_repin_failed(e),
             }
         }
-        match self.health() {
+        let health = self.settled_health();
+        self.follow_dispatcher(&health);
+        match health {
             Health::Guarded { mode, .. } => {
                 self.attached = mode;
                 match repinned {
@@ -358,6 +611,7 @@ impl Owner {
                 why @ (Reason::Replaced { .. }
                 | Reason::LinkDetached
                 | Reason::NoProgram
+                | Reason::NotInDispatcher { .. }
                 | Reason::NoLink),
             ) => match ifindex(self.view.iface()) {
                 Ok(idx) => self.reattach(idx, why),
@@ -403,6 +657,9 @@ impl Owner {
         }
         pins::secure_dir(&dir)?;
         let mut n = self.view.maps.pin_missing(&dir)?;
+        if self.kind == Kind::Multiprog {
+            return Ok(Some(n + self.repin_component()?));
+        }
         if let Some(link) = &self.link
             && self.view.pinned_link() != self.link_info()
         {
@@ -412,6 +669,32 @@ impl Owner {
             n += 1;
         }
         Ok(Some(n))
+    }
+
+    /// Puts back a shared guard's pins in the dispatcher's directory (under libxdp's lock),
+    /// from its descriptors, where they are missing: libxdp reads them to carry portguard over
+    /// when it rebuilds the dispatcher. A name taken by something else is left alone.
+    fn repin_component(&mut self) -> Result<usize> {
+        let _xdp = multiprog::Lock::acquire()?;
+        let Some(dir) = self.missing_component_pins() else { return Ok(0) };
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        let mut n = 0;
+        let link_pin = dir.join(format!("prog{}-link", self.slot));
+        if let Some(link) = &self.link
+            && !link_pin.exists()
+        {
+            sys::obj_pin(link.as_fd(), &link_pin)
+                .with_context(|| format!("pinning {}", link_pin.display()))?;
+            n += 1;
+        }
+        let prog_pin = dir.join(format!("prog{}-prog", self.slot));
+        if !prog_pin.exists() {
+            let fd = self.program.extension()?.fd()?.as_fd().try_clone_to_owned()?;
+            sys::obj_pin(fd.as_fd(), &prog_pin)
+                .with_context(|| format!("pinning {}", prog_pin.display()))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Attaches the program to interface `idx` (a new link, pinned in place of the old one),
@@ -443,6 +726,34 @@ impl Owner {
             return Ok(false);
         }
         let iface = self.view.iface().to_string();
+        if self.kind == Kind::Multiprog {
+            let ours = Ours::Map(self.view.maps.config_id()?);
+            let was = meta.ifindex;
+            let j = component::join(
+                self.program.extension()?,
+                &iface,
+                idx,
+                ours,
+                self.priority,
+                self.mode,
+            )?;
+            if was != idx {
+                // The device it was on, renamed (the guard moves with the name), or gone (a
+                // stale directory of its dispatcher).
+                if let Err(e) = component::leave(was, Ours::Program(self.prog_id)) {
+                    log::warn!("{iface}: could not leave ifindex {was}'s dispatcher: {e:#}");
+                }
+            } else if self.dispatcher != j.dispatcher {
+                // The dispatcher it was in was detached by hand: its directory is stale.
+                let _ = multiprog::clean_stale(idx, self.dispatcher);
+            }
+            self.link = Some(j.link);
+            (self.dispatcher, self.slot, self.attached) = (j.dispatcher, j.slot, j.mode);
+            meta.ifindex = idx;
+            meta.xdp_mode = j.mode.meta();
+            self.view.maps.set_meta(&meta)?;
+            return Ok(true);
+        }
         refuse_foreign(&iface, idx)?;
         let (id, attached) = attach_to(self.program.xdp()?, &iface, idx, self.mode)?;
         let link = FdLink::try_from(self.program.xdp()?.take_link(id)?)
@@ -487,7 +798,16 @@ impl Owner {
         }
         let dir = self.view.dir().to_path_buf();
         let _changing = dir.parent().map(pins::lock).transpose()?;
-        if let Some(link) = self.link.take() {
+        if self.kind == Kind::Multiprog {
+            let idx = self.view.meta()?.ifindex;
+            component::leave(idx, Ours::Program(self.prog_id)).map_err(|e| {
+                anyhow!(
+                    "could not leave {iface}'s libxdp dispatcher ({e:#}): it stays guarded; \
+                     `portguard detach --iface {iface}` removes it"
+                )
+            })?;
+            self.link = None;
+        } else if let Some(link) = self.link.take() {
             sys::link_detach(link.as_fd()).context("detaching the XDP link")?;
         }
         pins::remove_guard(&dir)
@@ -506,9 +826,15 @@ impl Owner {
         table::forget(&mut self.view.maps, sources, capacity)
     }
 
-    /// The attached program itself, e.g. to fill its table through BPF_PROG_TEST_RUN in tests.
+    /// The attached program itself, e.g. to fill its table through BPF_PROG_TEST_RUN in tests
+    /// (an exclusive guard's only: a component is an extension, which cannot be test-run).
     pub fn program(&mut self) -> Result<&mut aya::programs::Xdp> {
         self.program.xdp()
+    }
+
+    /// The loaded program's id (what the kernel runs, alone or in the dispatcher).
+    pub fn program_id(&self) -> u32 {
+        self.prog_id
     }
 
     /// Passes what the program logged since the last call to the `log` crate.
@@ -542,6 +868,17 @@ pub fn detach_pinned(pins: &Pins, iface: &str) -> Result<()> {
         meta.detach_by = std::process::id();
         let mut maps = view.maps;
         maps.set_meta(&meta)?;
+        if Kind::from_meta(meta.attach) == Kind::Multiprog {
+            // Out of the dispatcher first, the other programs staying; the pins only after, so
+            // that a failure leaves a guard that the next `detach` (or `run`) finishes.
+            let ours = Ours::Map(maps.config_id()?);
+            component::leave(meta.ifindex, ours).map_err(|e| {
+                anyhow!(
+                    "{iface}: could not leave libxdp's dispatcher ({e:#}); the detach is recorded \
+                     and the next `portguard detach` or `run` finishes it"
+                )
+            })?;
+        }
     }
     if let Ok(fd) = sys::obj_get(&dir.join(LINK)) {
         // A defunct link (its interface gone) has nothing left to detach.

@@ -9,11 +9,12 @@ use std::{
 use anyhow::{Result, bail};
 use portguard_common::{ALLOWLIST_CAPACITY, LAYOUT_VERSION, Meta, Totals, map_names};
 
-use super::{Attached, health};
+use super::{Attached, Kind, health};
 use crate::{
     counters::Source,
     error::GuardError,
     maps::Maps,
+    multiprog::Ours,
     pins::{self, LINK, Pins},
     settings::Settings,
     sys, wire,
@@ -195,13 +196,25 @@ impl View {
     /// What the kernel says about this guard now, from its pins. Runs in the guard's network
     /// namespace.
     pub fn health(&self) -> health::Health {
-        match self.maps.meta() {
-            Ok(meta) => {
+        let meta = match self.maps.meta() {
+            Ok(m) => m,
+            Err(e) => return health::Health::NotGuarded(health::Reason::Unknown(format!("{e:#}"))),
+        };
+        match Kind::from_meta(meta.attach) {
+            Kind::Exclusive => {
                 let link = self.pinned_link();
                 health::check(&meta, &self.iface, link, link.is_some())
             }
-            Err(e) => health::Health::NotGuarded(health::Reason::Unknown(format!("{e:#}"))),
+            Kind::Multiprog => match self.maps.config_id() {
+                Ok(id) => health::check_component(&meta, &self.iface, Ours::Map(id), None),
+                Err(e) => health::Health::NotGuarded(health::Reason::Unknown(format!("{e:#}"))),
+            },
         }
+    }
+
+    /// How the guard holds its interface's hook, as recorded when it was attached.
+    pub fn kind(&self) -> Kind {
+        self.maps.meta().map_or(Kind::Exclusive, |m| Kind::from_meta(m.attach))
     }
 
     /// Whether this guard's pinned state is still there (`portguard detach` removes it).

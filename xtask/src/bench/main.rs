@@ -10,6 +10,8 @@
 //! - `userspace`: `portguard stats`/`status` on a full table, and the daemon's CPU and memory.
 //! - `veth`: end to end, trafgen through a veth pair into portguard, nftables and iptables.
 //! - `report`: the Markdown; `plot`: the PNG.
+//! - `dispatcher`: what sharing the hook through libxdp's dispatcher costs (`--dispatcher`,
+//!   alone: writes bench/dispatcher.md).
 
 // The shared helpers of xtask (this binary is built only for `cargo xtask bench`, with the
 // `bench` feature, so that plain `cargo xtask` never builds portguard: on a fresh machine it
@@ -22,6 +24,7 @@ mod bpf;
 mod cases;
 mod contended;
 mod cost;
+mod dispatcher;
 mod flood;
 mod memory;
 mod peers;
@@ -80,6 +83,11 @@ pub struct Args {
     /// bench/cost.png beside it).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure only what sharing the interface through libxdp's dispatcher costs, and write
+    /// that fragment (default bench/dispatcher.md; --out overrides); BENCHMARKS.md is left
+    /// alone.
+    #[arg(long)]
+    dispatcher: bool,
 }
 
 pub const PG_DROP: &str = "portguard drop";
@@ -152,6 +160,10 @@ pub fn run(args: Args) -> Result<()> {
             "--repeat, --rounds, --flood-rounds, --daemon-seconds, --veth-seconds and \
              --veth-rounds must be at least 1"
         );
+    }
+    if args.dispatcher {
+        let out = args.out.clone().unwrap_or_else(|| root().join("bench/dispatcher.md"));
+        return dispatcher::run(args.repeat, args.rounds, &out);
     }
     let started = Instant::now();
     let machine = report::Machine::probe();

@@ -15,6 +15,7 @@ mod bench;
 mod initramfs;
 mod kernel;
 mod lab;
+mod multiprog;
 mod qemu;
 mod queues;
 mod report;
@@ -80,6 +81,10 @@ pub enum Scenario {
     Bench,
     /// The aarch64 binary's non-BPF verbs under qemu-aarch64-static (no guest).
     User,
+    /// portguard beside xdp-filter in libxdp's multi-program dispatcher: tests/multiprog.rs
+    /// run for real in the guest, whose kernel runs the freplace programs that the host's may
+    /// refuse (x86_64; the test binary runs from the host's root, mounted read-only over 9p).
+    Multiprog,
 }
 
 #[derive(clap::Args)]
@@ -106,7 +111,7 @@ pub struct Args {
     #[arg(long)]
     refresh: bool,
     /// Run the matrix `cargo xtask test` runs (basic on 6.1 and 6.12, x86_64 and aarch64,
-    /// and the user scenario).
+    /// multiprog on 6.1, and the user scenario).
     #[arg(long, conflicts_with_all = ["kernels", "cpus", "queues", "arch", "scenario"])]
     ci: bool,
 }
@@ -181,6 +186,7 @@ fn run_checked(args: Args) -> Result<()> {
                 Scenario::Basic => scenario::basic(&run),
                 Scenario::Queues => queues::run(&run),
                 Scenario::Bench => bench::run(&run).map(|row| bench_rows.push(row)),
+                Scenario::Multiprog => multiprog::run(&run),
                 Scenario::User => unreachable!(),
             };
             eprintln!("vmlab: [{}] {:.0} s", run.label(), t.elapsed().as_secs_f64());
@@ -206,6 +212,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Queues => "queues",
         Scenario::Bench => "bench",
         Scenario::User => "user",
+        Scenario::Multiprog => "multiprog",
     }
 }
 
@@ -217,6 +224,12 @@ fn validate(args: &Args) -> Result<()> {
     if args.arch == Arch::Aarch64 && matches!(args.scenario, Scenario::Queues | Scenario::Bench) {
         bail!(
             "--scenario queues and bench run on x86_64 guests only (aarch64 runs basic and user)"
+        );
+    }
+    if args.arch != Arch::host() && args.scenario == Scenario::Multiprog {
+        bail!(
+            "--scenario multiprog runs on {} guests only (the guest runs the host's test binary)",
+            Arch::host().name()
         );
     }
     if args.arch == Arch::Aarch64 && args.cpus.iter().any(|&c| c > 8) {
@@ -247,6 +260,10 @@ fn prepare(arch: Arch, series: &str, scenario: Scenario, refresh: bool) -> Resul
     let mut tools = vec!["/usr/sbin/ip", "/usr/sbin/ethtool"];
     if scenario == Scenario::Bench || scenario == Scenario::Queues {
         tools.push("/usr/sbin/bpftool");
+    }
+    if scenario == Scenario::Multiprog {
+        // The host's root over 9p, and the lab's veth pairs of the tests.
+        wanted.extend(["9pnet_virtio", "9p", "veth"]);
     }
     if scenario == Scenario::Bench {
         // libcrc32c (an nf_tables dependency) needs a crc32c implementation: a soft
@@ -312,12 +329,15 @@ fn busybox(arch: Arch) -> Result<PathBuf> {
 }
 
 /// The kernel matrix `cargo xtask test` runs after the cargo tests: the basic scenario on 6.1
-/// and 6.12 at 2 vCPUs on x86_64 and aarch64 guests, and the aarch64 binary under qemu-user.
+/// and 6.12 at 2 vCPUs on x86_64 and aarch64 guests, the sharing tests (tests/multiprog.rs) on
+/// 6.1 x86_64, and the aarch64 binary under qemu-user.
 pub fn ci() -> Result<()> {
     let start = Instant::now();
     let mut failed = Vec::new();
-    let runs: [(&str, Arch, Scenario); 5] = [
+    let runs: [(&str, Arch, Scenario); 6] = [
         ("6.1", Arch::X86_64, Scenario::Basic),
+        // The sharing tests, which the host's kernel may skip (it may refuse freplace).
+        ("6.1", Arch::X86_64, Scenario::Multiprog),
         ("6.12", Arch::X86_64, Scenario::Basic),
         ("6.1", Arch::Aarch64, Scenario::Basic),
         ("6.12", Arch::Aarch64, Scenario::Basic),

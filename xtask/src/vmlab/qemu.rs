@@ -30,12 +30,16 @@ pub struct Spec<'a> {
     pub initrd: &'a Path,
     /// Where the serial transcript and QEMU's stderr go.
     pub dir: &'a Path,
+    /// Share the host's root with the guest, read-only over 9p (tag `host`): for running a
+    /// host-built test binary, with the host's tools, in the guest's kernel.
+    pub host_root: bool,
 }
 
 impl Spec<'_> {
     /// Room for per-CPU maps (about 3 MiB per CPU with the default table) and RX rings.
     pub fn mem_mb(&self) -> u32 {
-        384 + 16 * self.cpus
+        // A test binary from the host runs daemons, xdp-filter and a page cache of its files.
+        if self.host_root { 2048 } else { 384 + 16 * self.cpus }
     }
 
     pub fn boot_timeout(&self) -> Duration {
@@ -68,6 +72,12 @@ impl Spec<'_> {
                     mac_str(&GUEST_MAC)
                 ),
             ]);
+        if self.host_root {
+            c.args([
+                "-virtfs",
+                "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+            ]);
+        }
         c
     }
 }

@@ -45,6 +45,7 @@ impl Guest {
             kernel: &run.kernel.image()?,
             initrd: run.initrd,
             dir: &run.dir,
+            host_root: false,
         };
         // An emulated guest can crash while booting (multi-threaded TCG and the kernel
         // patching its own text on other vCPUs: an int3 Oops, seen once in dozens of boots).
@@ -208,7 +209,7 @@ impl Guest {
 }
 
 /// Whether the guest's transcript shows a kernel crash (the runner never started).
-fn crashed_booting(dir: &std::path::Path) -> bool {
+pub fn crashed_booting(dir: &std::path::Path) -> bool {
     let t = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
     !t.contains("PGVM hello") && (t.contains("Oops") || t.contains("Kernel panic"))
 }
