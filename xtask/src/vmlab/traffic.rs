@@ -46,12 +46,25 @@ pub fn guest_addr(v6: bool) -> IpAddr {
     if v6 { IpAddr::from_str(GUEST_V6).unwrap() } else { IpAddr::from_str(GUEST_V4).unwrap() }
 }
 
-/// Lab source addresses by number: 198.18.77.<n> and 2001:db8:77::<n in hex>.
+/// Lab source addresses by number: 198.18.77.<n> and 2001:db8:77:<n in hex>::1. Each IPv6
+/// source has a /64 of its own, because portguard counts IPv6 sources per /64 by default.
 pub fn source(v6: bool, n: u8) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, u16::from(n)))
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, u16::from(n), 0, 0, 0, 1))
     } else {
         IpAddr::V4(Ipv4Addr::new(198, 18, 77, n))
+    }
+}
+
+/// The address `stats --json` shows for a lab source with the default prefixes: the IPv4
+/// address itself, the IPv6 source's /64.
+pub fn row(src: IpAddr) -> String {
+    match src {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
     }
 }
 
@@ -329,5 +342,12 @@ mod tests {
         let mut acc = sum16(&f[26..34], 0) + 17 + l4.len() as u32;
         acc = sum16(l4, acc);
         assert_eq!(fold(acc), 0);
+    }
+
+    #[test]
+    fn rows_follow_the_default_prefixes() {
+        assert_eq!(row(source(false, 11)), "198.18.77.11");
+        assert_eq!(row(source(true, 0x11)), "2001:db8:77:11::/64");
+        assert_ne!(row(source(true, 0x11)), row(source(true, 0x12)));
     }
 }
