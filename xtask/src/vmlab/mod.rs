@@ -30,42 +30,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Arch {
-    #[value(name = "x86_64")]
-    X86_64,
-    #[value(name = "aarch64")]
-    Aarch64,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        }
-    }
-    /// Debian's architecture name.
-    pub fn deb(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "amd64",
-            Arch::Aarch64 => "arm64",
-        }
-    }
-    /// The kernel flavour: linux-image-<flavour>.
-    pub fn flavour(self) -> &'static str {
-        self.deb()
-    }
-    pub fn rust_target(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64-unknown-linux-musl",
-            Arch::Aarch64 => "aarch64-unknown-linux-musl",
-        }
-    }
-    pub fn host() -> Arch {
-        if cfg!(target_arch = "aarch64") { Arch::Aarch64 } else { Arch::X86_64 }
-    }
-}
+pub use crate::cross::Arch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -237,7 +202,7 @@ struct Guests {
 }
 
 fn prepare(arch: Arch, series: &str, scenario: Scenario, refresh: bool) -> Result<Guests> {
-    let portguard = artifacts::portguard(arch)?;
+    let portguard = crate::cross::portguard(arch)?;
     let agent = artifacts::agent(arch)?;
     let kernel = kernel::fetch(series, arch, refresh)?;
     eprintln!("vmlab: kernel {} ({} {})", kernel.release, kernel.package, kernel.version);
