@@ -11,6 +11,7 @@ mod oracle;
 mod setup;
 mod test;
 mod util;
+mod vm_section;
 mod vmlab;
 
 use clap::{Parser, Subcommand};
