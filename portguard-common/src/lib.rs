@@ -9,8 +9,9 @@
 //! - ports are host byte order everywhere (the port table is indexed by the port number);
 //! - every counter and timestamp is a host-order integer.
 //!
-//! Timestamps are `bpf_ktime_get_coarse_ns()`: CLOCK_MONOTONIC at jiffy resolution. Userspace
-//! converts them with `clock_gettime(CLOCK_MONOTONIC)`.
+//! Timestamps are CLOCK_MONOTONIC: `bpf_ktime_get_coarse_ns()` (jiffy resolution), or
+//! `bpf_ktime_get_ns()` on kernels without it (see `COARSE_CLOCK_GLOBAL`). Userspace converts
+//! them with `clock_gettime(CLOCK_MONOTONIC)`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 use core::mem::size_of;
@@ -37,6 +38,11 @@ pub mod map_names {
 
 /// The XDP program's name in the object file.
 pub const PROGRAM_NAME: &str = "portguard";
+
+/// The program's read-only global (u8) choosing its clock, set at load time: 1 for
+/// `bpf_ktime_get_coarse_ns()` (Linux 5.11+), 0 for `bpf_ktime_get_ns()` (older kernels,
+/// whose verifier refuses helper 160 anywhere in a program).
+pub const COARSE_CLOCK_GLOBAL: &str = "COARSE_CLOCK";
 
 /// Entries in PORTS: one per possible port, indexed by the port number (host order).
 pub const PORT_TABLE_ENTRIES: u32 = 65_536;
@@ -300,14 +306,15 @@ impl SourceKey {
 ///
 /// Times are jiffies (`bpf_jiffies64()`, which the verifier inlines into one load: the known-
 /// source path reads no clock helper at all), except `admitted_ns`, which the CPU that admitted
-/// the source stamps with `bpf_ktime_get_coarse_ns()` along with `first_jiffies`: that pair
+/// the source stamps with CLOCK_MONOTONIC (see `COARSE_CLOCK_GLOBAL`) along with `first_jiffies`: that pair
 /// lets userspace turn jiffies into CLOCK_MONOTONIC (portguard's `counters::JiffyClock`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceSlot {
     pub packets: u64,
     pub bytes: u64,
-    /// CLOCK_MONOTONIC (coarse) at admission, on the admitting CPU only; 0 elsewhere.
+    /// CLOCK_MONOTONIC (coarse where the kernel has it) at admission, on the admitting CPU
+    /// only; 0 elsewhere.
     pub admitted_ns: u64,
     /// Jiffies of this CPU's first and latest packet from the source.
     pub first_jiffies: u64,

@@ -10,6 +10,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod clock;
 mod maps;
 mod parse;
 mod sources;

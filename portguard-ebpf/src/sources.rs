@@ -4,17 +4,16 @@
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
-use aya_ebpf::{
-    EbpfContext,
-    bindings::BPF_NOEXIST,
-    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-};
+use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::generated::bpf_jiffies64};
 use portguard_common::{
     ADMISSION_SLICE_SHIFT, Admission, Config, SKETCH_BITS_PER_SOURCE, SKETCH_BLOCKS,
     SKETCH_ROTATE_AT, SourceKey, SourceSlot, Totals,
 };
 
-use crate::maps::{ADMISSION, SKETCH, SOURCES};
+use crate::{
+    clock,
+    maps::{ADMISSION, SKETCH, SOURCES},
+};
 
 /// One matched (or unjudged) packet, as the per-source table records it.
 pub struct Hit {
@@ -42,8 +41,7 @@ pub fn record<C: EbpfContext>(
         return;
     }
     // An unknown source: the rarer path can afford the real clock.
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now_ns();
     let Some(a) = ADMISSION.get_ptr_mut(0) else {
         untracked(hit, totals);
         return;

@@ -1,6 +1,7 @@
 //! Developer and CI tasks, one module per subcommand: `cargo xtask <task>`.
 
 mod audit;
+mod cross;
 mod deb;
 mod demo;
 mod fuzz;
@@ -10,6 +11,7 @@ mod oracle;
 mod setup;
 mod test;
 mod util;
+mod vm_section;
 mod vmlab;
 
 use clap::{Parser, Subcommand};
@@ -34,8 +36,8 @@ enum Task {
     Lint,
     /// Install the binary, systemd unit, default config, man page and completions.
     Install(install::Args),
-    /// Build a Debian package (cargo-deb; installed on first use).
-    Deb,
+    /// Build a Debian package, amd64 or arm64 (cargo-deb; installed on first use).
+    Deb(deb::Args),
     /// Dependency audit with cargo-deny (installed on first use): licenses, bans, sources, and
     /// advisories when a RustSec database is on disk.
     Audit,
@@ -73,7 +75,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(a) => test::run(a),
         Task::Lint => lint::run(),
         Task::Install(a) => install::run(a),
-        Task::Deb => deb::run(),
+        Task::Deb(args) => deb::run(args),
         Task::Audit => audit::run(),
         Task::Bench { args } => bench(&args),
         Task::Fuzz(a) => fuzz::run(a),

@@ -7,7 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Extension, ProgramError, Xdp},
 };
-use portguard_common::{DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names};
+use portguard_common::{
+    COARSE_CLOCK_GLOBAL, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names,
+};
 
 use crate::{counters::Source, maps::Maps, settings::Settings, wire};
 
@@ -30,8 +32,10 @@ impl Program {
         if capacity == 0 {
             bail!("the source table needs at least 1 entry");
         }
+        let coarse_clock = u8::from(super::probe::coarse_clock());
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map_names::SOURCES, capacity);
+        loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         if let Some(dir) = dir {
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));

@@ -17,6 +17,7 @@ mod attach;
 pub mod health;
 mod loaded;
 mod owner;
+mod probe;
 pub mod view;
 
 use std::ffi::CString;

@@ -1,37 +1,17 @@
-//! What the guests run, built for their architecture: portguard as a static musl binary (the
-//! XDP object inside it is the same BPF bytecode on every architecture; portguard/build.rs
-//! embeds it) and the runner (agent.rs, std only, built with rustc alone).
+//! What the guests run, built for their architecture: portguard as a static musl binary
+//! (crate::cross, the build the Debian packages ship) and the runner (agent.rs, std only,
+//! built with rustc alone).
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::Arch;
-use crate::util::{cargo, root, sh};
-
-/// The cross linker for aarch64 (Debian's gcc-aarch64-linux-gnu); musl's start files and libc
-/// come with Rust's target (self-contained linking).
-const AARCH64_LINKER: &str = "aarch64-linux-gnu-gcc";
+use crate::util::{root, sh};
 
 /// Where the lab keeps what it builds and writes.
 pub fn lab_dir() -> PathBuf {
     root().join("target/vmlab")
-}
-
-/// Builds the static portguard for `arch` (cargo skips the work when nothing changed).
-pub fn portguard(arch: Arch) -> Result<PathBuf> {
-    let target = arch.rust_target();
-    let mut c = cargo();
-    c.args(["build", "--release", "--quiet", "--package", "portguard", "--target", target]);
-    if arch == Arch::Aarch64 {
-        c.env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", AARCH64_LINKER);
-    }
-    sh(&mut c)?;
-    let bin = root().join(format!("target/{target}/release/portguard"));
-    if !bin.exists() {
-        bail!("the build left no {}", bin.display());
-    }
-    Ok(bin)
 }
 
 /// Builds the guest runner for `arch` with rustc (a single std-only file), unless the binary
@@ -52,8 +32,8 @@ pub fn agent(arch: Arch) -> Result<PathBuf> {
         .args(["pgvm_agent", "--target", arch.rust_target(), "-o"])
         .arg(&out)
         .arg(&src);
-    if arch == Arch::Aarch64 {
-        c.arg("-C").arg(format!("linker={AARCH64_LINKER}"));
+    if let Some(linker) = arch.linker() {
+        c.arg("-C").arg(format!("linker={linker}"));
     }
     sh(&mut c).context("building the guest runner")?;
     Ok(out)

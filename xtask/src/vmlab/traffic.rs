@@ -342,4 +342,11 @@ mod tests {
         acc = sum16(l4, acc);
         assert_eq!(fold(acc), 0);
     }
+
+    #[test]
+    fn rows_follow_the_default_prefixes() {
+        assert_eq!(row(source(false, 11)), "198.18.77.11");
+        assert_eq!(row(source(true, 0x11)), "2001:db8:77:11::/64");
+        assert_ne!(row(source(true, 0x11)), row(source(true, 0x12)));
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     net::{TcpListener, UdpSocket},
-    process::{Command, Output},
+    process::Output,
     time::Instant,
 };
 
@@ -16,15 +16,13 @@ use anyhow::{Context as _, Result};
 
 use super::{Arch, artifacts, report::Checks};
 
-const EMULATOR: &str = "qemu-aarch64-static";
-
 fn portguard(bin: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
-    let mut c = Command::new(EMULATOR);
-    c.arg(bin).args(args);
+    let mut c = Arch::Aarch64.command(bin);
+    c.args(args);
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().with_context(|| format!("running {EMULATOR} portguard {}", args.join(" ")))
+    c.output().with_context(|| format!("running the aarch64 portguard {}", args.join(" ")))
 }
 
 fn text(b: &[u8]) -> String {
@@ -33,7 +31,7 @@ fn text(b: &[u8]) -> String {
 
 pub fn run() -> Result<()> {
     let start = Instant::now();
-    let bin = artifacts::portguard(Arch::Aarch64)?;
+    let bin = crate::cross::portguard(Arch::Aarch64)?;
     let mut c = Checks::new("user aarch64 qemu-aarch64-static");
     let elf = std::fs::read(&bin)?;
     // e_machine 183: EM_AARCH64.
