@@ -50,7 +50,9 @@ pub fn run(args: Args) -> Result<()> {
     // The kernel matrix in QEMU guests, after the rest (it prints its own wall time).
     let vm = args.rest.is_empty() && !args.no_vm;
     let vok = !vm || crate::vmlab::ci().inspect_err(|e| eprintln!("xtask: {e:#}")).is_ok();
-    if !ok || !fok || !vok {
+    // The packages for both architectures (the static builds the lab just booted).
+    let dok = !vm || crate::deb::check().inspect_err(|e| eprintln!("xtask: deb: {e:#}")).is_ok();
+    if !ok || !fok || !vok || !dok {
         bail!("cargo test failed");
     }
     Ok(())
