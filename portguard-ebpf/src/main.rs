@@ -2,11 +2,17 @@
 //! and counts who sends them.
 //!
 //! Per packet: parse (parse.rs) → judge against CONFIG, PORTS and the allowlist → record the
-//! source (sources.rs) → one exit that counts in TOTALS. Maps are in maps.rs, their layouts in
-//! portguard-common. Nothing here can return XDP_ABORTED: every failure passes the packet.
+//! source (sources.rs) → one exit that counts in TOTALS. When a reader asked for them (CONFIG
+//! flags), a source's first packets are then copied out by a second program reached by a tail
+//! call (copy.rs): their features for fingerprints (features.rs) and the packets themselves
+//! for a capture (capture.rs). Maps are in maps.rs, their layouts in portguard-common.
+//! Nothing here can return XDP_ABORTED: every failure passes the packet.
 #![no_std]
 #![no_main]
 
+mod capture;
+mod copy;
+mod features;
 mod maps;
 mod parse;
 mod sources;
@@ -18,12 +24,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portguard_common::{
-    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CFG_UNJUDGED_DROP, Config, DIR_DST, DIR_SRC,
-    DIR_UNJUDGED, FragmentKey, Totals,
+    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CAPTURED_ALLOWED, CAPTURED_MATCHED,
+    CAPTURED_UNJUDGED, CFG_CAPTURE, CFG_CONSUMERS, CFG_FEATURES, CFG_UNJUDGED_DROP, Config,
+    DIR_DST, DIR_SRC, DIR_UNJUDGED, FragmentKey, Totals,
 };
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, CONFIG, FRAGMENTS, PORTS, TOTALS},
+    copy::{WANT_CAPTURE, WANT_FEATURES},
+    maps::{ALLOW_V4, ALLOW_V6, CONFIG, COPY, FRAGMENTS, PORTS, TOTALS},
     parse::{FirstFragment, Frame, Ip, Ports},
     sources::Hit,
 };
@@ -39,22 +47,30 @@ pub fn portguard(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return XDP_PASS;
     };
+    // Set when the packet is to be copied out (copy.rs): after it is counted, the second
+    // program takes over and returns the verdict.
+    let mut copy = false;
     let verdict = match parse::frame(&ctx) {
         Frame::Other => XDP_PASS,
         Frame::Malformed => {
             totals.malformed += 1;
             XDP_PASS
         }
-        Frame::Ports(p) => judge(&ctx, cfg, &p, totals),
+        Frame::Ports(p) => judge(&ctx, cfg, &p, totals, &mut copy),
         Frame::Fragment { ip, id, ip_proto } => follow(&ip.fragment_key(id, ip_proto), totals),
         Frame::Unjudged { ip, l4, fragment, ip_proto } => {
-            unjudged(&ctx, cfg, &ip, l4, fragment, ip_proto, totals)
+            unjudged(&ctx, cfg, &ip, l4, fragment, ip_proto, totals, &mut copy)
         }
         Frame::UnjudgedLink => unjudged_link(&ctx, cfg, totals),
     };
     if verdict == XDP_DROP {
         totals.dropped += 1;
         totals.dropped_bytes += frame_len(&ctx);
+    }
+    if copy {
+        // SAFETY: a tail call to the copy-out program, which returns the same verdict; if it
+        // fails (no program in COPY), execution goes on here.
+        unsafe { COPY.tail_call(&ctx, 0) };
     }
     verdict
 }
@@ -71,7 +87,7 @@ fn guarded(port: u16) -> bool {
 
 /// The verdict for a frame with readable ports.
 #[inline(always)]
-fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 {
+fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals, copy: &mut bool) -> u32 {
     if cfg.protocols & p.l4 == 0 {
         return XDP_PASS;
     }
@@ -93,8 +109,10 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
     let bytes = frame_len(ctx);
     totals.matched += 1;
     totals.matched_bytes += bytes;
+    let mut why = CAPTURED_MATCHED;
     let verdict = if cfg.allow != 0 && allowlisted(cfg.allow, &p.ip) {
         totals.allowed += 1;
+        why = CAPTURED_ALLOWED;
         XDP_PASS
     } else if cfg.action == ACTION_DROP {
         XDP_DROP
@@ -108,7 +126,20 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
         let _ = FRAGMENTS.insert(key, verdict, 0);
     }
     let hit = Hit { bytes, port, direction, l4: p.l4, syn: p.syn };
-    sources::record(ctx, &p.ip.source_key(cfg), &hit, cfg, totals);
+    let key = p.ip.source_key(cfg);
+    let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    if cfg.flags & CFG_CONSUMERS != 0 {
+        let mut want = 0;
+        if cfg.flags & CFG_FEATURES != 0 && features::wanted(cfg, p, seen) {
+            want |= WANT_FEATURES;
+        }
+        if cfg.flags & CFG_CAPTURE != 0 && capture::wanted(cfg, seen) {
+            want |= WANT_CAPTURE;
+        }
+        if want != 0 {
+            *copy = copy::request(&key, verdict, p.ip_off, p.l4_off, p.ip.v6, p.l4, want, why);
+        }
+    }
     verdict
 }
 
@@ -124,6 +155,7 @@ fn unjudged(
     fragment: FirstFragment,
     ip_proto: u8,
     totals: &mut Totals,
+    copy: &mut bool,
 ) -> u32 {
     if cfg.protocols & l4 == 0 {
         // A protocol that is not guarded: no guarded port is reachable through it.
@@ -145,7 +177,12 @@ fn unjudged(
         let _ = FRAGMENTS.insert(ip.fragment_key(fragment.id(), ip_proto), verdict, 0);
     }
     let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
-    sources::record(ctx, &ip.source_key(cfg), &hit, cfg, totals);
+    let key = ip.source_key(cfg);
+    let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    if cfg.flags & CFG_CAPTURE != 0 && capture::wanted(cfg, seen) {
+        // No transport header to read: only the packet's bytes are copied.
+        *copy = copy::request(&key, verdict, 0, 0, ip.v6, l4, WANT_CAPTURE, CAPTURED_UNJUDGED);
+    }
     verdict
 }
 

@@ -24,6 +24,24 @@ pub struct Hit {
     pub syn: bool,
 }
 
+/// What the source's slot says after this packet (on this CPU): how far into its first
+/// packets and SYNs the source is, for the fingerprint and capture paths. Zero when the packet
+/// got no slot (untracked).
+#[derive(Clone, Copy)]
+pub struct Seen {
+    pub packets: u64,
+    pub syns: u32,
+}
+
+impl Seen {
+    const UNTRACKED: Seen = Seen { packets: 0, syns: 0 };
+
+    #[inline(always)]
+    fn of(s: &SourceSlot) -> Seen {
+        Seen { packets: s.packets, syns: s.tcp_syns }
+    }
+}
+
 #[inline(always)]
 pub fn record<C: EbpfContext>(
     ctx: &C,
@@ -31,21 +49,22 @@ pub fn record<C: EbpfContext>(
     hit: &Hit,
     cfg: &Config,
     totals: &mut Totals,
-) {
+) -> Seen {
     // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
     // into a load: the known-source path pays for no helper call.
     let jiffies = unsafe { bpf_jiffies64() };
     if let Some(s) = SOURCES.get_ptr_mut(key) {
         // SAFETY: a per-CPU value: only this CPU writes it, and preemption is off in XDP.
-        update(unsafe { &mut *s }, hit, jiffies);
-        return;
+        let s = unsafe { &mut *s };
+        update(s, hit, jiffies);
+        return Seen::of(s);
     }
     // An unknown source: the rarer path can afford the real clock.
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(a) = ADMISSION.get_ptr_mut(0) else {
         untracked(hit, totals);
-        return;
+        return Seen::UNTRACKED;
     };
     // SAFETY: per-CPU, as above.
     let a = unsafe { &mut *a };
@@ -54,7 +73,7 @@ pub fn record<C: EbpfContext>(
         Admit::Evidence => true,
         Admit::No => {
             untracked(hit, totals);
-            return;
+            return Seen::UNTRACKED;
         }
     };
     let mut s = SourceSlot { admitted_ns: now, ..SourceSlot::default() };
@@ -63,15 +82,21 @@ pub fn record<C: EbpfContext>(
         Ok(()) => {
             totals.admitted += 1;
             totals.admitted_evidence += evidence as u64;
+            Seen::of(&s)
         }
         // Another CPU inserted it first: ours is a per-CPU slot in the same entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {
-            // SAFETY: as above.
-            Some(s) => update(unsafe { &mut *s }, hit, jiffies),
+            Some(s) => {
+                // SAFETY: as above.
+                let s = unsafe { &mut *s };
+                update(s, hit, jiffies);
+                Seen::of(s)
+            }
             None => {
                 // The table is full.
                 untracked(hit, totals);
                 log_full(ctx, a, now);
+                Seen::UNTRACKED
             }
         },
     }

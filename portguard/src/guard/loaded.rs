@@ -5,11 +5,19 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
     programs::{ProgramError, Xdp},
 };
-use portguard_common::{DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names};
+use portguard_common::{
+    COPY_MAP_NAME, COPY_PROGRAM_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names,
+};
 
-use crate::{counters::Source, maps::Maps, settings::Settings, wire};
+use crate::{
+    counters::Source,
+    maps::Maps,
+    settings::Settings,
+    wire::{self, Consumers},
+};
 
 /// The XDP object, built by build.rs from portguard-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
@@ -20,6 +28,9 @@ type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub(crate) struct Program {
     ebpf: Ebpf,
     logger: Option<Logger>,
+    /// The copy-out program's slot (portguard-ebpf/src/copy.rs), held for as long as the
+    /// program is: the kernel empties a program array nobody holds.
+    _copy: ProgramArray<MapData>,
 }
 
 impl Program {
@@ -38,11 +49,24 @@ impl Program {
         }
         let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
         xdp(&mut ebpf)?.load().map_err(verifier_error)?;
+        let copy: &mut Xdp = ebpf
+            .program_mut(COPY_PROGRAM_NAME)
+            .context("the object has no copy-out program")?
+            .try_into()
+            .context("the copy-out program is not an XDP program")?;
+        copy.load().map_err(verifier_error)?;
+        let copy_fd = copy.fd().context("the copy-out program's descriptor")?.try_clone()?;
+        let mut slot: ProgramArray<MapData> = ebpf
+            .take_map(COPY_MAP_NAME)
+            .context("the object has no COPY map")?
+            .try_into()
+            .context("COPY is not a program array")?;
+        slot.set(0, &copy_fd, 0).context("filling COPY")?;
         let maps = Maps::take(&mut ebpf)?;
         // The object always has a log ring today; without one, nothing is logged.
         let logger =
             aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok();
-        Ok((Program { ebpf, logger }, maps))
+        Ok((Program { ebpf, logger, _copy: slot }, maps))
     }
 
     pub(crate) fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -127,5 +151,17 @@ impl Loaded {
 
     pub fn flush_log(&mut self) {
         self.program.flush_log();
+    }
+
+    /// What the program is asked to copy out (CFG_FEATURES, CFG_CAPTURE_*), as a reader would.
+    pub fn set_consumers(&mut self, c: Consumers) -> Result<()> {
+        let mut config = self.maps.config()?;
+        c.apply(&mut config);
+        self.maps.set_config(config)
+    }
+
+    /// The maps, for what tests and benchmarks read beyond the counters (the ring buffers).
+    pub fn maps(&mut self) -> &mut Maps {
+        &mut self.maps
     }
 }

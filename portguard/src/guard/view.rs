@@ -11,12 +11,14 @@ use portguard_common::{ALLOWLIST_CAPACITY, LAYOUT_VERSION, Meta, Totals, map_nam
 
 use super::{Attached, health};
 use crate::{
-    counters::Source,
+    counters::{Source, SourceAddr},
     error::GuardError,
+    fingerprint::Label,
     maps::Maps,
     pins::{self, LINK, Pins},
     settings::Settings,
-    sys, wire,
+    sys,
+    wire::{self, Consumers},
 };
 
 pub struct View {
@@ -175,6 +177,29 @@ impl View {
 
     pub fn sources(&self) -> Result<Vec<Source>> {
         wire::read_sources(&self.maps)
+    }
+
+    /// The fingerprints the owner published, by source.
+    pub fn fingerprints(&self) -> Result<std::collections::HashMap<SourceAddr, Label>> {
+        wire::read_fingerprints(&self.maps)
+    }
+
+    /// What the readers of the ring buffers ask of the program now.
+    pub fn consumers(&self) -> Result<Consumers> {
+        Ok(Consumers::of(&self.maps.config()?))
+    }
+
+    /// Changes what this process, as a reader of the ring buffers, asks of the program
+    /// (CFG_FEATURES, CFG_CAPTURE_* and their numbers), under the namespace's lock so that no
+    /// change of the settings writes CONFIG in between. Not a change of the settings: nobody
+    /// is told, and META's generation stays.
+    pub fn set_consumers(&mut self, change: impl FnOnce(&mut Consumers)) -> Result<()> {
+        let _lock = pins::lock(self.ns_dir())?;
+        let mut c = self.maps.config()?;
+        let mut k = Consumers::of(&c);
+        change(&mut k);
+        k.apply(&mut c);
+        self.maps.set_config(c)
     }
 
     /// The pinned link's (program id, ifindex), when it is pinned.
