@@ -165,6 +165,14 @@ impl Maps {
         self.fingerprints.remove(key).is_ok()
     }
 
+    /// Another handle on the same maps (the kernel's objects, not copies).
+    pub fn duplicate(&self) -> Result<Maps> {
+        Maps::build(|name| {
+            let fd = self.raw(name)?.fd().as_fd().try_clone_to_owned()?;
+            Map::from_map_data(MapData::from_fd(fd)?).with_context(|| format!("map {name}"))
+        })
+    }
+
     fn raw(&self, name: &str) -> Result<&MapData> {
         self.all.iter().find(|(n, _)| *n == name).map(|(_, m)| m).context(name.to_string())
     }

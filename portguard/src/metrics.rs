@@ -38,6 +38,8 @@ pub struct IfaceMetrics {
     pub capacity: u32,
     /// The top sources by packets, already cut to N.
     pub top: Vec<Source>,
+    /// How many tracked sources carry each tool label (`report::tools`: bounded).
+    pub tools: Vec<(String, u64)>,
 }
 
 /// A socket on a guarded port on this host (see `portguard check`).
@@ -84,7 +86,11 @@ pub fn render(s: &Snapshot) -> String {
     let src_packets = Family::<Labels, Counter>::default();
     let src_bytes = Family::<Labels, Counter>::default();
     let src_syns = Family::<Labels, Counter>::default();
+    let by_tool = Family::<Labels, Gauge>::default();
     for i in &s.ifaces {
+        for (tool, n) in &i.tools {
+            by_tool.get_or_create(&labels(&[("iface", &i.iface), ("tool", tool)])).set(*n as i64);
+        }
         let t = &i.totals;
         let l = |kind: &str| labels(&[("iface", &i.iface), ("kind", kind)]);
         info.get_or_create(&labels(&[
@@ -145,6 +151,11 @@ pub fn render(s: &Snapshot) -> String {
         followed,
     );
     reg.register("sources_tracked", "Sources in the per-source table", tracked);
+    reg.register(
+        "sources",
+        "Tracked sources by what their packets say they are (tool=\"none\": not fingerprinted yet)",
+        by_tool,
+    );
     reg.register("source_capacity", "Capacity of the per-source table", capacity);
     reg.register("source_packets", "Packets from one of the top sources", src_packets);
     reg.register("source_bytes", "Bytes from one of the top sources", src_bytes);
@@ -361,6 +372,7 @@ mod tests {
                         ..SourceStats::default()
                     },
                 }],
+                tools: vec![("masscan".into(), 1)],
             }],
             sockets: Some(vec![LocalSocket {
                 port: 2745,
@@ -375,6 +387,7 @@ mod tests {
             "portguard_bytes_total{iface=\"eth1\",kind=\"dropped\"} 240",
             "portguard_source_packets_total{iface=\"eth1\",source=\"198.18.0.2\",direction=\"probing\"} 4",
             "portguard_sources_tracked{iface=\"eth1\"} 1",
+            "portguard_sources{iface=\"eth1\",tool=\"masscan\"} 1",
             "portguard_local_sockets{port=\"2745\",protocol=\"tcp\",state=\"listen\"} 1",
             // Nothing found is 0, not a missing series.
             "portguard_local_sockets{port=\"2745\",protocol=\"udp\"} 0",

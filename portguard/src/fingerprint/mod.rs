@@ -103,15 +103,21 @@ impl Fingerprinter {
     /// The shipped rules, the admin's extra rule files in order, and p0f's database when the
     /// given one (or Debian's) exists. Errors are one line, naming file and line.
     pub fn load(extra_rules: &[&Path], p0f_db: Option<&Path>) -> Result<Fingerprinter, String> {
+        let mut f = Fingerprinter::load_rules(extra_rules)?;
+        f.p0f = match p0f_db {
+            Some(p) => Some(P0fDb::load(p).map_err(|e| e.to_string())?),
+            None => P0fDb::load_default().transpose().map_err(|e| e.to_string())?,
+        };
+        Ok(f)
+    }
+
+    /// The shipped rules and the admin's extra rule files, without p0f.
+    pub fn load_rules(extra_rules: &[&Path]) -> Result<Fingerprinter, String> {
         let mut rules = RuleSet::builtin();
         for p in extra_rules {
             rules.extend(RuleSet::load(p).map_err(|e| e.to_string())?);
         }
-        let p0f = match p0f_db {
-            Some(p) => Some(P0fDb::load(p).map_err(|e| e.to_string())?),
-            None => P0fDb::load_default().transpose().map_err(|e| e.to_string())?,
-        };
-        Ok(Fingerprinter { rules, p0f })
+        Ok(Fingerprinter { rules, p0f: None })
     }
 
     /// Classifies one packet on its own.

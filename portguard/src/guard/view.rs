@@ -194,12 +194,14 @@ impl View {
     /// change of the settings writes CONFIG in between. Not a change of the settings: nobody
     /// is told, and META's generation stays.
     pub fn set_consumers(&mut self, change: impl FnOnce(&mut Consumers)) -> Result<()> {
-        let _lock = pins::lock(self.ns_dir())?;
-        let mut c = self.maps.config()?;
-        let mut k = Consumers::of(&c);
-        change(&mut k);
-        k.apply(&mut c);
-        self.maps.set_config(c)
+        let ns_dir = self.ns_dir().to_path_buf();
+        change_consumers(&mut self.maps, &ns_dir, change)
+    }
+
+    /// A second handle on the guard's maps, for a reader that outlives this view's borrow (a
+    /// capture).
+    pub fn maps_again(&self) -> Result<Maps> {
+        self.maps.duplicate()
     }
 
     /// The pinned link's (program id, ifindex), when it is pinned.
@@ -238,6 +240,21 @@ impl View {
     pub fn owned(&self) -> bool {
         pins::owned(&self.dir)
     }
+}
+
+/// Changes what a reader asks of the program in CONFIG (see `View::set_consumers`), under the
+/// lock of the namespace directory `ns_dir`.
+pub fn change_consumers(
+    maps: &mut Maps,
+    ns_dir: &Path,
+    change: impl FnOnce(&mut Consumers),
+) -> Result<()> {
+    let _lock = pins::lock(ns_dir)?;
+    let mut c = maps.config()?;
+    let mut k = Consumers::of(&c);
+    change(&mut k);
+    k.apply(&mut c);
+    maps.set_config(c)
 }
 
 /// The allowlist tries hold ALLOWLIST_CAPACITY prefixes per family: a change that would need
