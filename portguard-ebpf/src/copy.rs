@@ -116,7 +116,12 @@ pub fn portguard_copy(ctx: XdpContext) -> u32 {
 /// # Safety
 /// `dst` must point to `CAP` writable bytes.
 #[inline(always)]
-pub unsafe fn load<const CAP: usize>(ctx: &XdpContext, from: usize, dst: *mut u8, n: usize) -> usize {
+pub unsafe fn load<const CAP: usize>(
+    ctx: &XdpContext,
+    from: usize,
+    dst: *mut u8,
+    n: usize,
+) -> usize {
     if n == 0 {
         return 0;
     }

@@ -24,9 +24,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portguard_common::{
-    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CAPTURED_ALLOWED, CAPTURED_MATCHED,
-    CAPTURED_UNJUDGED, CFG_CAPTURE, CFG_CONSUMERS, CFG_FEATURES, CFG_UNJUDGED_DROP, Config,
-    DIR_DST, DIR_SRC, DIR_UNJUDGED, FragmentKey, Totals,
+    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CAPTURED_ALLOWED, CAPTURED_MATCHED, CAPTURED_UNJUDGED,
+    CFG_CAPTURE, CFG_CONSUMERS, CFG_FEATURES, CFG_UNJUDGED_DROP, Config, DIR_DST, DIR_SRC,
+    DIR_UNJUDGED, FragmentKey, Totals,
 };
 
 use crate::{
@@ -47,32 +47,46 @@ pub fn portguard(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return XDP_PASS;
     };
-    // Set when the packet is to be copied out (copy.rs): after it is counted, the second
-    // program takes over and returns the verdict.
-    let mut copy = false;
-    let verdict = match parse::frame(&ctx) {
-        Frame::Other => XDP_PASS,
+    let v = match parse::frame(&ctx) {
+        Frame::Other => Verdict::of(XDP_PASS),
         Frame::Malformed => {
             totals.malformed += 1;
-            XDP_PASS
+            Verdict::of(XDP_PASS)
         }
-        Frame::Ports(p) => judge(&ctx, cfg, &p, totals, &mut copy),
-        Frame::Fragment { ip, id, ip_proto } => follow(&ip.fragment_key(id, ip_proto), totals),
+        Frame::Ports(p) => judge(&ctx, cfg, &p, totals),
+        Frame::Fragment { ip, id, ip_proto } => {
+            Verdict::of(follow(&ip.fragment_key(id, ip_proto), totals))
+        }
         Frame::Unjudged { ip, l4, fragment, ip_proto } => {
-            unjudged(&ctx, cfg, &ip, l4, fragment, ip_proto, totals, &mut copy)
+            unjudged(&ctx, cfg, &ip, l4, fragment, ip_proto, totals)
         }
-        Frame::UnjudgedLink => unjudged_link(&ctx, cfg, totals),
+        Frame::UnjudgedLink => Verdict::of(unjudged_link(&ctx, cfg, totals)),
     };
-    if verdict == XDP_DROP {
+    if v.action == XDP_DROP {
         totals.dropped += 1;
         totals.dropped_bytes += frame_len(&ctx);
     }
-    if copy {
-        // SAFETY: a tail call to the copy-out program, which returns the same verdict; if it
+    if v.copy {
+        // SAFETY: a tail call to the copy-out program, which returns the same action; if it
         // fails (no program in COPY), execution goes on here.
         unsafe { COPY.tail_call(&ctx, 0) };
     }
-    verdict
+    v.action
+}
+
+/// An XDP action, and whether the packet is to be copied out (copy.rs) once it is counted:
+/// then the second program takes over and returns the same action.
+#[derive(Clone, Copy)]
+struct Verdict {
+    action: u32,
+    copy: bool,
+}
+
+impl Verdict {
+    #[inline(always)]
+    fn of(action: u32) -> Verdict {
+        Verdict { action, copy: false }
+    }
 }
 
 #[inline(always)]
@@ -87,9 +101,9 @@ fn guarded(port: u16) -> bool {
 
 /// The verdict for a frame with readable ports.
 #[inline(always)]
-fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals, copy: &mut bool) -> u32 {
+fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> Verdict {
     if cfg.protocols & p.l4 == 0 {
-        return XDP_PASS;
+        return Verdict::of(XDP_PASS);
     }
     let mut direction = 0;
     let mut port = 0;
@@ -104,7 +118,7 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals, copy: &
         direction |= DIR_SRC;
     }
     if direction == 0 {
-        return XDP_PASS;
+        return Verdict::of(XDP_PASS);
     }
     let bytes = frame_len(ctx);
     totals.matched += 1;
@@ -128,6 +142,7 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals, copy: &
     let hit = Hit { bytes, port, direction, l4: p.l4, syn: p.syn };
     let key = p.ip.source_key(cfg);
     let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    let mut copy = false;
     if cfg.flags & CFG_CONSUMERS != 0 {
         let mut want = 0;
         if cfg.flags & CFG_FEATURES != 0 && features::wanted(cfg, p, seen) {
@@ -137,10 +152,10 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals, copy: &
             want |= WANT_CAPTURE;
         }
         if want != 0 {
-            *copy = copy::request(&key, verdict, p.ip_off, p.l4_off, p.ip.v6, p.l4, want, why);
+            copy = copy::request(&key, verdict, p.ip_off, p.l4_off, p.ip.v6, p.l4, want, why);
         }
     }
-    verdict
+    Verdict { action: verdict, copy }
 }
 
 /// The verdict for a frame that could reach a guarded port but whose ports cannot be read:
@@ -155,11 +170,10 @@ fn unjudged(
     fragment: FirstFragment,
     ip_proto: u8,
     totals: &mut Totals,
-    copy: &mut bool,
-) -> u32 {
+) -> Verdict {
     if cfg.protocols & l4 == 0 {
         // A protocol that is not guarded: no guarded port is reachable through it.
-        return XDP_PASS;
+        return Verdict::of(XDP_PASS);
     }
     let bytes = frame_len(ctx);
     totals.unjudged += 1;
@@ -179,11 +193,11 @@ fn unjudged(
     let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
     let key = ip.source_key(cfg);
     let seen = sources::record(ctx, &key, &hit, cfg, totals);
-    if cfg.flags & CFG_CAPTURE != 0 && capture::wanted(cfg, seen) {
-        // No transport header to read: only the packet's bytes are copied.
-        *copy = copy::request(&key, verdict, 0, 0, ip.v6, l4, WANT_CAPTURE, CAPTURED_UNJUDGED);
-    }
-    verdict
+    // No transport header to read: only the packet's bytes can be copied.
+    let copy = cfg.flags & CFG_CAPTURE != 0
+        && capture::wanted(cfg, seen)
+        && copy::request(&key, verdict, 0, 0, ip.v6, l4, WANT_CAPTURE, CAPTURED_UNJUDGED);
+    Verdict { action: verdict, copy }
 }
 
 /// An unjudged frame whose IP header was not reached (a deep VLAN stack): nobody to record or

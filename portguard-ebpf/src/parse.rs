@@ -523,5 +523,15 @@ fn transport(
     // known to be one.
     let syn = tcp
         && matches!(c.bytes::<{ TCP_FLAGS + 1 }>(off), Some(f) if f[TCP_FLAGS] & (TCP_SYN | TCP_ACK) == TCP_SYN);
-    Frame::Ports(Ports { ip, l4, sport, dport, syn, first_fragment, ip_proto: proto, ip_off, l4_off: off })
+    Frame::Ports(Ports {
+        ip,
+        l4,
+        sport,
+        dport,
+        syn,
+        first_fragment,
+        ip_proto: proto,
+        ip_off,
+        l4_off: off,
+    })
 }

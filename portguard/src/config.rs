@@ -333,7 +333,9 @@ impl Plan {
             metrics_top: flags.metrics_top.or(file.metrics.top_sources).unwrap_or(10),
             netns: None,
             rules: pick(&flags.rules, &file.fingerprint.rules, Vec::new()),
-            p0f: P0f::parse(flags.p0f.as_deref().or(file.fingerprint.p0f.as_deref()).unwrap_or("auto")),
+            p0f: P0f::parse(
+                flags.p0f.as_deref().or(file.fingerprint.p0f.as_deref()).unwrap_or("auto"),
+            ),
             capture: capture_plan(&file.capture),
         })
     }

@@ -179,7 +179,10 @@ impl Guarded {
             if now == Upkeep::Guarding
                 && capture::session::clear_stale(o.view_mut()).unwrap_or(false)
             {
-                log::info!("{}: a capture ended without saying so: stopped copying for it", self.iface);
+                log::info!(
+                    "{}: a capture ended without saying so: stopped copying for it",
+                    self.iface
+                );
             }
             self.report(&now);
             match &now {
@@ -342,12 +345,15 @@ fn packets(sources: &[Source]) -> HashMap<SourceAddr, u64> {
     sources.iter().map(|s| (s.addr, s.stats.packets)).collect()
 }
 
+/// A source that appeared since the previous tick, with its fingerprint if it has one already.
+pub type NewSource = (Source, Option<Label>);
+
 /// What one tick read.
 pub struct Tick {
     pub snaps: Vec<Snapshot>,
     /// Per interface, the sources that appeared since the previous tick, with their
     /// fingerprints when they have one already.
-    pub news: Vec<(String, Vec<(Source, Option<Label>)>)>,
+    pub news: Vec<(String, Vec<NewSource>)>,
     /// Per interface, the top sources by packets for the metrics.
     pub tops: Vec<Vec<Source>>,
     /// Per interface, how many tracked sources carry each tool label (see
@@ -477,13 +483,18 @@ impl Daemon {
             snaplen: c.snaplen,
         };
         let ro: Vec<&View> = views.iter().map(|v| &**v).collect();
-        let started = capture::session::rotating(&c.directory, &ro, c.snaplen, c.max_bytes, c.files)
-            .and_then(|sink| Session::start(&mut views, sink, opts));
+        let started =
+            capture::session::rotating(&c.directory, &ro, c.snaplen, c.max_bytes, c.files)
+                .and_then(|sink| Session::start(&mut views, sink, opts));
         match started {
             Ok(s) => {
                 log::info!(
                     "capturing {} to {} ({}, at most {} packets/s, rotated at {} MiB, {} old files kept)",
-                    if c.all { "every matched packet".to_string() } else { format!("the first {} packets of each new source", c.per_source) },
+                    if c.all {
+                        "every matched packet".to_string()
+                    } else {
+                        format!("the first {} packets of each new source", c.per_source)
+                    },
                     c.directory.join("portguard.pcapng").display(),
                     self.guards.iter().map(|g| g.iface.as_str()).collect::<Vec<_>>().join(", "),
                     c.rate,
@@ -709,7 +720,9 @@ impl Daemon {
             }
         }
         if new.capture != old.capture {
-            log::warn!("SIGHUP: [capture] changed, which takes a restart: still running with the old value");
+            log::warn!(
+                "SIGHUP: [capture] changed, which takes a restart: still running with the old value"
+            );
         }
         for g in &mut self.guards {
             // Whether it is left in place on exit follows `persist` from now on (an adopted
@@ -765,7 +778,9 @@ impl Daemon {
         if let Some(c) = self.capture.take() {
             let written = c.written;
             match c.finish() {
-                Ok(()) => log::info!("capture closed: {} written", crate::text::plural(written, "packet")),
+                Ok(()) => {
+                    log::info!("capture closed: {} written", crate::text::plural(written, "packet"))
+                }
                 Err(e) => log::error!("closing the capture: {e:#}"),
             }
         }

@@ -8,14 +8,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
-        lpm_trie::Key,
+        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
 };
 use portguard_common::{
     Admission, AllowV4, AllowV6, CapturePace, Config, Fingerprint, FragmentKey, FragmentVerdict,
-    Meta, PORT_GUARDED, PORT_TABLE_ENTRIES, SketchBlock, SourceKey, SourceSlot, Totals,
-    map_names,
+    Meta, PORT_GUARDED, PORT_TABLE_ENTRIES, SketchBlock, SourceKey, SourceSlot, Totals, map_names,
 };
 
 use crate::sys;

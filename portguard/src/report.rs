@@ -380,7 +380,7 @@ fn columns(sources: &[Ranked], w: usize) -> Vec<Col> {
     let mut addr_w = ADDR_MIN.min(longest.max(6));
     let mut left = w.saturating_sub(addr_w + 1 + 9 + 1 + WHAT_MIN);
     // The tool next: what an admin asks after "who" is "what".
-    let tool_w = if tool_w + 1 <= left {
+    let tool_w = if tool_w < left {
         left -= tool_w + 1;
         tool_w
     } else if TOOL_MIN < left {
@@ -687,7 +687,7 @@ pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: b
 fn print_new_sources(
     out: &mut impl std::io::Write,
     iface: &str,
-    fresh: &[(Source, Option<Label>)],
+    fresh: &[crate::daemon::NewSource],
     json: bool,
 ) {
     let now = clock::monotonic_ns();

@@ -162,7 +162,10 @@ fn only_a_sources_first_syns_and_datagrams_and_only_when_asked() {
     }
     let evs: Vec<FeatureEvent> = records(&mut r);
     assert_eq!(evs.len(), FEATURE_FIRST as usize, "the first {FEATURE_FIRST} SYNs, no more");
-    assert_eq!(evs.iter().map(|e| e.raw.sport).collect::<Vec<_>>(), (1000..1008).collect::<Vec<_>>());
+    assert_eq!(
+        evs.iter().map(|e| e.raw.sport).collect::<Vec<_>>(),
+        (1000..1008).collect::<Vec<_>>()
+    );
     // Not SYNs: an ACK, a SYN-ACK, a packet to another port.
     for f in [
         Frame::tcp4([198, 18, 0, 4], DST4, 1, 2745).flags(0x10).build(),
@@ -174,7 +177,10 @@ fn only_a_sources_first_syns_and_datagrams_and_only_when_asked() {
     assert!(records::<FeatureEvent>(&mut r).is_empty());
     // UDP: datagrams among the source's first packets, payload prefix included.
     for _ in 0..10 {
-        test_run(&mut g, &Frame::udp4([198, 18, 0, 5], DST4, 7, 2745).payload(b"hello, world").build());
+        test_run(
+            &mut g,
+            &Frame::udp4([198, 18, 0, 5], DST4, 7, 2745).payload(b"hello, world").build(),
+        );
     }
     let evs: Vec<FeatureEvent> = records(&mut r);
     assert_eq!(evs.len(), FEATURE_FIRST as usize);
@@ -240,11 +246,21 @@ fn a_capture_takes_each_sources_first_packets_with_their_verdict() {
     g.set_consumers(capture(CFG_CAPTURE_NEW, 2, 1_000)).unwrap();
     let mut r = ring(&mut g, map_names::CAPTURE);
     let long = Frame::udp4([198, 18, 0, 2], DST4, 7, 2745).payload(&[0xab; 400]).build();
-    let syn6 = Frame::tcp6(v6([0x2001, 0xdb8, 0, 3, 0, 0, 0, 2]), v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]), 9, 2745)
-        .syn()
-        .build();
+    let syn6 = Frame::tcp6(
+        v6([0x2001, 0xdb8, 0, 3, 0, 0, 0, 2]),
+        v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+        9,
+        2745,
+    )
+    .syn()
+    .build();
     let allowed = Frame::tcp4([198, 18, 0, 9], DST4, 9, 2745).syn().build();
-    let mut deep = Frame::udp6(v6([0x2001, 0xdb8, 0, 4, 0, 0, 0, 2]), v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]), 9, 2745);
+    let mut deep = Frame::udp6(
+        v6([0x2001, 0xdb8, 0, 4, 0, 0, 0, 2]),
+        v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+        9,
+        2745,
+    );
     for _ in 0..=portguard_common::MAX_IPV6_EXT_HEADERS {
         deep = deep.ext(Ext::DestOpts(0));
     }

@@ -123,7 +123,17 @@ fn send_all(ns: &str, gw_mac: &str, work: &Path) {
     let ifc = "pg-peer";
     let nmap = |args: &[&str]| {
         let mut a = vec![
-            "timeout", "60", "nmap", "-n", "-Pn", "-p", "2745", "-e", ifc, "--max-retries", "1",
+            "timeout",
+            "60",
+            "nmap",
+            "-n",
+            "-Pn",
+            "-p",
+            "2745",
+            "-e",
+            ifc,
+            "--max-retries",
+            "1",
         ];
         a.extend_from_slice(args);
         drive(ns, &a);
@@ -136,8 +146,23 @@ fn send_all(ns: &str, gw_mac: &str, work: &Path) {
     drive(
         ns,
         &[
-            "timeout", "-s", "INT", "6", "masscan", "198.18.0.1", "-p", "2745", "--rate", "100",
-            "--adapter", ifc, "--adapter-ip", "198.18.0.23", "--router-mac", gw_mac, "--wait",
+            "timeout",
+            "-s",
+            "INT",
+            "6",
+            "masscan",
+            "198.18.0.1",
+            "-p",
+            "2745",
+            "--rate",
+            "100",
+            "--adapter",
+            ifc,
+            "--adapter-ip",
+            "198.18.0.23",
+            "--router-mac",
+            gw_mac,
+            "--wait",
             "1",
         ],
     );
@@ -147,37 +172,86 @@ fn send_all(ns: &str, gw_mac: &str, work: &Path) {
     drive(
         ns,
         &[
-            "timeout", "30", "zmap", "-p", "2745", "-i", ifc, "-G", gw_mac, "-S", "198.18.0.24",
-            "-b", blocklist.to_str().unwrap(), "-P", "2", "-r", "100", "-c", "1", "-q",
+            "timeout",
+            "30",
+            "zmap",
+            "-p",
+            "2745",
+            "-i",
+            ifc,
+            "-G",
+            gw_mac,
+            "-S",
+            "198.18.0.24",
+            "-b",
+            blocklist.to_str().unwrap(),
+            "-P",
+            "2",
+            "-r",
+            "100",
+            "-c",
+            "1",
+            "-q",
             "198.18.0.1/32",
         ],
     );
     drive(
         ns,
         &[
-            "timeout", "30", "hping3", "-S", "-p", "2745", "-c", "3", "-i", "u100000", "-a",
-            "198.18.0.25", "-I", ifc, "198.18.0.1",
+            "timeout",
+            "30",
+            "hping3",
+            "-S",
+            "-p",
+            "2745",
+            "-c",
+            "3",
+            "-i",
+            "u100000",
+            "-a",
+            "198.18.0.25",
+            "-I",
+            ifc,
+            "198.18.0.1",
         ],
     );
     drive(
         ns,
         &[
-            "timeout", "10", "curl", "-s", "--max-time", "3", "--interface", "198.18.0.26",
+            "timeout",
+            "10",
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "--interface",
+            "198.18.0.26",
             "http://198.18.0.1:2745/",
         ],
     );
     drive(
         ns,
         &[
-            "timeout", "10", "curl", "-s", "-6", "--max-time", "3", "--interface",
-            "2001:db8:0:26::2", "http://[2001:db8::1]:2745/",
+            "timeout",
+            "10",
+            "curl",
+            "-s",
+            "-6",
+            "--max-time",
+            "3",
+            "--interface",
+            "2001:db8:0:26::2",
+            "http://[2001:db8::1]:2745/",
         ],
     );
     drive(ns, &["timeout", "10", "nc", "-z", "-w", "3", "-s", "198.18.0.27", "198.18.0.1", "2745"]);
     let craft = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/craft_syns.py");
     let craft = craft.to_str().unwrap();
     for (kind, src) in [("mirai", "198.18.0.28"), ("windows", "198.18.0.29")] {
-        drive(ns, &["timeout", "30", "/usr/bin/python3", craft, ifc, gw_mac, kind, src, "198.18.0.1"]);
+        drive(
+            ns,
+            &["timeout", "30", "/usr/bin/python3", craft, ifc, gw_mac, kind, src, "198.18.0.1"],
+        );
     }
 }
 
@@ -213,14 +287,25 @@ fn every_tool_gets_its_label_and_the_capture_shows_its_packets() {
     let per_source = PER_SOURCE.to_string();
     let mut capture = f
         .bin
-        .cmd(&["capture", "--iface", GW_IF, "-w", pcap.to_str().unwrap(), "--per-source", &per_source])
+        .cmd(&[
+            "capture",
+            "--iface",
+            GW_IF,
+            "-w",
+            pcap.to_str().unwrap(),
+            "--per-source",
+            &per_source,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut err = BufReader::new(capture.stderr.take().unwrap());
     let mut first = String::new();
     err.read_line(&mut first).unwrap();
-    assert!(first.starts_with("capturing the first 3 packets of each new source on pg-wan"), "{first}");
+    assert!(
+        first.starts_with("capturing the first 3 packets of each new source on pg-wan"),
+        "{first}"
+    );
 
     let started = Instant::now();
     send_all(&f.lab.out, &mac(&f.lab.gw, GW_IF), &work.0);
@@ -267,7 +352,8 @@ fn every_tool_gets_its_label_and_the_capture_shows_its_packets() {
     // The new-source lines name the tool, and the metrics count sources per tool.
     let out = f.daemons[i].out();
     assert!(
-        out.lines().any(|l| l.contains("198.18.0.24 probing 2745") && l.ends_with("zmap (IP ID 54321)")),
+        out.lines()
+            .any(|l| l.contains("198.18.0.24 probing 2745") && l.ends_with("zmap (IP ID 54321)")),
         "{out}"
     );
     let metrics = scrape(&f.lab.gw);
@@ -289,8 +375,22 @@ fn every_tool_gets_its_label_and_the_capture_shows_its_packets() {
         .args(["-n", "-r"])
         .arg(&pcap)
         .args([
-            "-T", "fields", "-E", "separator=|", "-e", "frame.interface_name", "-e", "ip.src",
-            "-e", "ipv6.src", "-e", "tcp.dstport", "-e", "udp.dstport", "-e", "frame.comment",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "ip.src",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "frame.comment",
         ])
         .output()
         .unwrap();

@@ -64,7 +64,14 @@ pub enum Sink {
 }
 
 impl Sink {
-    fn write(&mut self, iface: u32, ts: std::time::SystemTime, data: &[u8], len: u32, c: &str) -> Result<()> {
+    fn write(
+        &mut self,
+        iface: u32,
+        ts: std::time::SystemTime,
+        data: &[u8],
+        len: u32,
+        c: &str,
+    ) -> Result<()> {
         match self {
             Sink::File(w) => w.write(iface, ts, data, len, c),
             Sink::Rotating(r) => r.write(iface, ts, data, len, c),
@@ -319,7 +326,13 @@ pub fn clear_stale(view: &mut View) -> Result<bool> {
 }
 
 /// The daemon's rotating capture file in `dir`.
-pub fn rotating(dir: &Path, views: &[&View], snaplen: u32, max_bytes: u64, files: usize) -> Result<Sink> {
+pub fn rotating(
+    dir: &Path,
+    views: &[&View],
+    snaplen: u32,
+    max_bytes: u64,
+    files: usize,
+) -> Result<Sink> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
     }

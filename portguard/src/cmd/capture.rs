@@ -70,8 +70,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if names.is_empty() {
         bail!("nothing is guarded in this network namespace: nothing to capture");
     }
-    let mut views: Vec<View> =
-        names.iter().map(|i| View::open(&pins, i)).collect::<Result<_>>()?;
+    let mut views: Vec<View> = names.iter().map(|i| View::open(&pins, i)).collect::<Result<_>>()?;
     let snaplen = args.snaplen.unwrap_or(capture::MAX_SNAPLEN);
     let out: Box<dyn Write + Send> = if to_stdout {
         Box::new(std::io::stdout())
