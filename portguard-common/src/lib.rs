@@ -181,7 +181,7 @@ pub struct Config {
     /// Seeds of the sketch's hash, random per load, so that no one can aim at its blocks.
     pub sketch_seed: [u64; 2],
     /// With CFG_FEATURES: a source's first this many TCP SYNs (and UDP datagrams among its
-    /// first this many packets) go to FEATURES; counted per CPU, as SOURCES counts.
+    /// first this many packets) go to FEATURES, as SOURCES counts them.
     pub feature_first: u16,
     /// With CFG_CAPTURE_NEW: a source's first this many packets go to CAPTURE.
     pub capture_first: u16,

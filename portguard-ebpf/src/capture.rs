@@ -3,8 +3,8 @@
 //! path when no capture runs: the first program asks for it (`wanted`) only when CFG_CAPTURE_*
 //! is set; the copy (`send`) runs in the second program (copy.rs).
 //!
-//! By default a capture wants each source's first `capture_first` packets (as its slot counts
-//! them on this CPU); with CFG_CAPTURE_ALL, every one. Either way at most `capture_per_slice`
+//! By default a capture wants each source's first `capture_first` packets (as its SOURCES
+//! entry counts them); with CFG_CAPTURE_ALL, every one. Either way at most `capture_per_slice`
 //! per CPU per admission slice are copied, so that a flood costs the reader (and the disk) a
 //! bounded rate; the rest are counted as paced, and those that find the ring buffer full as
 //! lost. The verdict never depends on any of it.

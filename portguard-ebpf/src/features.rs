@@ -1,9 +1,9 @@
 //! Fingerprint features: what a prober's first packets say about it, copied to FEATURES for the
 //! owner to classify (portguard/src/fingerprint). Never on the known-source path: the first
 //! program asks for it (`wanted`) only when a reader set CFG_FEATURES, and only for a source's
-//! first `feature_first` SYNs (for UDP, datagrams among its first packets), as its slot counts
-//! them, so a source that keeps sending costs one comparison per packet after them. The copy
-//! itself (`send`) runs in the second program (copy.rs).
+//! first `feature_first` SYNs (for UDP, datagrams among its first packets), as its SOURCES
+//! entry counts them, so a source that keeps sending costs one comparison per packet after
+//! them. The copy itself (`send`) runs in the second program (copy.rs).
 //!
 //! The record is written in place in the ring buffer (no copy through the stack). The TCP
 //! options and the payload prefix are copied by `bpf_xdp_load_bytes`, which checks the frame's

@@ -9,6 +9,9 @@
 //! Nothing here can return XDP_ABORTED: every failure passes the packet.
 #![no_std]
 #![no_main]
+// Atomic adds on shared map values (sources.rs): the BPF target has no atomic types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod capture;
 mod copy;
@@ -140,7 +143,9 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> Verd
         let _ = FRAGMENTS.insert(key, verdict, 0);
     }
     let hit = Hit { bytes, port, direction, l4: p.l4, syn: p.syn };
-    let key = p.ip.source_key(cfg);
+    // A host answering from a guarded port is one of ours: which one is the point, so it is
+    // counted per address, never folded into a prefix.
+    let key = p.ip.source_key(cfg, direction & DIR_SRC != 0);
     let seen = sources::record(ctx, &key, &hit, cfg, totals);
     let mut copy = false;
     if cfg.flags & CFG_CONSUMERS != 0 {
@@ -191,7 +196,7 @@ fn unjudged(
         let _ = FRAGMENTS.insert(ip.fragment_key(fragment.id(), ip_proto), verdict, 0);
     }
     let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
-    let key = ip.source_key(cfg);
+    let key = ip.source_key(cfg, false);
     let seen = sources::record(ctx, &key, &hit, cfg, totals);
     // No transport header to read: only the packet's bytes can be copied.
     let copy = cfg.flags & CFG_CAPTURE != 0

@@ -4,9 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
-    },
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use portguard_common::{
     ALLOWLIST_CAPACITY, Admission, AllowV4, AllowV6, CAPTURE_RING_BYTES, CapturePace, Config,
@@ -40,27 +38,28 @@ pub static ALLOW_V6: LpmTrie<AllowV6, u8> = LpmTrie::with_max_entries(ALLOWLIST_
 #[map]
 pub static TOTALS: PerCpuArray<Totals> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-source counters: a preallocated per-CPU hash behind an admission budget, made room in by
-/// userspace.
+/// Per-source counters: a preallocated hash shared by the CPUs, its counters added to
+/// atomically, behind an admission budget, made room in by userspace.
 ///
 /// Why this shape: a lookup of a known source must be cheap, because every matched packet does
-/// one. A per-CPU hash lookup is inlined by the verifier; the LRU variant's is a full helper
-/// call, measured here at 7 ns more per matched packet, beside xdp-filter's whole ≈100 ns.
-/// Per-CPU values keep one hot source arriving on many queues from bouncing a cache line
-/// between cores; userspace merges the CPUs.
+/// one; a hash lookup is inlined by the verifier, the LRU variant's is a full helper call.
+/// Shared rather than per-CPU: a per-CPU value is allocated for every possible CPU, so a
+/// 65,536-source table took 3 MiB per CPU (192 MiB on a 64-CPU router) and every reading of it
+/// copied every CPU's values. Atomic adds cost a few ns more per matched packet, and a source
+/// arriving on many queues at once bounces one cache line between them (BENCHMARKS.md measures
+/// both).
 ///
 /// A spoofed-source flood makes every packet a new source, and an insert costs far more than a
 /// lookup, so new sources are admitted only within a budget per CPU and time slice (ADMISSION),
-/// paced so the table fills no faster than once in TURNOVER_SECONDS. Past the budget, or with
-/// the table full, a packet from an unknown source is counted in `Totals::untracked` and
-/// judged exactly as any other. Nothing in the kernel evicts: a source that is in the table
-/// stays, with exact counts, so two steady probers can never push each other out. The
-/// portguard that owns the guard makes room when the table passes 90% by removing the sources
-/// seen least recently (one-packet flood sources long before anyone who keeps sending), down
-/// to 75%.
+/// paced so the table fills no faster than once in TURNOVER_SECONDS, and past it on evidence
+/// (SKETCH). Past both, or with the table full, a packet from an unknown source is counted in
+/// `Totals::untracked` and judged exactly as any other. Nothing in the kernel evicts: a source
+/// that is in the table stays, with exact counts, so two steady probers can never push each
+/// other out. The portguard that owns the guard makes room when the table passes 90%, down to
+/// 75% (`table::to_forget`: one-packet sources first).
 #[map]
-pub static SOURCES: PerCpuHashMap<SourceKey, SourceSlot> =
-    PerCpuHashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
+pub static SOURCES: HashMap<SourceKey, SourceSlot> =
+    HashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
 
 /// The admission budget's state, per CPU.
 #[map]

@@ -128,18 +128,21 @@ impl Ip {
         unsafe { *(self.hdr.add(IPV6_SADDR) as *const [u8; 16]) }
     }
 
-    /// The SOURCES key: the source's prefix under CONFIG's masks (an address in ::/64: itself).
+    /// The SOURCES key: the source's prefix under CONFIG's masks, or, with `whole`, its whole
+    /// address (an address in ::/64 always: see below).
     #[inline(always)]
-    pub fn source_key(&self, cfg: &Config) -> SourceKey {
+    pub fn source_key(&self, cfg: &Config, whole: bool) -> SourceKey {
         if self.v6 {
             // SAFETY: 40 bytes were checked at `hdr` for IPv6.
             let w = unsafe { words(self.hdr.add(IPV6_SADDR)) };
-            if w[0] == 0 {
-                // ::/64 holds the IPv4-mapped and -compatible forms, which no host has as its
-                // /64: one row per address, an IPv6 source that names an IPv4 host kept apart.
+            // ::/64 holds the IPv4-mapped and -compatible forms, which no host has as its /64:
+            // one row per address, an IPv6 source that names an IPv4 host kept apart.
+            if whole || w[0] == 0 {
                 return SourceKey::v6(w, 128);
             }
             SourceKey::v6([w[0] & cfg.v6_mask[0], w[1] & cfg.v6_mask[1]], cfg.v6_prefix)
+        } else if whole {
+            SourceKey::v4(self.v4_src(), 32)
         } else {
             let a = u32::from_ne_bytes(self.v4_src()) & cfg.v4_mask;
             SourceKey::v4(a.to_ne_bytes(), cfg.v4_prefix)

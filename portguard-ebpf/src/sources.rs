@@ -2,6 +2,8 @@
 //! the budget lasts, then on evidence that it was seen before), or count it as untracked. The
 //! verdict never depends on what happens here.
 
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
+
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
@@ -24,9 +26,9 @@ pub struct Hit {
     pub syn: bool,
 }
 
-/// What the source's slot says after this packet (on this CPU): how far into its first
-/// packets and SYNs the source is, for the fingerprint and capture paths. Zero when the packet
-/// got no slot (untracked).
+/// What the source's entry says after this packet: how far into its first packets and SYNs
+/// the source is, for the copy-out path (copy.rs). Zero when the packet got no entry
+/// (untracked).
 #[derive(Clone, Copy)]
 pub struct Seen {
     pub packets: u64,
@@ -39,6 +41,15 @@ impl Seen {
     #[inline(always)]
     fn of(s: &SourceSlot) -> Seen {
         Seen { packets: s.packets, syns: s.tcp_syns }
+    }
+
+    /// Read after `update`, plainly: other CPUs may be counting on the same entry, and a value
+    /// a packet or two off only moves where "a source's first packets" end.
+    #[inline(always)]
+    fn at(s: *const SourceSlot) -> Seen {
+        // SAFETY: a live map value (see `update`); aligned loads of counters that are only
+        // ever added to atomically.
+        unsafe { Seen { packets: (*s).packets, syns: (*s).tcp_syns } }
     }
 }
 
@@ -54,10 +65,8 @@ pub fn record<C: EbpfContext>(
     // into a load: the known-source path pays for no helper call.
     let jiffies = unsafe { bpf_jiffies64() };
     if let Some(s) = SOURCES.get_ptr_mut(key) {
-        // SAFETY: a per-CPU value: only this CPU writes it, and preemption is off in XDP.
-        let s = unsafe { &mut *s };
         update(s, hit, jiffies);
-        return Seen::of(s);
+        return Seen::at(s);
     }
     // An unknown source: the rarer path can afford the real clock.
     // SAFETY: a helper without arguments or side effects.
@@ -66,7 +75,7 @@ pub fn record<C: EbpfContext>(
         untracked(hit, totals);
         return Seen::UNTRACKED;
     };
-    // SAFETY: per-CPU, as above.
+    // SAFETY: per-CPU, and preemption is off in XDP.
     let a = unsafe { &mut *a };
     let evidence = match admit(a, key, now, cfg) {
         Admit::FirstSight => false,
@@ -76,21 +85,28 @@ pub fn record<C: EbpfContext>(
             return Seen::UNTRACKED;
         }
     };
-    let mut s = SourceSlot { admitted_ns: now, ..SourceSlot::default() };
-    update(&mut s, hit, jiffies);
+    let s = SourceSlot {
+        packets: 1,
+        bytes: hit.bytes,
+        admitted_ns: now,
+        first_jiffies: jiffies,
+        last_jiffies: jiffies,
+        tcp_syns: hit.syn as u32,
+        last_port: hit.port,
+        directions: hit.direction,
+        protocols: hit.l4,
+    };
     match SOURCES.insert(key, s, BPF_NOEXIST as u64) {
         Ok(()) => {
             totals.admitted += 1;
             totals.admitted_evidence += evidence as u64;
             Seen::of(&s)
         }
-        // Another CPU inserted it first: ours is a per-CPU slot in the same entry.
+        // Another CPU inserted it first: count on its entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {
             Some(s) => {
-                // SAFETY: as above.
-                let s = unsafe { &mut *s };
                 update(s, hit, jiffies);
-                Seen::of(s)
+                Seen::at(s)
             }
             None => {
                 // The table is full.
@@ -108,20 +124,35 @@ fn untracked(hit: &Hit, totals: &mut Totals) {
     totals.untracked_bytes += hit.bytes;
 }
 
+/// Counts a packet on a source's entry, which other CPUs may be updating at the same moment:
+/// the counters are added atomically; the rest is written only when it changes (it rarely
+/// does), so that a source steady on one port keeps its cache line clean. Two CPUs racing on
+/// those fields leave one of the two values, both of them true.
 #[inline(always)]
-fn update(s: &mut SourceSlot, hit: &Hit, jiffies: u64) {
-    if s.packets == 0 {
-        s.first_jiffies = jiffies;
+fn update(s: *mut SourceSlot, hit: &Hit, jiffies: u64) {
+    // SAFETY: `s` points to a live map value (the map is preallocated: an entry removed by
+    // userspace meanwhile is recycled memory, never freed). The counters are only ever
+    // accessed atomically by the program; userspace reads them whole.
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*s).packets, 1);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*s).bytes, hit.bytes);
+        if hit.syn {
+            atomic_xadd::<u32, u32, { Relaxed }>(&raw mut (*s).tcp_syns, 1);
+        }
+        let s = &mut *s;
+        if s.last_jiffies != jiffies {
+            s.last_jiffies = jiffies;
+        }
+        if hit.port != 0 && s.last_port != hit.port {
+            s.last_port = hit.port;
+        }
+        if s.directions & hit.direction != hit.direction {
+            s.directions |= hit.direction;
+        }
+        if s.protocols & hit.l4 != hit.l4 {
+            s.protocols |= hit.l4;
+        }
     }
-    s.packets += 1;
-    s.bytes += hit.bytes;
-    s.last_jiffies = jiffies;
-    if hit.port != 0 {
-        s.last_port = hit.port;
-    }
-    s.directions |= hit.direction;
-    s.protocols |= hit.l4;
-    s.tcp_syns += hit.syn as u32;
 }
 
 enum Admit {

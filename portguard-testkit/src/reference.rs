@@ -612,6 +612,10 @@ fn ipv6(b: &[u8]) -> Parsed {
     while next != TCP && next != UDP {
         let is_ext = EIGHT_OCTET_EXTS.contains(&next) || next == AH || next == FRAGMENT;
         if !is_ext {
+            if p > b.len() {
+                // A first fragment's chain, run past it: whatever it names, unjudged.
+                return chain_cut(src_of(&h), first, doubt);
+            }
             let documented = Reading::NoPorts { ext_headers: depth };
             return Parsed::doubted(documented, doubt);
         }
@@ -624,7 +628,7 @@ fn ipv6(b: &[u8]) -> Parsed {
             }));
         }
         depth += 1;
-        let rest = &b[p..];
+        let rest = b.get(p..).unwrap_or(&[]);
         if next == FRAGMENT {
             let Ok(fh) = Ipv6FragmentHeaderSlice::from_slice(rest) else {
                 if first.is_some() {
@@ -659,19 +663,23 @@ fn ipv6(b: &[u8]) -> Parsed {
                 .ok()
                 .map(|e| (e.next_header().0, e.slice().len()))
         };
-        let Some((n, len)) = header else {
-            if first.is_some() {
-                return chain_cut(src_of(&h), first, doubt);
+        let header = match header {
+            Some(h) => h,
+            // A first fragment goes on by each header's first two bytes, as far as they are
+            // there: reassembly completes the rest, and what follows is what they name.
+            None if first.is_some() && rest.len() >= 2 => {
+                let units = rest[1] as usize;
+                (rest[0], if next == AH { (units + 2) * 4 } else { (units + 1) * 8 })
             }
-            return ipv6_ext_cut(rest, depth);
+            None if first.is_some() => return chain_cut(src_of(&h), first, doubt),
+            None => return ipv6_ext_cut(rest, depth),
         };
+        let (n, len) = header;
         next = n;
         p += len;
     }
-    if first.is_some() && p > b.len() {
-        // The chain's last header ends past the first fragment.
-        return chain_cut(src_of(&h), first, doubt);
-    }
+    // A first fragment whose chain ends past it is judged by what transport() can read: the
+    // protocol the chain names, unjudged.
     transport(b, p, end, next, IpAddr::V6(h.source_addr()), first, doubt)
 }
 

@@ -168,38 +168,23 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
-    /// Merges a source's per-CPU slots: sums the counters, the earliest first and latest last
-    /// packet, the port of the latest, the union of the bit sets. `clock` converts jiffies;
-    /// without it (no slot was admitted: impossible unless the map was written by hand), the
-    /// slots' own admission stamp is used.
-    pub fn merge(slots: &[SourceSlot], clock: Option<&JiffyClock>) -> SourceStats {
-        let own = slots
-            .iter()
-            .find(|s| s.admitted_ns != 0)
-            .map(|s| JiffyClock::fit(s.first_jiffies, s.admitted_ns));
-        let Some(clock) = clock.or(own.as_ref()) else {
+    /// A source's statistics from its SOURCES slot: the slot's own stamp (jiffies and
+    /// CLOCK_MONOTONIC at admission) converts its jiffies.
+    pub fn from_slot(s: &SourceSlot) -> SourceStats {
+        if s.packets == 0 {
             return SourceStats::default();
-        };
-        let mut m = SourceStats::default();
-        let mut last_j = 0;
-        let mut first_j = u64::MAX;
-        for s in slots.iter().filter(|s| s.packets > 0) {
-            m.packets += s.packets;
-            m.bytes += s.bytes;
-            m.tcp_syns += s.tcp_syns;
-            m.directions.0 |= s.directions;
-            m.protocols.0 |= s.protocols;
-            first_j = first_j.min(s.first_jiffies);
-            if s.last_jiffies >= last_j {
-                last_j = s.last_jiffies;
-                m.last_port = s.last_port;
-            }
         }
-        if m.packets > 0 {
-            m.first_seen_ns = clock.ns(first_j);
-            m.last_seen_ns = clock.ns(last_j);
+        let clock = JiffyClock::fit(s.first_jiffies, s.admitted_ns);
+        SourceStats {
+            packets: s.packets,
+            bytes: s.bytes,
+            first_seen_ns: clock.ns(s.first_jiffies),
+            last_seen_ns: clock.ns(s.last_jiffies),
+            tcp_syns: s.tcp_syns,
+            last_port: s.last_port,
+            directions: Directions(s.directions),
+            protocols: Protocols(s.protocols),
         }
-        m
     }
 }
 
@@ -232,42 +217,27 @@ mod tests {
     }
 
     #[test]
-    fn merge_takes_earliest_first_and_latest_last() {
-        let clock = JiffyClock { hz: 1000, jiffies: 10_000, ns: 5_000_000_000 };
-        let a = SourceSlot {
-            packets: 2,
-            bytes: 120,
-            admitted_ns: 5_000_000_000,
-            first_jiffies: 10_000,
-            last_jiffies: 10_400,
+    fn a_slot_reads_with_its_own_clock() {
+        // Jiffies at HZ=250 on a machine up for about 1,000 s, admitted at that moment.
+        let initial = u64::from(u32::MAX) - 300 * 250 + 1;
+        let first = initial + 1_000 * 250;
+        let s = SourceSlot {
+            packets: 3,
+            bytes: 180,
+            admitted_ns: 1_000_000_000_123,
+            first_jiffies: first,
+            last_jiffies: first + 250,
             tcp_syns: 2,
-            last_port: 2745,
-            directions: DIR_DST,
-            protocols: PROTO_TCP,
-        };
-        let b = SourceSlot {
-            packets: 1,
-            bytes: 60,
-            admitted_ns: 0,
-            first_jiffies: 10_050,
-            last_jiffies: 10_900,
-            tcp_syns: 0,
             last_port: 2746,
-            directions: DIR_SRC,
-            protocols: PROTO_UDP,
+            directions: DIR_DST | DIR_SRC,
+            protocols: PROTO_TCP | PROTO_UDP,
         };
-        let m = SourceStats::merge(&[a, SourceSlot::default(), b], Some(&clock));
-        assert_eq!(m.packets, 3);
-        assert_eq!(m.bytes, 180);
-        assert_eq!(m.first_seen_ns, 5_000_000_000);
-        assert_eq!(m.last_seen_ns, 5_900_000_000);
-        assert_eq!(m.last_port, 2746);
+        let m = SourceStats::from_slot(&s);
+        assert_eq!((m.packets, m.bytes, m.tcp_syns, m.last_port), (3, 180, 2, 2746));
+        assert_eq!(m.last_seen_ns - m.first_seen_ns, 1_000_000_000, "250 jiffies at HZ=250");
+        assert!(m.first_seen_ns.abs_diff(1_000_000_000_123) < 4_000_000, "{m:?}");
         assert_eq!(m.directions, Directions(DIR_DST | DIR_SRC));
         assert_eq!(m.protocols, Protocols(PROTO_TCP | PROTO_UDP));
-        // Without a clock the admitting slot calibrates itself.
-        let own = SourceStats::merge(&[a, b], None);
-        assert_eq!(own.packets, 3);
-        assert!(own.first_seen_ns > 0 && own.last_seen_ns > own.first_seen_ns);
-        assert_eq!(SourceStats::merge(&[SourceSlot::default()], None), SourceStats::default());
+        assert_eq!(SourceStats::from_slot(&SourceSlot::default()), SourceStats::default());
     }
 }

@@ -7,9 +7,7 @@ use std::{os::fd::AsFd as _, path::Path};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use portguard_common::{
     Admission, AllowV4, AllowV6, CapturePace, Config, Fingerprint, FragmentKey, FragmentVerdict,
@@ -25,7 +23,7 @@ pub struct Maps {
     allow_v4: LpmTrie<MapData, AllowV4, u8>,
     allow_v6: LpmTrie<MapData, AllowV6, u8>,
     totals: PerCpuArray<MapData, Totals>,
-    sources: PerCpuHashMap<MapData, SourceKey, SourceSlot>,
+    sources: HashMap<MapData, SourceKey, SourceSlot>,
     /// Only moved around by the program, but held: a map taken out of the object and dropped
     /// would close the loader's descriptor, which loading another program against the same
     /// maps (an extension) still needs.
@@ -71,10 +69,8 @@ impl Maps {
                 Map::Array(d)
                 | Map::PerCpuArray(d)
                 | Map::LpmTrie(d)
-                | Map::PerCpuLruHashMap(d)
-                | Map::PerCpuHashMap(d)
-                | Map::LruHashMap(d)
                 | Map::HashMap(d)
+                | Map::LruHashMap(d)
                 | Map::RingBuf(d) => d,
                 _ => bail!("map {name} has an unexpected type"),
             };
@@ -281,36 +277,33 @@ impl Maps {
         Ok(self.totals.get(&0, 0).context("reading TOTALS")?.iter().copied().collect())
     }
 
-    /// Every SOURCES entry with its per-CPU slots. One batched read of the whole table where the
-    /// kernel supports it (a full 65,536-entry table in tens of milliseconds), else entry by
-    /// entry.
-    pub fn source_slots(&self) -> Result<Vec<(SourceKey, Vec<SourceSlot>)>> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    /// Every SOURCES entry. One batched read of the whole table where the kernel supports it
+    /// (a full 65,536-entry table in tens of milliseconds), else entry by entry. The map is
+    /// shared by the CPUs: what is read does not grow with their number.
+    pub fn source_slots(&self) -> Result<Vec<(SourceKey, SourceSlot)>> {
         let vsize = size_of::<SourceSlot>().next_multiple_of(8);
         let ksize = size_of::<SourceKey>();
         let raw = self.raw(map_names::SOURCES)?;
         let max = raw.info().map(|i| i.max_entries() as usize).unwrap_or(65_536);
         let mut out = Vec::new();
-        match sys::lookup_batch(raw.fd().as_fd(), ksize, vsize * cpus, max) {
+        match sys::lookup_batch(raw.fd().as_fd(), ksize, vsize, max) {
             Ok((keys, values)) => {
-                for (k, v) in keys.chunks_exact(ksize).zip(values.chunks_exact(vsize * cpus)) {
-                    // SAFETY: SourceKey is Pod; the chunk holds exactly its size.
-                    let key = unsafe { std::ptr::read_unaligned(k.as_ptr() as *const SourceKey) };
-                    let slots = v
-                        .chunks_exact(vsize)
-                        // SAFETY: SourceSlot is Pod; the chunk holds at least its size.
-                        .map(|c| unsafe {
-                            std::ptr::read_unaligned(c.as_ptr() as *const SourceSlot)
-                        })
-                        .collect();
-                    out.push((key, slots));
+                for (k, v) in keys.chunks_exact(ksize).zip(values.chunks_exact(vsize)) {
+                    // SAFETY: SourceKey and SourceSlot are Pod; each chunk holds exactly one.
+                    let (key, slot) = unsafe {
+                        (
+                            std::ptr::read_unaligned(k.as_ptr() as *const SourceKey),
+                            std::ptr::read_unaligned(v.as_ptr() as *const SourceSlot),
+                        )
+                    };
+                    out.push((key, slot));
                 }
             }
             Err(_) => {
                 for entry in self.sources.iter() {
                     // An entry removed between listing its key and reading it is simply gone.
-                    let Ok((key, per_cpu)) = entry else { continue };
-                    out.push((key, per_cpu.iter().copied().collect()));
+                    let Ok((key, slot)) = entry else { continue };
+                    out.push((key, slot));
                 }
             }
         }

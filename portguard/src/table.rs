@@ -8,19 +8,21 @@ use crate::{counters::Source, maps::Maps, wire};
 
 /// What a table of `capacity` sources costs the kernel on a machine with `cpus` possible CPUs,
 /// in bytes, as the kernel accounts it (the `memlock` of the map's fdinfo;
-/// htab_map_mem_usage() in kernel/bpf/hashtab.c, for a preallocated per-CPU hash):
-/// per entry, its 48-byte value once per CPU plus an element (a 48-byte header, the 24-byte key
-/// and the pointer to the per-CPU values); per bucket, 16 bytes, with the buckets rounded up to
-/// a power of two; and the map itself. About capacity × (96 + 48 × CPUs) for a power of two.
-/// The one place this is written down: README.md and packaging/portguard.toml quote it, and a
-/// test holds it to the kernel's figure.
+/// htab_map_mem_usage() in kernel/bpf/hashtab.c, for a preallocated hash): per entry, an
+/// element (a 48-byte header, the 24-byte key and the 48-byte value), and one spare element per
+/// CPU for updates in place; per bucket, 16 bytes, with the buckets rounded up to a power of
+/// two; and the map itself. About capacity × 136 bytes for a power of two, whatever the CPU
+/// count. The one place this is written down: README.md and packaging/portguard.toml quote
+/// it, and a test holds it to the kernel's figure.
 pub fn memory(capacity: u32, cpus: u32) -> u64 {
-    const ELEMENT: u64 = 48 + size_of::<portguard_common::SourceKey>() as u64 + 8;
+    const HEADER: u64 = 48;
     const BUCKET: u64 = 16;
-    let value = (size_of::<portguard_common::SourceSlot>() as u64).next_multiple_of(8);
+    let element = HEADER
+        + (size_of::<portguard_common::SourceKey>() as u64).next_multiple_of(8)
+        + (size_of::<portguard_common::SourceSlot>() as u64).next_multiple_of(8);
     let (n, cpus) = (u64::from(capacity), u64::from(cpus));
     let buckets = n.next_power_of_two();
-    n * (ELEMENT + value * cpus) + buckets * BUCKET + MAP_OVERHEAD + LOCKS_PER_CPU * cpus
+    (n + cpus) * element + buckets * BUCKET + MAP_OVERHEAD + LOCKS_PER_CPU * cpus
 }
 
 /// The map's own structure (struct bpf_htab: 832 bytes on Linux 6.18 x86-64; it varies a

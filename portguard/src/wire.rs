@@ -303,8 +303,8 @@ pub fn read_sources(maps: &Maps) -> Result<Vec<Source>> {
     Ok(maps
         .source_slots()?
         .into_iter()
-        .filter_map(|(key, slots)| {
-            let stats = SourceStats::merge(&slots, None);
+        .filter_map(|(key, slot)| {
+            let stats = SourceStats::from_slot(&slot);
             (stats.packets > 0).then(|| Source { addr: source_addr(&key), stats })
         })
         .collect())

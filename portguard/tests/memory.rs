@@ -25,8 +25,8 @@ fn memlock(map_type: u32, max_entries: u32) -> Option<u64> {
     None
 }
 
-/// BPF_MAP_TYPE_PERCPU_HASH.
-const PERCPU_HASH: u32 = 5;
+/// BPF_MAP_TYPE_HASH.
+const HASH: u32 = 1;
 
 #[test]
 fn the_documented_formula_is_the_kernels_figure() {
@@ -38,7 +38,7 @@ fn the_documented_formula_is_the_kernels_figure() {
     let mut figures = Vec::new();
     for capacity in [1000u32, 3000, 65536, 100_000] {
         let g = Loaded::new(&Settings::default(), capacity).unwrap();
-        let kernel = memlock(PERCPU_HASH, capacity).expect("the SOURCES map's fdinfo");
+        let kernel = memlock(HASH, capacity).expect("the SOURCES map's fdinfo");
         drop(g);
         let ours = table::memory(capacity, cpus);
         eprintln!("capacity {capacity}, {cpus} CPUs: kernel {kernel} bytes, formula {ours}");
@@ -52,7 +52,8 @@ fn the_documented_formula_is_the_kernels_figure() {
     for (kernel, ours) in &figures {
         assert!(kernel.abs_diff(*ours) <= 1024, "{figures:?}");
     }
-    // The README's round figure for the default table on this machine: 96 + 48 × CPUs a source.
-    let per_source = (96 + 48 * u64::from(cpus)) * 65536;
-    assert!(table::memory(65536, cpus).abs_diff(per_source) < 2 * 1024 * 1024);
+    // The README's round figure for the default table: 136 bytes a source, whatever the CPUs.
+    let per_source = 136 * 65536;
+    assert!(table::memory(65536, cpus).abs_diff(per_source) < 64 * 1024);
+    assert!(table::memory(65536, 64).abs_diff(per_source) < 64 * 1024);
 }

@@ -604,41 +604,44 @@ fn the_sketch_remembers_a_prober_across_a_long_flood() {
         let src = v6([0x2001, 0xdb8, 0x1000 | (i >> 16) as u16, i as u16, 0, 0, 0, 1]);
         Frame::udp6(src, DST6, 1, 2745).build()
     };
-    // Spend the first-sight budget, then show 20 probers once each: none gets a row.
+    let mut next_stranger = 0;
+    // One prober's frame right after 40 strangers have spent the first-sight budget: how it
+    // was admitted, if it was. A slice that ends among those frames (67 ms; a busy machine can
+    // take that long) gives a fresh budget: that frame shows nothing either way.
+    let mut knock = |g: &mut Loaded, p: &[u8]| {
+        for _ in 0..40 {
+            next_stranger += 1;
+            test_run(g, &stranger(next_stranger));
+        }
+        let b = g.totals().unwrap();
+        test_run(g, p);
+        let d = portguard::counters::since(&g.totals().unwrap(), &b);
+        (d.admitted, d.admitted_evidence)
+    };
     let probers: Vec<Vec<u8>> = (0..20u8)
         .map(|i| Frame::tcp4([198, 19, 201, i], DST4, 40000, 2745).syn().build())
         .collect();
-    for i in 0..64 {
-        test_run(&mut g, &stranger(i));
-    }
-    for p in &probers {
-        test_run(&mut g, p);
-    }
+    // Each prober's first frame: unknown, past the budget, no row (those that got one on a
+    // fresh budget are left out).
+    let fresh: Vec<&Vec<u8>> = probers.iter().filter(|p| knock(&mut g, p) == (0, 0)).collect();
+    assert!(fresh.len() >= 15, "only {} of 20 probers met a spent budget", fresh.len());
     const STRANGERS: u32 = 400_000;
     let before = g.totals().unwrap();
-    for i in 64..64 + STRANGERS {
-        test_run(&mut g, &stranger(i));
+    for i in 0..STRANGERS {
+        // Numbered apart from the strangers `knock` sends.
+        test_run(&mut g, &stranger(1_000_000 + i));
     }
     let flood = portguard::counters::since(&g.totals().unwrap(), &before);
-    // Every prober comes back once: known, admitted on evidence unless the slice's evidence
-    // budget is spent (then the next slice's packet gets it).
-    let mut admitted = 0;
-    for round in 0..3 {
-        for p in &probers {
-            let b = g.totals().unwrap();
-            test_run(&mut g, p);
-            let d = portguard::counters::since(&g.totals().unwrap(), &b);
-            admitted += d.admitted_evidence;
-        }
-        if admitted >= 20 {
-            break;
-        }
-        assert!(round < 2, "{admitted} of 20 probers admitted on evidence");
-        std::thread::sleep(std::time::Duration::from_millis(70));
-    }
+    // Each comes back once: known, so admitted on evidence (or, on a fresh budget, on first
+    // sight); never turned away.
+    let back: Vec<(u64, u64)> = fresh.iter().map(|p| knock(&mut g, p)).collect();
+    let on_evidence = back.iter().filter(|&&(a, e)| (a, e) == (1, 1)).count();
+    assert!(back.iter().all(|&(a, _)| a == 1), "a prober was turned away: {back:?}");
+    assert!(on_evidence * 10 >= fresh.len() * 8, "{on_evidence} of {} on evidence", fresh.len());
+    eprintln!("{on_evidence} of {} probers admitted on evidence after the flood", fresh.len());
     let rows = g.sources().unwrap();
     let known = rows.iter().filter(|s| s.addr.to_string().starts_with("198.19.201.")).count();
-    assert_eq!(known, 20);
+    assert!(known >= fresh.len(), "{known} rows");
     // Strangers admitted on evidence are the sketch's false positives: well under 1%.
     eprintln!("{STRANGERS} strangers, {} admitted on evidence", flood.admitted_evidence);
     assert!(flood.admitted_evidence * 200 < STRANGERS as u64, "{flood:?}");
@@ -741,13 +744,31 @@ fn per_source_counters_name_the_sender() {
     assert_eq!(v4.stats.directions, Directions(DIR_DST));
     assert_eq!(v4.stats.protocols, Protocols(PROTO_TCP));
     assert!(v4.stats.first_seen_ns > 0 && v4.stats.first_seen_ns <= v4.stats.last_seen_ns);
-    // IPv6 sources are counted per /64 by default.
-    let v6s = sources.iter().find(|s| s.addr.to_string() == "2001:db8::/64").unwrap();
+    // A host answering from 2745 is counted per address, even over IPv6 (probers per /64):
+    // which of our hosts answers is the question.
+    let v6s = sources.iter().find(|s| s.addr.to_string() == "2001:db8::2").unwrap();
     assert_eq!(v6s.stats.packets, 2);
     assert_eq!(v6s.stats.bytes, 2 * (14 + 40 + 8 + 100));
     assert_eq!(v6s.stats.directions, Directions(DIR_SRC), "answering from 2745");
     assert_eq!(v6s.stats.protocols, Protocols(PROTO_UDP));
     assert_eq!(v6s.stats.tcp_syns, 0);
+    // Two hosts of one /64 answering are two rows; probing, they are one.
+    let other = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 3]);
+    run(&mut g, &Frame::udp6(other, DST6, 2745, 5000).build());
+    run(&mut g, &Frame::udp6(SRC6, DST6, 40000, 2745).build());
+    run(&mut g, &Frame::udp6(other, DST6, 40000, 2745).build());
+    let mut rows: Vec<(String, u64)> =
+        g.sources().unwrap().iter().map(|s| (s.addr.to_string(), s.stats.packets)).collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("198.18.0.2".to_string(), 5),
+            ("2001:db8::/64".to_string(), 2),
+            ("2001:db8::2".to_string(), 2),
+            ("2001:db8::3".to_string(), 1),
+        ]
+    );
 }
 
 #[test]

@@ -4,7 +4,11 @@
 //! the syscall's own fixed cost, so the figure means something only next to a peer measured
 //! the same way: we report both the wall time of the loop and the sum the kernel reports.
 
-use std::{net::IpAddr, os::fd::BorrowedFd, time::Instant};
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd as _, BorrowedFd},
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result};
 use portguard_testkit::frames::{Frame, v6};
@@ -124,4 +128,87 @@ pub fn pass(fd: BorrowedFd<'_>, seq: &Sequence) -> Result<Pass> {
     p.wall_ns = start.elapsed().as_nanos() as f64 / n;
     p.kernel_ns = kernel as f64 / n;
     Ok(p)
+}
+
+/// The table under a flood that fills it, with its owner making room as the daemon does: what
+/// happens to a slow prober the table knew before the flood, and to a prober that starts
+/// during it.
+pub struct Evidence {
+    pub frames: u64,
+    pub capacity: u32,
+    pub admit: u32,
+    pub rooms_made: u64,
+    pub forgotten: u64,
+    pub slow_sent: u64,
+    pub slow_counted: u64,
+    pub newcomer_sent: u64,
+    pub newcomer_counted: u64,
+    pub admitted_evidence: u64,
+}
+
+/// One frame in `SLOW_EVERY` is the slow prober's; it sent `SLOW_BEFORE` before the flood.
+pub const SLOW_EVERY: u64 = 100_000;
+pub const SLOW_BEFORE: u64 = 2;
+pub const SLOW: [u8; 16] = v6([0x2001, 0xdb8, 0xfffd, 0, 0, 0, 0, 2]);
+/// The owner makes room every this many frames: about as often, relative to how fast the
+/// budget fills this small table, as the daemon does (once a second) for the default table,
+/// which the budgets (first sight and evidence) can fill by a quarter in a second.
+pub const ROOM_EVERY: u64 = 20_000;
+
+/// `frames` one-frame sources through a table of `capacity`, admitting `admit` new sources per
+/// CPU and slice so that it fills, with the probers interleaved and room made as the daemon
+/// does.
+pub fn evidence(capacity: u32, admit: u32, frames: u64) -> Result<Evidence> {
+    use portguard::{guard::Loaded, settings::Settings};
+    let mut g =
+        Loaded::new(&Settings { admit_per_slice: Some(admit), ..Settings::default() }, capacity)?;
+    let fd = g.program()?.fd().context("no program fd")?.as_fd().try_clone_to_owned()?;
+    let dst6 = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
+    let run = |f: &[u8]| -> Result<()> {
+        bpf::test_run(fd.as_fd(), f, 1).context("BPF_PROG_TEST_RUN")?;
+        Ok(())
+    };
+    let slow = Frame::tcp6(SLOW, dst6, 40000, GUARDED).syn().build();
+    let newcomer = Frame::tcp6(NEWCOMER, dst6, 40000, GUARDED).syn().build();
+    for _ in 0..SLOW_BEFORE {
+        run(&slow)?;
+    }
+    let mut e = Evidence {
+        frames,
+        capacity,
+        admit,
+        rooms_made: 0,
+        forgotten: 0,
+        slow_sent: SLOW_BEFORE,
+        slow_counted: 0,
+        newcomer_sent: 0,
+        newcomer_counted: 0,
+        admitted_evidence: 0,
+    };
+    for i in 1..=frames {
+        if i % SLOW_EVERY == 0 {
+            run(&slow)?;
+            e.slow_sent += 1;
+        } else if i >= frames / 4 && i % NEWCOMER_EVERY as u64 == NEWCOMER_EVERY as u64 / 2 {
+            run(&newcomer)?;
+            e.newcomer_sent += 1;
+        } else {
+            // A /64 each, from 2001:db8:1::/64 up.
+            let src = v6([0x2001, 0xdb8, 1 + (i >> 16) as u16, i as u16, 0, 0, 0, 2]);
+            run(&Frame::udp6(src, dst6, 40000, GUARDED).build())?;
+        }
+        if i % ROOM_EVERY == 0 {
+            let sources = g.sources()?;
+            let n = g.make_room(&sources);
+            e.rooms_made += u64::from(n > 0);
+            e.forgotten += n as u64;
+        }
+    }
+    let sources = g.sources()?;
+    let count =
+        |ip: IpAddr| sources.iter().find(|s| s.addr.contains(ip)).map_or(0, |s| s.stats.packets);
+    e.slow_counted = count(IpAddr::from(SLOW));
+    e.newcomer_counted = count(newcomer_addr());
+    e.admitted_evidence = g.totals()?.admitted_evidence;
+    Ok(e)
 }

@@ -20,6 +20,7 @@ mod util;
 
 mod bpf;
 mod cases;
+mod contended;
 mod cost;
 mod flood;
 mod memory;
@@ -116,6 +117,7 @@ pub struct FloodTool {
 }
 
 pub struct FloodResult {
+    pub evidence: flood::Evidence,
     pub frames: usize,
     pub distinct: u64,
     pub rounds: usize,
@@ -184,6 +186,7 @@ pub fn run(args: Args) -> Result<()> {
     check_verdicts(&table)?;
     let first = table.cases.first().context("no cases")?;
     let probes = probes::measure(first, args.repeat, args.rounds)?;
+    let contended = contended::measure(drop_fd.as_fd(), args.repeat, args.rounds)?;
 
     let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
@@ -221,6 +224,7 @@ pub fn run(args: Args) -> Result<()> {
         xdp_filter: &xf_label,
         table: &table,
         probes: &probes,
+        contended: &contended,
         flood: &flood,
         pg_maps: &pg_maps,
         xf_maps: &xf_maps,
@@ -302,7 +306,10 @@ fn run_flood(
     }
     let mut accounting = acct.context("the flood ran no portguard pass")?;
     accounting.every_pass_dropped_all = all_dropped;
+    eprintln!("bench: the flood with a small table, room made as the daemon does");
+    let evidence = flood::evidence(1024, 256, args.flood_frames as u64)?;
     Ok(FloodResult {
+        evidence,
         frames: seq.len(),
         distinct: seq.distinct_sources(),
         rounds: args.flood_rounds,

@@ -60,6 +60,7 @@ pub struct Inputs<'a> {
     pub xdp_filter: &'a str,
     pub table: &'a CostTable,
     pub probes: &'a [super::probes::Probe],
+    pub contended: &'a super::contended::Contended,
     pub flood: &'a FloodResult,
     pub pg_maps: &'a [MapMem],
     pub xf_maps: &'a [MapMem],
@@ -216,6 +217,25 @@ fn cost_section(s: &mut String, i: &Inputs) {
         let _ = writeln!(s, "| {} | {:.0} |", p.name, p.ns);
     }
     let _ = writeln!(s);
+    let c = i.contended;
+    let _ = writeln!(
+        s,
+        "One source on two CPUs at once (SOURCES is shared by the CPUs, its counters added \
+         atomically): two threads pinned to CPUs 0 and 1 run portguard's matched drop \
+         (`IPv4 UDP :2745`, repeat {}, median of {} rounds, ns per packet per thread) at the \
+         same moment, from one source or from a source each.\n\n\
+         | | ns/packet | ÷ alone |\n| --- | ---: | ---: |\n\
+         | one thread alone | {:.0} | 1.00× |\n\
+         | two threads, a source each | {:.0} | {:.2}× |\n\
+         | two threads, the same source | {:.0} | {:.2}× |\n",
+        thousands(u64::from(c.repeat)),
+        c.rounds,
+        c.alone_ns,
+        c.parallel_ns,
+        c.parallel_ns / c.alone_ns,
+        c.contended_ns,
+        c.contended_ns / c.alone_ns,
+    );
     if let Some(p) = i.plot {
         let _ = writeln!(s, "![ns per packet by case and tool]({p})\n");
     } else {
@@ -362,6 +382,51 @@ fn flood_section(s: &mut String, f: &FloodResult) {
          sketch has seen it before), which one-frame sources almost never show.\n",
         super::flood::STEADY_EVERY,
         super::flood::NEWCOMER_EVERY
+    );
+    let e = &f.evidence;
+    let kept = |counted: u64, sent: u64| {
+        if counted == sent {
+            "kept, exact".to_string()
+        } else if counted > 0 {
+            format!("tracked, {} missed", sent - counted)
+        } else {
+            "**lost**".to_string()
+        }
+    };
+    let _ = writeln!(
+        s,
+        "The same kind of flood through a table too small for it ({} entries, {} admissions \
+         per CPU per slice so that it fills), {} frames, its owner making room every {} frames \
+         as the daemon does ({} times, {} sources forgotten): a slow prober the table knew \
+         before the flood ({} frames before it, then one in every {}) and the newcomer as \
+         above.\n\n| | counted / sent | |\n| --- | ---: | --- |\n\
+         | slow prober {} | {} / {} | {} |\n\
+         | newcomer {} | {} / {} | {} |\n\
+         | admitted on evidence | {} | |\n\n\
+         Frames the newcomer sent before its second, or while the table was full and its \
+         owner had not yet made room, are counted as untracked; once it has its entry it \
+         keeps it: room is made from one-frame sources first.\n",
+        thousands(u64::from(e.capacity)),
+        e.admit,
+        thousands(e.frames),
+        thousands(super::flood::ROOM_EVERY),
+        e.rooms_made,
+        thousands(e.forgotten),
+        super::flood::SLOW_BEFORE,
+        thousands(super::flood::SLOW_EVERY),
+        std::net::IpAddr::from(super::flood::SLOW),
+        e.slow_counted,
+        e.slow_sent,
+        kept(e.slow_counted, e.slow_sent),
+        super::flood::newcomer_addr(),
+        thousands(e.newcomer_counted),
+        thousands(e.newcomer_sent),
+        if e.newcomer_counted + 1 == e.newcomer_sent {
+            "tracked from its second frame, exact since".to_string()
+        } else {
+            kept(e.newcomer_counted, e.newcomer_sent)
+        },
+        thousands(e.admitted_evidence),
     );
 }
 

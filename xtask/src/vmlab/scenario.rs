@@ -246,7 +246,7 @@ pub fn check_source(
     let v6 = addr.is_ipv6();
     let want_bytes =
         udp * traffic::frame_len(v6, Proto::Udp) + tcp * traffic::frame_len(v6, Proto::TcpSyn);
-    let Some(row) = s.sources.get(&addr.to_string()) else {
+    let Some(row) = s.sources.get(&traffic::row(addr)) else {
         c.that(&format!("source {addr}"), false, "no row in stats --json");
         return;
     };

@@ -46,12 +46,24 @@ pub fn guest_addr(v6: bool) -> IpAddr {
     if v6 { IpAddr::from_str(GUEST_V6).unwrap() } else { IpAddr::from_str(GUEST_V4).unwrap() }
 }
 
-/// Lab source addresses by number: 198.18.77.<n> and 2001:db8:77::<n in hex>.
+/// Lab source addresses by number: 198.18.77.<n> and 2001:db8:77:<n in hex>::2, each IPv6
+/// source in a /64 of its own, as real hosts are (portguard counts IPv6 probers per /64).
 pub fn source(v6: bool, n: u8) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, u16::from(n)))
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, u16::from(n), 0, 0, 0, 2))
     } else {
         IpAddr::V4(Ipv4Addr::new(198, 18, 77, n))
+    }
+}
+
+/// How portguard names a probing source's row: its IPv4 address, or its IPv6 /64.
+pub fn row(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
     }
 }
 
