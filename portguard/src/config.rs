@@ -474,6 +474,32 @@ top_sources = 20
     }
 
     #[test]
+    fn fingerprint_and_capture_sections() {
+        let c = FileConfig::parse(
+            "[fingerprint]\nrules = [\"/etc/portguard/local.fp\"]\np0f = \"off\"\n\
+             [capture]\ndirectory = \"/var/lib/portguard/capture\"\nper_source = 3\n",
+        )
+        .unwrap();
+        let flags = Flags { ifaces: vec!["eth1".into()], ..Flags::default() };
+        let p = Plan::merge(&flags, &c).unwrap();
+        assert_eq!(p.rules, [PathBuf::from("/etc/portguard/local.fp")]);
+        assert_eq!(p.p0f, P0f::Off);
+        let cap = p.capture.unwrap();
+        assert_eq!((cap.per_source, cap.files, cap.rate, cap.snaplen), (3, 5, 1000, 256));
+        assert_eq!(cap.max_bytes, 64 << 20);
+        // Flags win; the shipped example captures nothing and asks p0f for OS labels.
+        let p = Plan::merge(&Flags { p0f: Some("/tmp/p0f.fp".into()), ..flags.clone() }, &c);
+        assert_eq!(p.unwrap().p0f, P0f::File("/tmp/p0f.fp".into()));
+        let shipped = FileConfig::parse(include_str!("../../packaging/portguard.toml")).unwrap();
+        let p = Plan::merge(&flags, &shipped).unwrap();
+        assert_eq!((p.capture, p.p0f), (None, P0f::Auto));
+        let e = FileConfig::parse("[capture]\nper_source = 0\n").unwrap_err();
+        assert!(e.starts_with("line 2: a capture keeps at least 1 packet"), "{e}");
+        let e = FileConfig::parse("[capture]\n\nsnaplen = 9000\n").unwrap_err();
+        assert!(e.starts_with("line 3: 9000: a capture keeps 14 to 256 bytes"), "{e}");
+    }
+
+    #[test]
     fn an_empty_file_is_all_defaults() {
         assert_eq!(FileConfig::parse("").unwrap(), FileConfig::default());
     }

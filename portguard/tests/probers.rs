@@ -418,3 +418,71 @@ fn every_tool_gets_its_label_and_the_capture_shows_its_packets() {
         assert_eq!(per.get(a).copied().unwrap_or(0), counted.min(PER_SOURCE), "{} ({a})", p.tool);
     }
 }
+
+/// The daemon's own rotating capture (`[capture]`): each new source's first packets, in a file
+/// tshark reads; one capture at a time per guard (a second is refused, naming the first); a
+/// capture killed without a word leaves nothing behind (its owner's upkeep stops the copying).
+#[test]
+fn the_daemon_keeps_a_capture_and_one_capture_reads_a_guard_at_a_time() {
+    if !root_or_skip() || !tool_or_skip("tshark") {
+        return;
+    }
+    let mut f = Fixture::new(env!("CARGO_BIN_EXE_portguard"), "pgpc");
+    let work = Tmp(std::env::temp_dir().join(format!("pgpc-{}", std::process::id())));
+    std::fs::create_dir_all(&work.0).unwrap();
+    let dir = work.0.join("capture");
+    let config = work.0.join("portguard.toml");
+    std::fs::write(
+        &config,
+        format!("[capture]\ndirectory = \"{}\"\nper_source = 2\n", dir.display()),
+    )
+    .unwrap();
+    let i = f.run(&["--config", config.to_str().unwrap(), "--interval", "0.2"]);
+    f.daemons[i].wait_log("capturing the first 2 packets of each new source");
+    // A second capture of the same guard is refused, and says why.
+    let out = f.portguard(&["capture", "--iface", GW_IF, "-w", "/dev/null", "--duration", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another capture is reading it"), "{err}");
+    // Two sources, five datagrams each: two of each are kept.
+    for host in [0, 1] {
+        lab::udp_send(
+            &f.lab.out,
+            lab::outside(false, host),
+            std::net::SocketAddr::new(lab::gw_v4(), 2745),
+            5,
+            40,
+        )
+        .unwrap();
+    }
+    wait_until("10 drops", || f.dropped() >= 10);
+    f.daemons[i].signal(libc::SIGTERM);
+    let end = f.daemons[i].wait();
+    assert!(end.status.success(), "{}", String::from_utf8_lossy(&end.stderr));
+    let log = String::from_utf8_lossy(&end.stderr);
+    assert!(log.contains("capture closed: 4 packets written"), "{log}");
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(dir.join("portguard.pcapng"))
+        .args(["-T", "fields", "-E", "separator=|", "-e", "frame.interface_name", "-e", "ip.src"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        ["pg-wan|198.18.0.2", "pg-wan|198.18.0.2", "pg-wan|198.18.0.3", "pg-wan|198.18.0.3"]
+    );
+
+    // A capture killed outright: its owner notices the lock is free and stops the copying.
+    let j = f.run(&["--interval", "0.2"]);
+    f.wait_guarded();
+    wait_until("the owner", || f.owner().is_some());
+    let mut c = f.bin.cmd(&["capture", "--iface", GW_IF, "-w", "/dev/null"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill().unwrap();
+    c.wait().unwrap();
+    f.daemons[j].wait_log("a capture ended without saying so");
+}

@@ -1,7 +1,8 @@
 //! The rule table: which tool sent a packet, said in a small file rather than in code.
 //!
-//! portguard ships `packaging/portguard.fp` (installed as `/etc/portguard/portguard.fp`) and
-//! loads it at start; an admin may add files of the same format. The format, in full:
+//! portguard ships `packaging/portguard.fp`, compiled in (and installed for reference as
+//! `/usr/share/doc/portguard/portguard.fp`); an admin adds files of the same format, read after
+//! it (`run --rules FILE`, `[fingerprint] rules` in the config file). The format, in full:
 //!
 //! ```text
 //! ; a comment (also '#'); blank lines are ignored; a line ending in '\' continues on the next
