@@ -776,11 +776,11 @@ impl Daemon {
     /// adopted). Err when a guard that was to stay could not be left in place.
     pub fn finish(mut self) -> Result<()> {
         if let Some(c) = self.capture.take() {
-            let written = c.written;
             match c.finish() {
-                Ok(()) => {
-                    log::info!("capture closed: {} written", crate::text::plural(written, "packet"))
-                }
+                Ok(w) => log::info!(
+                    "capture closed: {} written",
+                    crate::text::plural(w.packets, "packet")
+                ),
                 Err(e) => log::error!("closing the capture: {e:#}"),
             }
         }

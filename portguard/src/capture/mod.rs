@@ -11,7 +11,7 @@ pub mod pcapng;
 pub mod session;
 
 pub use pcapng::{Budget, Interface, Rotating, Writer, comment};
-pub use session::{Options, Session, Sink};
+pub use session::{Options, Session, Sink, Written};
 
 /// `[capture]`'s defaults: rotate at 64 MiB, keep 5 old files, the first 10 packets of each
 /// new source, at most 1,000 packets a second.

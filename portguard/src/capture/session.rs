@@ -105,6 +105,13 @@ struct Held {
     read_at: u64,
 }
 
+/// What a finished capture wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub packets: u64,
+    pub sources: usize,
+}
+
 pub struct Session {
     taps: Vec<Tap>,
     sink: Sink,
@@ -114,8 +121,8 @@ pub struct Session {
     /// The shipped rule table, for a packet whose source has no published label (no owner
     /// reads its features): the packet is then classified on its own.
     fallback: Fingerprinter,
-    /// Packets written, and the sources they came from.
-    pub written: u64,
+    /// Packets written, and the sources they came from (`finish` says them).
+    written: u64,
     sources: HashMap<SourceKey, ()>,
 }
 
@@ -257,11 +264,6 @@ impl Session {
         }
     }
 
-    /// Sources with a packet in the file.
-    pub fn sources(&self) -> usize {
-        self.sources.len()
-    }
-
     /// Per interface: packets the program could not hand over (ring buffer full) and those
     /// past the rate, since the capture started.
     pub fn losses(&self) -> Vec<(String, u64, u64)> {
@@ -275,13 +277,16 @@ impl Session {
             .collect()
     }
 
-    /// Writes what is held, tells the programs to stop copying, and lets go of the guards.
-    pub fn finish(mut self) -> Result<()> {
-        let r = self.drain(true);
+    /// Tells the programs to stop copying, writes what they copied until then (what was held
+    /// back for its label too), and lets go of the guards. Returns the packets written and
+    /// the sources they came from, these last ones included: a summary taken before would miss
+    /// up to LABEL_WAIT's worth.
+    pub fn finish(mut self) -> Result<Written> {
         for t in &mut self.taps {
             t.stop();
         }
-        r.map(drop)
+        self.drain(true)?;
+        Ok(Written { packets: self.written, sources: self.sources.len() })
     }
 }
 

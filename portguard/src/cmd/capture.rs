@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
-    capture::{self, Options, Session, Sink, Writer},
+    capture::{self, Options, Session, Sink, Writer, Written},
     error::usage,
     guard::View,
     pins::Pins,
@@ -108,12 +108,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (session, looped) = rt.block_on(capture_loop(session, args.duration));
     let losses = session.losses();
-    let (written, sources) = (session.written, session.sources());
     let finished = session.finish();
+    let written = finished.as_ref().map_or(Written { packets: 0, sources: 0 }, |w| *w);
     let mut line = format!(
         "captured {} from {} to {dest}",
-        text::plural(written, "packet"),
-        text::plural(sources as u64, "source")
+        text::plural(written.packets, "packet"),
+        text::plural(written.sources as u64, "source")
     );
     for (iface, lost, paced) in losses {
         if lost + paced > 0 {
