@@ -322,12 +322,19 @@ pub fn clear_stale(view: &mut View) -> Result<bool> {
     if view.consumers()?.flags & CFG_CAPTURE == 0 || pins::capturing(view.dir()) {
         return Ok(false);
     }
+    // Asked again under the namespace's lock, which a capture takes (after its own lock) to
+    // set the flags: a capture that started since the question above keeps them.
+    let dir = view.dir().to_path_buf();
+    let mut cleared = false;
     view.set_consumers(|c| {
-        c.flags &= !CFG_CAPTURE;
-        c.capture_first = 0;
-        c.capture_per_slice = 0;
+        if c.flags & CFG_CAPTURE != 0 && !pins::capturing(&dir) {
+            c.flags &= !CFG_CAPTURE;
+            c.capture_first = 0;
+            c.capture_per_slice = 0;
+            cleared = true;
+        }
     })?;
-    Ok(true)
+    Ok(cleared)
 }
 
 /// The daemon's rotating capture file in `dir`.
