@@ -660,13 +660,17 @@ impl Daemon {
     }
 
     /// SIGHUP: re-reads the config file and applies every key that can change in place: the
-    /// guard's settings (to the interfaces this process owns), the output keys, `persist` and
-    /// `[metrics] top_sources`. Keys that take a restart (`interfaces`, `sources`, `xdp_mode`,
-    /// `[metrics] listen`) keep their running value and are named. A broken file leaves the
-    /// running configuration as it is.
+    /// guard's settings (to the interfaces this process owns), the output keys, `persist`,
+    /// `[metrics] top_sources` and `[fingerprint]`. Keys that take a restart (`interfaces`,
+    /// `sources`, `xdp_mode`, `[metrics] listen`, `[capture]`) keep their running value and are
+    /// named. A broken file leaves the running configuration as it is. The rule files are read
+    /// again even when the config file is not there or names the same ones: editing a rule file
+    /// and sending SIGHUP is how rules are added.
     pub fn reload(&mut self) {
         if self.flags.config.is_none() {
             log::info!("SIGHUP: no --config file to re-read");
+            let plan = self.plan.clone();
+            self.reread_rules(&plan);
             return;
         }
         let new = match Plan::load(&self.flags) {
@@ -710,15 +714,6 @@ impl Daemon {
         if !applied.is_empty() {
             log::info!("SIGHUP: applied {}", applied.join(", "));
         }
-        if new.rules != old.rules || new.p0f != old.p0f {
-            match fingerprinter(&new) {
-                Ok(f) => {
-                    self.fingerprinter = f;
-                    log::info!("SIGHUP: fingerprint rules reloaded");
-                }
-                Err(e) => log::error!("SIGHUP: keeping the running fingerprint rules: {e:#}"),
-            }
-        }
         if new.capture != old.capture {
             log::warn!(
                 "SIGHUP: [capture] changed, which takes a restart: still running with the old value"
@@ -739,6 +734,7 @@ impl Daemon {
                 Err(e) => log::error!("{}: {e:#}", g.iface),
             }
         }
+        self.reread_rules(&new);
         // What takes a restart keeps its running value, so that the plan says what runs.
         self.plan = Plan {
             ifaces: self.plan.ifaces.clone(),
@@ -750,6 +746,18 @@ impl Daemon {
             capture: self.plan.capture.clone(),
             ..new
         };
+    }
+
+    /// The rule table and p0f's database, read again from the plan's files; one that does not
+    /// parse keeps the running ones.
+    fn reread_rules(&mut self, plan: &Plan) {
+        match fingerprinter(plan) {
+            Ok(f) => {
+                self.fingerprinter = f;
+                log::info!("SIGHUP: fingerprint rules reloaded");
+            }
+            Err(e) => log::error!("SIGHUP: keeping the running fingerprint rules: {e:#}"),
+        }
     }
 
     /// The totals of every guard, added up.
