@@ -421,7 +421,8 @@ fn every_tool_gets_its_label_and_the_capture_shows_its_packets() {
 
 /// The daemon's own rotating capture (`[capture]`): each new source's first packets, in a file
 /// tshark reads; one capture at a time per guard (a second is refused, naming the first); a
-/// capture killed without a word leaves nothing behind (its owner's upkeep stops the copying).
+/// capture killed without a word leaves nothing behind (its owner's upkeep stops the copying);
+/// a guard with no owner, which copies nothing out, is refused.
 #[test]
 fn the_daemon_keeps_a_capture_and_one_capture_reads_a_guard_at_a_time() {
     if !root_or_skip() || !tool_or_skip("tshark") {
@@ -485,4 +486,15 @@ fn the_daemon_keeps_a_capture_and_one_capture_reads_a_guard_at_a_time() {
     c.kill().unwrap();
     c.wait().unwrap();
     f.daemons[j].wait_log("a capture ended without saying so");
+
+    // A guard left in place with nobody running for it copies nothing out: a capture of it is
+    // refused, and says what to do, rather than wait on an empty file.
+    f.daemons[j].signal(libc::SIGTERM);
+    assert!(f.daemons[j].wait().status.success());
+    let k = f.run(&["--persist", "--duration", "0.5", "--no-metrics"]);
+    assert!(f.daemons[k].wait().status.success());
+    let out = f.portguard(&["capture", "--iface", GW_IF, "-w", "/dev/null", "--duration", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no portguard runs for it"), "{err}");
 }

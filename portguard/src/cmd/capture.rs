@@ -71,6 +71,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("nothing is guarded in this network namespace: nothing to capture");
     }
     let mut views: Vec<View> = names.iter().map(|i| View::open(&pins, i)).collect::<Result<_>>()?;
+    // The copy-out program is reached through a program array that only the process holding
+    // the programs keeps filled: on a guard left in place with no `portguard run` for it,
+    // nothing would ever be copied, and the capture would wait on an empty file.
+    if let Some(v) = views.iter().find(|v| !v.owned()) {
+        bail!(
+            "{}: no portguard runs for it (left in place), and packets are copied out only while              one does: start `portguard run` (it adopts the guard), then capture",
+            v.iface()
+        );
+    }
     let snaplen = args.snaplen.unwrap_or(capture::MAX_SNAPLEN);
     let out: Box<dyn Write + Send> = if to_stdout {
         Box::new(std::io::stdout())
