@@ -342,6 +342,10 @@ fn every_tool_gets_its_label_and_the_capture_shows_its_packets() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // What an admin sees (README, "What is probing us", shows this table).
+    let table = f.portguard(&["stats", "--top", "20"]);
+    eprintln!("{}", String::from_utf8_lossy(&table.stdout));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("TOOL"));
     // JSON carries the p0f-style signature and the TTL distance of TCP sources.
     let (_, zmap) = &seen["198.18.0.24"];
     assert_eq!(zmap["ttl"], 255);
