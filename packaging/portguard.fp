@@ -1,7 +1,9 @@
 ; portguard.fp: what sent a SYN (or a UDP datagram) to a guarded port.
 ;
-; portguard loads this table at start (it is also compiled in); files you add with the same
-; format are read after it. The format, in short (the full description is at the top of
+; portguard has this table compiled in (this copy, /usr/share/doc/portguard/portguard.fp, is for
+; reading); files you add with the same format are read after it: `portguard run --rules FILE`,
+; or `rules = ["/etc/portguard/local.fp"]` under [fingerprint] in portguard.toml (SIGHUP reloads
+; them). The format, in short (the full description is at the top of
 ; portguard/src/fingerprint/rules.rs):
 ;
 ;   [label]                       a rule; a label may have several rules

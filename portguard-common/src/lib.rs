@@ -31,13 +31,39 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const SKETCH: &str = "SKETCH";
     pub const META: &str = "META";
+    pub const FEATURES: &str = "FEATURES";
+    pub const CAPTURE: &str = "CAPTURE";
+    pub const CAPTURE_PACE: &str = "CAPTURE_PACE";
+    pub const FINGERPRINTS: &str = "FINGERPRINTS";
     /// Every map, in the order userspace pins and reports them.
-    pub const ALL: [&str; 10] =
-        [META, CONFIG, PORTS, ALLOW_V4, ALLOW_V6, TOTALS, SOURCES, ADMISSION, FRAGMENTS, SKETCH];
+    pub const ALL: [&str; 14] = [
+        META,
+        CONFIG,
+        PORTS,
+        ALLOW_V4,
+        ALLOW_V6,
+        TOTALS,
+        SOURCES,
+        ADMISSION,
+        FRAGMENTS,
+        SKETCH,
+        FEATURES,
+        CAPTURE,
+        CAPTURE_PACE,
+        FINGERPRINTS,
+    ];
 }
 
 /// The XDP program's name in the object file.
 pub const PROGRAM_NAME: &str = "portguard";
+/// The second XDP program: copies a packet's features and bytes to the ring buffers, reached
+/// from the first by a tail call through COPY only when a reader asked for them (see
+/// portguard-ebpf/src/copy.rs). Loaded beside the first, never attached.
+pub const COPY_PROGRAM_NAME: &str = "portguard_copy";
+/// The program array holding it (index 0). Not pinned: it is the loading process's, and an
+/// empty one (no process holding it) makes the tail call fail, which the first program
+/// survives by returning its verdict as if nobody had asked.
+pub const COPY_MAP_NAME: &str = "COPY";
 
 /// The program's read-only global (u8) choosing its clock, set at load time: 1 for
 /// `bpf_ktime_get_coarse_ns()` (Linux 5.11+), 0 for `bpf_ktime_get_ns()` (older kernels,
@@ -117,6 +143,16 @@ pub const DIR_UNJUDGED: u8 = 1 << 2;
 /// `Config::flags`: drop what cannot be judged (frames that could reach a guarded port but
 /// whose ports cannot be read). Userspace sets it in drop mode unless told otherwise.
 pub const CFG_UNJUDGED_DROP: u8 = 1 << 0;
+/// `Config::flags`, set by a consumer while it reads the ring buffers (not a setting: writing
+/// the settings keeps them). FEATURES: the owner reads FEATURES (fingerprints). CAPTURE_NEW:
+/// a capture wants the first `capture_first` packets of each source; CAPTURE_ALL: every
+/// matched packet. Both captures are paced by `capture_per_slice`. With none of them set, the
+/// program does nothing more per packet than test this byte.
+pub const CFG_FEATURES: u8 = 1 << 1;
+pub const CFG_CAPTURE_NEW: u8 = 1 << 2;
+pub const CFG_CAPTURE_ALL: u8 = 1 << 3;
+pub const CFG_CAPTURE: u8 = CFG_CAPTURE_NEW | CFG_CAPTURE_ALL;
+pub const CFG_CONSUMERS: u8 = CFG_FEATURES | CFG_CAPTURE;
 
 /// `Config::allow` bits: set by userspace when the matching trie is non-empty, so that the
 /// program skips the LPM lookup entirely when there is no allowlist.
@@ -150,8 +186,20 @@ pub struct Config {
     pub v6_mask: [u64; 2],
     /// Seeds of the sketch's hash, random per load, so that no one can aim at its blocks.
     pub sketch_seed: [u64; 2],
+    /// With CFG_FEATURES: a source's first this many TCP SYNs (and UDP datagrams among its
+    /// first this many packets) go to FEATURES, as SOURCES counts them.
+    pub feature_first: u16,
+    /// With CFG_CAPTURE_NEW: a source's first this many packets go to CAPTURE.
+    pub capture_first: u16,
+    /// Captured packets per CPU per admission slice, at most: a flood cannot swamp the reader.
+    pub capture_per_slice: u32,
 }
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 56);
+
+/// `Config::feature_first` as the owner sets it: enough SYNs for the rules that compare a
+/// packet with the previous one (hping3's source port +1), few enough that a source that keeps
+/// sending costs nothing more after them.
+pub const FEATURE_FIRST: u16 = 8;
 
 /// TOTALS\[0\], one per CPU: what the program did. Userspace sums the CPUs.
 ///
@@ -186,12 +234,19 @@ pub struct Totals {
     pub unjudged_bytes: u64,
     #[cfg_attr(feature = "user", serde(rename = "sources_admitted_on_evidence"))]
     pub admitted_evidence: u64,
+    /// Feature records (fingerprints) that found FEATURES full: the packet was judged and
+    /// counted all the same; only its fingerprint is missing.
+    pub features_lost: u64,
+    /// Packets a capture wanted that found CAPTURE full...
+    pub captures_lost: u64,
+    /// ...and those past the capture's rate (`capture_per_slice`).
+    pub captures_paced: u64,
 }
-const _: () = assert!(size_of::<Totals>() == 112);
+const _: () = assert!(size_of::<Totals>() == 136);
 
 impl Totals {
     /// Every counter, in declaration order: the names JSON and metrics use.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 17] = [
         "seen",
         "matched",
         "matched_bytes",
@@ -206,6 +261,9 @@ impl Totals {
         "unjudged",
         "unjudged_bytes",
         "sources_admitted_on_evidence",
+        "features_lost",
+        "captures_lost",
+        "captures_paced",
     ];
 
     /// The counters as one array, in declaration order (userspace sums CPUs and takes
@@ -334,7 +392,7 @@ const _: () = assert!(size_of::<SourceSlot>() == 48);
 /// The version of the map layouts in this file. A new portguard adopting pinned maps of another
 /// layout would misread them: it refuses, and says how to start afresh. Bump it whenever a
 /// type below changes size or meaning.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// META\[0\]: facts about the attachment that userspace records for other portguard processes
 /// (`status`, adoption after a restart, `detach`). The XDP program never reads it.
@@ -425,6 +483,219 @@ pub type AllowV4 = [u8; 4];
 /// Allowlist trie data for IPv6 (network order).
 pub type AllowV6 = [u8; 16];
 
+/// FEATURES: a BPF ring buffer of `FeatureEvent`s, read by the guard's owner (the daemon),
+/// which turns them into fingerprints. Written only for a source's first few SYNs (see
+/// `Config::feature_first`), so its rate is bounded by the admission budget, not by the
+/// traffic.
+pub const FEATURES_RING_BYTES: u32 = 256 * 1024;
+
+/// `FeaturesRaw::bits`.
+pub mod feature_bits {
+    /// IPv4 don't-fragment.
+    pub const DF: u16 = 1 << 0;
+    /// IPv4 reserved flag bit ("must be zero").
+    pub const MBZ: u16 = 1 << 1;
+    /// IPv6 flow label non-zero.
+    pub const FLOW: u16 = 1 << 2;
+    /// TCP urgent pointer non-zero.
+    pub const URG_NZ: u16 = 1 << 3;
+    /// TCP NS bit.
+    pub const TCP_NS: u16 = 1 << 4;
+}
+
+/// TCP option bytes a feature record carries: all there can be (a data offset of 15 words).
+pub const FEATURE_OPTION_BYTES: usize = 40;
+/// Payload bytes a feature record carries (UDP tools are told apart by their probes).
+pub const FEATURE_PAYLOAD_BYTES: usize = 8;
+
+/// What one packet (a TCP SYN, or a UDP datagram) says about its sender, as the program copies
+/// it out: the header fields classification reads, the TCP options as raw bytes, and the first
+/// payload bytes. The options are copied rather than walked here: userspace reads them with
+/// the same parser it uses on captures (p0f's corner cases, in one place), and the program
+/// pays for one bounded copy instead of a walk whose every branch the verifier must follow.
+///
+/// Every integer in host order except `dst_v4` (network order), as the rest of this file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeaturesRaw {
+    /// TCP sequence number (0 for UDP).
+    pub seq: u32,
+    /// TCP acknowledgment number, even without ACK (hping3's tell).
+    pub ack: u32,
+    /// IPv4 destination, network order; zero over IPv6.
+    pub dst_v4: [u8; 4],
+    /// IPv4 identification (0 over IPv6).
+    pub ip_id: u16,
+    pub window: u16,
+    pub sport: u16,
+    pub dport: u16,
+    /// IPv4 total length; IPv6 payload length + 40.
+    pub ip_len: u16,
+    /// Transport payload bytes, from the IP length.
+    pub payload_len: u16,
+    /// `feature_bits::*`.
+    pub bits: u16,
+    pub _pad: u16,
+    /// 4 or 6.
+    pub version: u8,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// TOS / traffic class.
+    pub tos: u8,
+    /// IP protocol: 6 or 17.
+    pub proto: u8,
+    /// TCP flag byte.
+    pub tcp_flags: u8,
+    /// IPv4 options / IPv6 extension header bytes.
+    pub ip_opt_len: u8,
+    /// TCP option bytes the header announces (data offset × 4 − 20)...
+    pub tcp_opt_len: u8,
+    /// ...and those of them the frame holds, copied into `options`.
+    pub opt_copied: u8,
+    pub _pad2: u32,
+    /// The TCP option bytes, zero past `opt_copied`.
+    pub options: [u8; FEATURE_OPTION_BYTES],
+    /// The first payload bytes, zero past the payload.
+    pub payload: [u8; FEATURE_PAYLOAD_BYTES],
+}
+const _: () = assert!(size_of::<FeaturesRaw>() == 88);
+
+impl Default for FeaturesRaw {
+    fn default() -> Self {
+        FeaturesRaw {
+            seq: 0,
+            ack: 0,
+            dst_v4: [0; 4],
+            ip_id: 0,
+            window: 0,
+            sport: 0,
+            dport: 0,
+            ip_len: 0,
+            payload_len: 0,
+            bits: 0,
+            _pad: 0,
+            version: 0,
+            ttl: 0,
+            tos: 0,
+            proto: 0,
+            tcp_flags: 0,
+            ip_opt_len: 0,
+            tcp_opt_len: 0,
+            opt_copied: 0,
+            _pad2: 0,
+            options: [0; FEATURE_OPTION_BYTES],
+            payload: [0; FEATURE_PAYLOAD_BYTES],
+        }
+    }
+}
+
+/// One FEATURES record: the source as SOURCES keys it, and what its packet says.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeatureEvent {
+    pub key: SourceKey,
+    pub raw: FeaturesRaw,
+}
+const _: () = assert!(size_of::<FeatureEvent>() == 112);
+
+/// CAPTURE: a BPF ring buffer of `CaptureEvent`s, read by one capture at a time (`portguard
+/// capture`, or the daemon's `[capture]`), which holds the guard's capture lock.
+pub const CAPTURE_RING_BYTES: u32 = 1024 * 1024;
+/// Bytes of each packet the program copies: headers and then some. `--snaplen` cuts further.
+pub const CAPTURE_SNAP: usize = 256;
+
+/// `CaptureEvent::why`: what the packet was to the program.
+pub const CAPTURED_MATCHED: u8 = 1;
+/// Matched, and passed because its source is allowlisted.
+pub const CAPTURED_ALLOWED: u8 = 2;
+/// Its ports could not be read (see `Totals::unjudged`).
+pub const CAPTURED_UNJUDGED: u8 = 3;
+
+/// One CAPTURE record: a packet as the program saw it, with its verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureEvent {
+    /// The source as SOURCES keys it.
+    pub key: SourceKey,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// The frame's length on the wire, and the bytes of it in `data`.
+    pub len: u32,
+    pub caplen: u32,
+    /// The XDP action the program returned for it (XDP_DROP 1, XDP_PASS 2).
+    pub verdict: u8,
+    /// `CAPTURED_*`.
+    pub why: u8,
+    pub _pad: [u8; 6],
+    pub data: [u8; CAPTURE_SNAP],
+}
+const _: () = assert!(size_of::<CaptureEvent>() == 48 + CAPTURE_SNAP);
+
+/// CAPTURE_PACE\[0\], one per CPU: the capture's rate limit, per admission slice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapturePace {
+    pub slice: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CapturePace>() == 16);
+
+/// FINGERPRINTS: what the owner made of each source's feature records, so that every portguard
+/// process (`stats`, `top`, `capture`) shows the same label. Written and read by userspace
+/// only; SOURCES keys. Not preallocated: it costs memory only for the sources it holds, at most
+/// this many (under a flood, the one-packet sources SOURCES forgets are forgotten here too).
+pub const FINGERPRINT_CAPACITY: u32 = 16_384;
+
+/// `Fingerprint::class`.
+pub const CLASS_UNKNOWN: u8 = 0;
+pub const CLASS_SCANNER: u8 = 1;
+pub const CLASS_WORM: u8 = 2;
+pub const CLASS_OS: u8 = 3;
+pub const CLASS_MISC: u8 = 4;
+
+/// FINGERPRINTS value. Texts are UTF-8, NUL-padded, cut (at a character) to their field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Packets classified, and how many of them agreed with `label`.
+    pub packets: u32,
+    pub agreeing: u32,
+    /// `CLASS_*`.
+    pub class: u8,
+    /// The TTL (hop limit) of the latest packet, and the hops it suggests it came (p0f's
+    /// guess: from the next initial TTL of 32, 64, 128 or 255).
+    pub ttl: u8,
+    pub distance: u8,
+    pub _pad: u8,
+    /// "masscan", "OS stack", "unknown", ...
+    pub label: [u8; 24],
+    /// For an OS stack: which one ("Linux 2.2.x-3.x").
+    pub os: [u8; 40],
+    /// The p0f signature of the latest TCP SYN; empty for UDP-only sources.
+    pub signature: [u8; 64],
+    /// Why, in one sentence.
+    pub evidence: [u8; 128],
+}
+const _: () = assert!(size_of::<Fingerprint>() == 268);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint {
+            packets: 0,
+            agreeing: 0,
+            class: 0,
+            ttl: 0,
+            distance: 0,
+            _pad: 0,
+            label: [0; 24],
+            os: [0; 40],
+            signature: [0; 64],
+            evidence: [0; 128],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -438,6 +709,8 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceSlot {}
     unsafe impl aya::Pod for FragmentKey {}
+    unsafe impl aya::Pod for CapturePace {}
+    unsafe impl aya::Pod for Fingerprint {}
 }
 
 #[cfg(test)]

@@ -2,15 +2,21 @@
 //! and counts who sends them.
 //!
 //! Per packet: parse (parse.rs) → judge against CONFIG, PORTS and the allowlist → record the
-//! source (sources.rs) → one exit that counts in TOTALS. Maps are in maps.rs, their layouts in
-//! portguard-common. Nothing here can return XDP_ABORTED: every failure passes the packet.
+//! source (sources.rs) → one exit that counts in TOTALS. When a reader asked for them (CONFIG
+//! flags), a source's first packets are then copied out by a second program reached by a tail
+//! call (copy.rs): their features for fingerprints (features.rs) and the packets themselves
+//! for a capture (capture.rs). Maps are in maps.rs, their layouts in portguard-common.
+//! Nothing here can return XDP_ABORTED: every failure passes the packet.
 #![no_std]
 #![no_main]
 // Atomic adds on shared map values (sources.rs): the BPF target has no atomic types.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod capture;
 mod clock;
+mod copy;
+mod features;
 mod maps;
 mod parse;
 mod sources;
@@ -22,12 +28,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portguard_common::{
-    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CFG_UNJUDGED_DROP, Config, DIR_DST, DIR_SRC,
+    ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CAPTURED_ALLOWED, CAPTURED_MATCHED, CAPTURED_UNJUDGED,
+    CFG_CAPTURE, CFG_CONSUMERS, CFG_FEATURES, CFG_UNJUDGED_DROP, Config, DIR_DST, DIR_SRC,
     DIR_UNJUDGED, FragmentKey, Totals,
 };
 
 use crate::{
-    maps::{ALLOW_V4, ALLOW_V6, CONFIG, FRAGMENTS, PORTS, TOTALS},
+    copy::{WANT_CAPTURE, WANT_FEATURES},
+    maps::{ALLOW_V4, ALLOW_V6, CONFIG, COPY, FRAGMENTS, PORTS, TOTALS},
     parse::{FirstFragment, Frame, Ip, Ports},
     sources::Hit,
 };
@@ -43,24 +51,46 @@ pub fn portguard(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return XDP_PASS;
     };
-    let verdict = match parse::frame(&ctx) {
-        Frame::Other => XDP_PASS,
+    let v = match parse::frame(&ctx) {
+        Frame::Other => Verdict::of(XDP_PASS),
         Frame::Malformed => {
             totals.malformed += 1;
-            XDP_PASS
+            Verdict::of(XDP_PASS)
         }
         Frame::Ports(p) => judge(&ctx, cfg, &p, totals),
-        Frame::Fragment { ip, id, ip_proto } => follow(&ip.fragment_key(id, ip_proto), totals),
+        Frame::Fragment { ip, id, ip_proto } => {
+            Verdict::of(follow(&ip.fragment_key(id, ip_proto), totals))
+        }
         Frame::Unjudged { ip, l4, fragment, ip_proto } => {
             unjudged(&ctx, cfg, &ip, l4, fragment, ip_proto, totals)
         }
-        Frame::UnjudgedLink => unjudged_link(&ctx, cfg, totals),
+        Frame::UnjudgedLink => Verdict::of(unjudged_link(&ctx, cfg, totals)),
     };
-    if verdict == XDP_DROP {
+    if v.action == XDP_DROP {
         totals.dropped += 1;
         totals.dropped_bytes += frame_len(&ctx);
     }
-    verdict
+    if v.copy {
+        // SAFETY: a tail call to the copy-out program, which returns the same action; if it
+        // fails (no program in COPY), execution goes on here.
+        unsafe { COPY.tail_call(&ctx, 0) };
+    }
+    v.action
+}
+
+/// An XDP action, and whether the packet is to be copied out (copy.rs) once it is counted:
+/// then the second program takes over and returns the same action.
+#[derive(Clone, Copy)]
+struct Verdict {
+    action: u32,
+    copy: bool,
+}
+
+impl Verdict {
+    #[inline(always)]
+    fn of(action: u32) -> Verdict {
+        Verdict { action, copy: false }
+    }
 }
 
 #[inline(always)]
@@ -75,9 +105,9 @@ fn guarded(port: u16) -> bool {
 
 /// The verdict for a frame with readable ports.
 #[inline(always)]
-fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 {
+fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> Verdict {
     if cfg.protocols & p.l4 == 0 {
-        return XDP_PASS;
+        return Verdict::of(XDP_PASS);
     }
     let mut direction = 0;
     let mut port = 0;
@@ -92,13 +122,15 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
         direction |= DIR_SRC;
     }
     if direction == 0 {
-        return XDP_PASS;
+        return Verdict::of(XDP_PASS);
     }
     let bytes = frame_len(ctx);
     totals.matched += 1;
     totals.matched_bytes += bytes;
+    let mut why = CAPTURED_MATCHED;
     let verdict = if cfg.allow != 0 && allowlisted(cfg.allow, &p.ip) {
         totals.allowed += 1;
+        why = CAPTURED_ALLOWED;
         XDP_PASS
     } else if cfg.action == ACTION_DROP {
         XDP_DROP
@@ -115,8 +147,21 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> u32 
     // A host answering from a guarded port is one of ours: which one is the point, so it is
     // counted per address, never folded into a prefix.
     let key = p.ip.source_key(cfg, direction & DIR_SRC != 0);
-    sources::record(ctx, &key, &hit, cfg, totals);
-    verdict
+    let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    let mut copy = false;
+    if cfg.flags & CFG_CONSUMERS != 0 {
+        let mut want = 0;
+        if cfg.flags & CFG_FEATURES != 0 && features::wanted(cfg, p, seen) {
+            want |= WANT_FEATURES;
+        }
+        if cfg.flags & CFG_CAPTURE != 0 && capture::wanted(cfg, seen) {
+            want |= WANT_CAPTURE;
+        }
+        if want != 0 {
+            copy = copy::request(&key, verdict, p.ip_off, p.l4_off, p.ip.v6, p.l4, want, why);
+        }
+    }
+    Verdict { action: verdict, copy }
 }
 
 /// The verdict for a frame that could reach a guarded port but whose ports cannot be read:
@@ -131,10 +176,10 @@ fn unjudged(
     fragment: FirstFragment,
     ip_proto: u8,
     totals: &mut Totals,
-) -> u32 {
+) -> Verdict {
     if cfg.protocols & l4 == 0 {
         // A protocol that is not guarded: no guarded port is reachable through it.
-        return XDP_PASS;
+        return Verdict::of(XDP_PASS);
     }
     let bytes = frame_len(ctx);
     totals.unjudged += 1;
@@ -152,8 +197,13 @@ fn unjudged(
         let _ = FRAGMENTS.insert(ip.fragment_key(fragment.id(), ip_proto), verdict, 0);
     }
     let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
-    sources::record(ctx, &ip.source_key(cfg, false), &hit, cfg, totals);
-    verdict
+    let key = ip.source_key(cfg, false);
+    let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    // No transport header to read: only the packet's bytes can be copied.
+    let copy = cfg.flags & CFG_CAPTURE != 0
+        && capture::wanted(cfg, seen)
+        && copy::request(&key, verdict, 0, 0, ip.v6, l4, WANT_CAPTURE, CAPTURED_UNJUDGED);
+    Verdict { action: verdict, copy }
 }
 
 /// An unjudged frame whose IP header was not reached (a deep VLAN stack): nobody to record or

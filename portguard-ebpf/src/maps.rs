@@ -2,14 +2,18 @@
 //! userspace may change at load time (SOURCES) are set with `EbpfLoader::set_max_entries`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use portguard_common::{
-    ALLOWLIST_CAPACITY, Admission, AllowV4, AllowV6, Config, DEFAULT_SOURCE_CAPACITY,
-    FRAGMENT_CAPACITY, FragmentKey, FragmentVerdict, Meta, PORT_TABLE_ENTRIES, SKETCH_BLOCKS,
+    ALLOWLIST_CAPACITY, Admission, AllowV4, AllowV6, CAPTURE_RING_BYTES, CapturePace, Config,
+    DEFAULT_SOURCE_CAPACITY, FEATURES_RING_BYTES, FINGERPRINT_CAPACITY, FRAGMENT_CAPACITY,
+    Fingerprint, FragmentKey, FragmentVerdict, Meta, PORT_TABLE_ENTRIES, SKETCH_BLOCKS,
     SketchBlock, SourceKey, SourceSlot, Totals,
 };
+
+use crate::copy::CopyRequest;
 
 /// Written and read by userspace only (see `Meta`); declared here so that it is created and
 /// pinned with the rest.
@@ -81,3 +85,32 @@ pub static SKETCH: Array<SketchBlock> = Array::with_max_entries(SKETCH_BLOCKS, 0
 #[map]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentVerdict> =
     LruHashMap::with_max_entries(FRAGMENT_CAPACITY, 0);
+
+/// What a prober's first packets say about it (`FeatureEvent`), for the owner's fingerprints.
+/// A ring buffer, not a per-CPU perf buffer: one reader, records in order, and a full buffer is
+/// a failed reserve the program counts (`Totals::features_lost`), never a stall.
+#[map]
+pub static FEATURES: RingBuf = RingBuf::with_byte_size(FEATURES_RING_BYTES, 0);
+
+/// Matched packets for a capture (`CaptureEvent`), while one runs (CFG_CAPTURE_*).
+#[map]
+pub static CAPTURE: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// The capture's rate limit, per CPU.
+#[map]
+pub static CAPTURE_PACE: PerCpuArray<CapturePace> = PerCpuArray::with_max_entries(1, 0);
+
+/// Written and read by userspace only (see `Fingerprint`); declared here so that it is created
+/// and pinned with the rest.
+#[map]
+pub static FINGERPRINTS: HashMap<SourceKey, Fingerprint> =
+    HashMap::with_max_entries(FINGERPRINT_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The copy-out program (copy.rs), at index 0, for the tail call. Filled by the loading
+/// process, never pinned.
+#[map]
+pub static COPY: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What the first program hands to the copy-out program, per CPU.
+#[map]
+pub static COPY_REQUEST: PerCpuArray<CopyRequest> = PerCpuArray::with_max_entries(1, 0);

@@ -228,6 +228,10 @@ pub struct Ports {
     pub first_fragment: FirstFragment,
     /// The IP protocol number, 6 or 17 (for the IPv4 reassembly key).
     pub ip_proto: u8,
+    /// Where the IP header and the TCP or UDP header start, from the start of the frame (for
+    /// the copy-out path, copy.rs; nothing on the verdict path reads them).
+    pub ip_off: usize,
+    pub l4_off: usize,
 }
 
 pub enum Frame {
@@ -259,7 +263,7 @@ pub enum Frame {
     },
 }
 
-struct Cursor {
+pub struct Cursor {
     data: usize,
     end: usize,
     /// Where the IP datagram ends, as an offset from `data`, once its length is known: the
@@ -269,9 +273,15 @@ struct Cursor {
 }
 
 impl Cursor {
+    /// The frame, its datagram ending at `limit` (an offset from its start).
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext, limit: usize) -> Cursor {
+        Cursor { data: ctx.data(), end: ctx.data_end(), limit }
+    }
+
     /// `N` bytes at `off`, or None when the datagram (or the frame) ends before them.
     #[inline(always)]
-    fn bytes<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+    pub fn bytes<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
         if off > MAX_OFFSET || off + N > self.limit || self.data + off + N > self.end {
             return None;
         }
@@ -389,7 +399,7 @@ fn ipv4(c: &Cursor, off: usize) -> Frame {
         return Frame::Fragment { ip, id, ip_proto: proto };
     }
     let first_fragment = if more_fragments { FirstFragment::of(id) } else { FirstFragment::NONE };
-    transport(c, off + ihl, proto, ip, first_fragment)
+    transport(c, off, off + ihl, proto, ip, first_fragment)
 }
 
 #[inline(always)]
@@ -453,7 +463,7 @@ fn ipv6(c: &Cursor, off: usize) -> Frame {
         }
     }
     match next {
-        IPPROTO_TCP | IPPROTO_UDP => transport(c, p, next, ip, first_fragment),
+        IPPROTO_TCP | IPPROTO_UDP => transport(c, off, p, next, ip, first_fragment),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
         | IPPROTO_SHIM6 | IPPROTO_AH | IPPROTO_FRAGMENT => {
             if !c.covers(p) {
@@ -493,7 +503,14 @@ fn no_ports(c: &Cursor, chain_end: usize, ip: Ip, first_fragment: FirstFragment)
 /// fragments (RFC 1858's tiny fragments, which Linux accepts), so one whose ports are there is
 /// judged by them, and one cut before them is unjudged.
 #[inline(always)]
-fn transport(c: &Cursor, off: usize, proto: u8, ip: Ip, first_fragment: FirstFragment) -> Frame {
+fn transport(
+    c: &Cursor,
+    ip_off: usize,
+    off: usize,
+    proto: u8,
+    ip: Ip,
+    first_fragment: FirstFragment,
+) -> Frame {
     let tcp = proto == IPPROTO_TCP;
     let l4 = if tcp { PROTO_TCP } else { PROTO_UDP };
     let whole = c.covers(off + if tcp { TCP_HLEN } else { UDP_HLEN });
@@ -509,5 +526,15 @@ fn transport(c: &Cursor, off: usize, proto: u8, ip: Ip, first_fragment: FirstFra
     // known to be one.
     let syn = tcp
         && matches!(c.bytes::<{ TCP_FLAGS + 1 }>(off), Some(f) if f[TCP_FLAGS] & (TCP_SYN | TCP_ACK) == TCP_SYN);
-    Frame::Ports(Ports { ip, l4, sport, dport, syn, first_fragment, ip_proto: proto })
+    Frame::Ports(Ports {
+        ip,
+        l4,
+        sport,
+        dport,
+        syn,
+        first_fragment,
+        ip_proto: proto,
+        ip_off,
+        l4_off: off,
+    })
 }

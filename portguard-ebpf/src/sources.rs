@@ -25,6 +25,33 @@ pub struct Hit {
     pub syn: bool,
 }
 
+/// What the source's entry says after this packet: how far into its first packets and SYNs
+/// the source is, for the copy-out path (copy.rs). Zero when the packet got no entry
+/// (untracked).
+#[derive(Clone, Copy)]
+pub struct Seen {
+    pub packets: u64,
+    pub syns: u32,
+}
+
+impl Seen {
+    const UNTRACKED: Seen = Seen { packets: 0, syns: 0 };
+
+    #[inline(always)]
+    fn of(s: &SourceSlot) -> Seen {
+        Seen { packets: s.packets, syns: s.tcp_syns }
+    }
+
+    /// Read after `update`, plainly: other CPUs may be counting on the same entry, and a value
+    /// a packet or two off only moves where "a source's first packets" end.
+    #[inline(always)]
+    fn at(s: *const SourceSlot) -> Seen {
+        // SAFETY: a live map value (see `update`); aligned loads of counters that are only
+        // ever added to atomically.
+        unsafe { Seen { packets: (*s).packets, syns: (*s).tcp_syns } }
+    }
+}
+
 #[inline(always)]
 pub fn record<C: EbpfContext>(
     ctx: &C,
@@ -32,19 +59,19 @@ pub fn record<C: EbpfContext>(
     hit: &Hit,
     cfg: &Config,
     totals: &mut Totals,
-) {
+) -> Seen {
     // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
     // into a load: the known-source path pays for no helper call.
     let jiffies = unsafe { bpf_jiffies64() };
     if let Some(s) = SOURCES.get_ptr_mut(key) {
         update(s, hit, jiffies);
-        return;
+        return Seen::at(s);
     }
     // An unknown source: the rarer path can afford the real clock.
     let now = clock::now_ns();
     let Some(a) = ADMISSION.get_ptr_mut(0) else {
         untracked(hit, totals);
-        return;
+        return Seen::UNTRACKED;
     };
     // SAFETY: per-CPU, and preemption is off in XDP.
     let a = unsafe { &mut *a };
@@ -53,7 +80,7 @@ pub fn record<C: EbpfContext>(
         Admit::Evidence => true,
         Admit::No => {
             untracked(hit, totals);
-            return;
+            return Seen::UNTRACKED;
         }
     };
     let s = SourceSlot {
@@ -71,14 +98,19 @@ pub fn record<C: EbpfContext>(
         Ok(()) => {
             totals.admitted += 1;
             totals.admitted_evidence += evidence as u64;
+            Seen::of(&s)
         }
         // Another CPU inserted it first: count on its entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {
-            Some(s) => update(s, hit, jiffies),
+            Some(s) => {
+                update(s, hit, jiffies);
+                Seen::at(s)
+            }
             None => {
                 // The table is full.
                 untracked(hit, totals);
                 log_full(ctx, a, now);
+                Seen::UNTRACKED
             }
         },
     }

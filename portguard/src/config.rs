@@ -62,6 +62,44 @@ pub struct FileConfig {
     pub output: Output,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub fingerprint: Fingerprint,
+    #[serde(default)]
+    pub capture: Capture,
+}
+
+/// `[fingerprint]`: what names the tools behind the probes.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fingerprint {
+    /// Rule files read after the shipped table, in order.
+    pub rules: Option<Vec<PathBuf>>,
+    /// p0f's database: a path, "auto" (Debian's, when installed) or "off".
+    pub p0f: Option<String>,
+}
+
+/// `[capture]`: the daemon's rotating capture of matched packets.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Where the files go; unset: no capture.
+    pub directory: Option<PathBuf>,
+    /// A file is rotated once it passes this many MiB.
+    #[serde(default, deserialize_with = "checked::size_mib")]
+    pub size_mib: Option<u64>,
+    /// Rotated files kept beside the current one.
+    pub files: Option<usize>,
+    /// Packets kept of each new source; 0 with `all`.
+    #[serde(default, deserialize_with = "checked::per_source")]
+    pub per_source: Option<u16>,
+    /// Every matched packet (up to `rate`), not only each new source's first ones.
+    pub all: Option<bool>,
+    /// Packets per second at most.
+    #[serde(default, deserialize_with = "checked::rate")]
+    pub rate: Option<u32>,
+    /// Bytes kept of each packet.
+    #[serde(default, deserialize_with = "checked::snaplen")]
+    pub snaplen: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -158,6 +196,39 @@ pub struct Flags {
     pub metrics: Option<SocketAddr>,
     pub no_metrics: bool,
     pub metrics_top: Option<usize>,
+    pub rules: Vec<PathBuf>,
+    pub p0f: Option<String>,
+}
+
+/// Where p0f's database comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum P0f {
+    /// Debian's (`/etc/p0f/p0f.fp`) when it is installed, else none.
+    Auto,
+    Off,
+    File(PathBuf),
+}
+
+impl P0f {
+    fn parse(s: &str) -> P0f {
+        match s {
+            "auto" => P0f::Auto,
+            "off" => P0f::Off,
+            path => P0f::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// The daemon's rotating capture (`[capture]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapturePlan {
+    pub directory: PathBuf,
+    pub max_bytes: u64,
+    pub files: usize,
+    pub per_source: u16,
+    pub all: bool,
+    pub rate: u32,
+    pub snaplen: u32,
 }
 
 /// Flags and config file merged, validated: what a daemon runs.
@@ -186,6 +257,11 @@ pub struct Plan {
     pub metrics_top: usize,
     /// The network namespace the interfaces are in, when it has a name worth showing.
     pub netns: Option<String>,
+    /// Rule files read after the shipped table, and p0f's database.
+    pub rules: Vec<PathBuf>,
+    pub p0f: P0f,
+    /// The daemon's own capture, when configured.
+    pub capture: Option<CapturePlan>,
 }
 
 impl Plan {
@@ -270,8 +346,27 @@ impl Plan {
             metrics_chosen: flags.metrics.is_some() || file.metrics.listen.is_some(),
             metrics_top: flags.metrics_top.or(file.metrics.top_sources).unwrap_or(10),
             netns: None,
+            rules: pick(&flags.rules, &file.fingerprint.rules, Vec::new()),
+            p0f: P0f::parse(
+                flags.p0f.as_deref().or(file.fingerprint.p0f.as_deref()).unwrap_or("auto"),
+            ),
+            capture: capture_plan(&file.capture),
         })
     }
+}
+
+/// `[capture]` with its defaults, when it names a directory.
+fn capture_plan(c: &Capture) -> Option<CapturePlan> {
+    let all = c.all.unwrap_or(false);
+    Some(CapturePlan {
+        directory: c.directory.clone()?,
+        max_bytes: c.size_mib.unwrap_or(crate::capture::DEFAULT_SIZE_MIB) << 20,
+        files: c.files.unwrap_or(crate::capture::DEFAULT_FILES),
+        per_source: c.per_source.unwrap_or(crate::capture::DEFAULT_PER_SOURCE),
+        all,
+        rate: c.rate.unwrap_or(crate::capture::DEFAULT_RATE),
+        snaplen: c.snaplen.unwrap_or(crate::capture::MAX_SNAPLEN),
+    })
 }
 
 /// Values checked while the file is parsed, so that an invalid one is reported at its line like
@@ -308,6 +403,22 @@ mod checked {
 
     pub fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         check(d, |v: &f64| ranges::interval(*v).map(drop).map_err(|e| format!("interval: {e}")))
+    }
+
+    pub fn size_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        check(d, |v: &u64| ranges::capture_size_mib(*v).map(drop))
+    }
+
+    pub fn per_source<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+        check(d, |v: &u16| ranges::per_source(*v).map(drop))
+    }
+
+    pub fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        check(d, |v: &u32| ranges::capture_rate(*v).map(drop))
+    }
+
+    pub fn snaplen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        check(d, |v: &u32| ranges::snaplen(*v).map(drop))
     }
 
     pub fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -378,6 +489,32 @@ top_sources = 20
         assert_eq!(c.sources, Some(portguard_common::DEFAULT_SOURCE_CAPACITY));
         assert_eq!((c.attach, c.priority), (Some(Attach::Auto), None));
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9745"));
+    }
+
+    #[test]
+    fn fingerprint_and_capture_sections() {
+        let c = FileConfig::parse(
+            "[fingerprint]\nrules = [\"/etc/portguard/local.fp\"]\np0f = \"off\"\n\
+             [capture]\ndirectory = \"/var/lib/portguard/capture\"\nper_source = 3\n",
+        )
+        .unwrap();
+        let flags = Flags { ifaces: vec!["eth1".into()], ..Flags::default() };
+        let p = Plan::merge(&flags, &c).unwrap();
+        assert_eq!(p.rules, [PathBuf::from("/etc/portguard/local.fp")]);
+        assert_eq!(p.p0f, P0f::Off);
+        let cap = p.capture.unwrap();
+        assert_eq!((cap.per_source, cap.files, cap.rate, cap.snaplen), (3, 5, 1000, 256));
+        assert_eq!(cap.max_bytes, 64 << 20);
+        // Flags win; the shipped example captures nothing and asks p0f for OS labels.
+        let p = Plan::merge(&Flags { p0f: Some("/tmp/p0f.fp".into()), ..flags.clone() }, &c);
+        assert_eq!(p.unwrap().p0f, P0f::File("/tmp/p0f.fp".into()));
+        let shipped = FileConfig::parse(include_str!("../../packaging/portguard.toml")).unwrap();
+        let p = Plan::merge(&flags, &shipped).unwrap();
+        assert_eq!((p.capture, p.p0f), (None, P0f::Auto));
+        let e = FileConfig::parse("[capture]\nper_source = 0\n").unwrap_err();
+        assert!(e.starts_with("line 2: a capture keeps at least 1 packet"), "{e}");
+        let e = FileConfig::parse("[capture]\n\nsnaplen = 9000\n").unwrap_err();
+        assert!(e.starts_with("line 3: 9000: a capture keeps 14 to 256 bytes"), "{e}");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! away and come back, detach requests), takes over a guard whose owner died, and logs settings
 //! changed by other processes; a guard that cannot be kept ends the daemon with an error.
 //! Every interval, [`Daemon::tick`] reads the counters, makes room in the source tables, and
-//! returns what it read as a [`Tick`], with what the kernel says of each guard. [`serve`] runs
-//! the loop: signals, upkeep, ticks, output, systemd notifications and the metrics endpoint.
-//! Rendering is `report.rs`'s.
+//! returns what it read as a [`Tick`], with what the kernel says of each guard. Every 100 ms,
+//! [`Daemon::drain`] reads what the programs copied out: each owned guard's feature records
+//! (fingerprints, published for every portguard process to show) and, with `[capture]`, the
+//! packets of its rotating capture. [`serve`] runs the loop: signals, upkeep, drains, ticks,
+//! output, systemd notifications and the metrics endpoint. Rendering is `report.rs`'s.
 
 use std::{
     collections::HashMap,
@@ -17,26 +19,34 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard_common::{
-    CHANGE_ADOPT, CHANGE_ATTACH, CHANGE_RELOAD, CHANGE_SET, CHANGE_TOP, STATE_DETACHING, Totals,
+    CFG_FEATURES, CHANGE_ADOPT, CHANGE_ATTACH, CHANGE_RELOAD, CHANGE_SET, CHANGE_TOP,
+    FEATURE_FIRST, STATE_DETACHING, Totals,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    capture::{self, Session},
     check, clock,
-    config::{Flags, Plan},
+    config::{Flags, P0f, Plan},
     counters::{self, Source, SourceAddr},
+    fingerprint::{Feed, Fingerprinter, Label},
     guard::{Acquired, Changed, Health, Owner, Reason, Share, Upkeep, View},
     metrics::{self, IfaceMetrics, LocalSocket},
     notices,
     notify::Notifier,
     pins::Pins,
     report::{self, Snapshot, SortBy},
+    wire,
 };
 
 /// Local sockets on guarded ports, every this many intervals (a netlink dump and a /proc walk).
 const SOCKET_SCAN_EVERY: u64 = 10;
 /// How often owners check their guards, whatever the output interval.
 const UPKEEP: Duration = Duration::from_secs(1);
+/// How often the ring buffers are read: at the admission budget's peak (about 8,200 new
+/// sources a second with the default table) a tenth of a second of feature records is 90 KB,
+/// a third of FEATURES.
+const DRAIN: Duration = Duration::from_millis(100);
 /// How long a guard may stay lost (another program on its interface, say) before the daemon
 /// gives up with an error, so that the service manager restarts it (and says so).
 const LOST_GRACE: Duration = Duration::from_secs(5);
@@ -95,6 +105,8 @@ struct Guarded {
     /// Adopted, and so left in place whatever `persist` says (unless --detach-on-exit): what
     /// `keep` falls back to when a reload turns `persist` off.
     keep_adopted: bool,
+    /// The owner reads FEATURES and publishes fingerprints; None for a watcher.
+    feed: Option<Feed>,
 }
 
 impl Guarded {
@@ -115,7 +127,37 @@ impl Guarded {
             detached: false,
             keep: false,
             keep_adopted: false,
+            feed: None,
         })
+    }
+
+    /// As the owner: asks the program for its sources' first SYNs (FEATURES) and reads them.
+    /// A guard without fingerprints still guards: a failure here is a warning.
+    fn read_features(&mut self) {
+        let Held::Owner(o) = &mut self.held else { return };
+        let started = o
+            .view_mut()
+            .set_consumers(|c| {
+                c.flags |= CFG_FEATURES;
+                c.feature_first = FEATURE_FIRST;
+            })
+            .and_then(|()| Feed::new(&o.view().maps));
+        match started {
+            Ok(f) => self.feed = Some(f),
+            Err(e) => log::warn!("{}: no fingerprints: {e:#}", self.iface),
+        }
+    }
+
+    /// Stops asking for feature records (nobody will read them).
+    fn stop_features(&mut self) {
+        if self.feed.take().is_none() {
+            return;
+        }
+        if let Held::Owner(o) = &mut self.held
+            && let Err(e) = o.view_mut().set_consumers(|c| c.flags &= !CFG_FEATURES)
+        {
+            log::debug!("{}: {e:#}", self.iface);
+        }
     }
 
     /// One upkeep: an owner's duty (`Owner::upkeep`), logged when its finding changes; a
@@ -134,6 +176,14 @@ impl Guarded {
         }
         if let Held::Owner(o) = &mut self.held {
             let now = o.upkeep();
+            if now == Upkeep::Guarding
+                && capture::session::clear_stale(o.view_mut()).unwrap_or(false)
+            {
+                log::info!(
+                    "{}: a capture ended without saying so: stopped copying for it",
+                    self.iface
+                );
+            }
             self.report(&now);
             match &now {
                 Upkeep::Detached { .. } => self.detached = true,
@@ -243,6 +293,7 @@ impl Guarded {
                 );
                 self.held = Held::Owner(Box::new(o));
                 self.last = Upkeep::Guarding;
+                self.read_features();
             }
             Ok(Acquired::Watching(v, _)) => self.held = Held::Watcher(Box::new(v)),
             Err(e) => log::warn!("{}: could not take over: {e:#}", self.iface),
@@ -251,7 +302,10 @@ impl Guarded {
 
     /// Releases what this process owns: detached, or left in place with `persist`. Returns
     /// whether it owned anything (and Err if a persistent guard could not be left in place).
-    fn finish(self, persist: bool) -> Result<bool> {
+    fn finish(mut self, persist: bool) -> Result<bool> {
+        if !self.detached {
+            self.stop_features();
+        }
         let Held::Owner(o) = self.held else { return Ok(false) };
         if self.detached {
             return Ok(false);
@@ -259,6 +313,18 @@ impl Guarded {
         (*o).release(persist).with_context(|| self.iface.clone())?;
         Ok(true)
     }
+}
+
+/// The rule table (the shipped one, then the plan's files) and p0f's database, as the plan
+/// says. A rule file that does not parse is an error naming its line.
+fn fingerprinter(plan: &Plan) -> Result<Fingerprinter> {
+    let rules: Vec<&std::path::Path> = plan.rules.iter().map(|p| p.as_path()).collect();
+    let f = match &plan.p0f {
+        P0f::Auto => Fingerprinter::load(&rules, None),
+        P0f::File(p) => Fingerprinter::load(&rules, Some(p)),
+        P0f::Off => Fingerprinter::load_rules(&rules),
+    };
+    f.map_err(|e| anyhow::anyhow!("fingerprints: {e}"))
 }
 
 /// The notice of an interface that is not guarded (gone, lost, unpinned): it stays on the live
@@ -288,18 +354,29 @@ fn packets(sources: &[Source]) -> HashMap<SourceAddr, u64> {
     sources.iter().map(|s| (s.addr, s.stats.packets)).collect()
 }
 
+/// A source that appeared since the previous tick, with its fingerprint if it has one already.
+pub type NewSource = (Source, Option<Label>);
+
 /// What one tick read.
 pub struct Tick {
     pub snaps: Vec<Snapshot>,
-    /// Per interface, the sources that appeared since the previous tick.
-    pub news: Vec<(String, Vec<Source>)>,
+    /// Per interface, the sources that appeared since the previous tick, with their
+    /// fingerprints when they have one already.
+    pub news: Vec<(String, Vec<NewSource>)>,
     /// Per interface, the top sources by packets for the metrics.
     pub tops: Vec<Vec<Source>>,
+    /// Per interface, how many tracked sources carry each tool label (see
+    /// `report::tools`), for the metrics.
+    pub tools: Vec<Vec<(String, u64)>>,
 }
 
 pub struct Daemon {
     guards: Vec<Guarded>,
     plan: Plan,
+    /// The rule table and p0f's database, given to every guard's feed.
+    fingerprinter: Fingerprinter,
+    /// The rotating capture (`[capture]`), while it runs.
+    capture: Option<Session>,
     flags: Flags,
     pins: Pins,
     ticks: u64,
@@ -322,6 +399,7 @@ impl Daemon {
     /// Acquires every interface of `plan`, or none: what this call attached is undone when a
     /// later interface fails.
     pub fn start(plan: Plan, flags: Flags, pins: Pins) -> Result<Daemon> {
+        let fingerprinter = fingerprinter(&plan)?;
         let mut guards: Vec<Guarded> = Vec::new();
         for iface in &plan.ifaces {
             let acquired = Owner::acquire_shared(
@@ -378,9 +456,88 @@ impl Daemon {
             let mut g = Guarded::new(held, fresh)?;
             g.keep = keep;
             g.keep_adopted = keep && !plan.persist;
+            g.read_features();
             guards.push(g);
         }
-        Ok(Daemon { guards, plan, flags, pins, ticks: 0, sockets: None, held_sockets: None })
+        let mut d = Daemon {
+            guards,
+            plan,
+            fingerprinter,
+            capture: None,
+            flags,
+            pins,
+            ticks: 0,
+            sockets: None,
+            held_sockets: None,
+        };
+        d.start_capture();
+        Ok(d)
+    }
+
+    /// `[capture]`: a rotating capture of the guards this process owns. One that cannot start
+    /// (another capture holds a guard, the directory is unusable) is a warning: guarding
+    /// comes first.
+    fn start_capture(&mut self) {
+        let Some(c) = self.plan.capture.clone() else { return };
+        let mut views: Vec<&mut View> = self
+            .guards
+            .iter_mut()
+            .filter_map(|g| match &mut g.held {
+                Held::Owner(o) => Some(o.view_mut()),
+                Held::Watcher(_) => None,
+            })
+            .collect();
+        if views.is_empty() {
+            return;
+        }
+        let opts = capture::Options {
+            count: None,
+            per_source: (!c.all).then_some(c.per_source),
+            all: c.all,
+            rate: c.rate,
+            snaplen: c.snaplen,
+        };
+        let ro: Vec<&View> = views.iter().map(|v| &**v).collect();
+        let started =
+            capture::session::rotating(&c.directory, &ro, c.snaplen, c.max_bytes, c.files)
+                .and_then(|sink| Session::start(&mut views, sink, opts));
+        match started {
+            Ok(s) => {
+                log::info!(
+                    "capturing {} to {} ({}, at most {} packets/s, rotated at {} MiB, {} old files kept)",
+                    if c.all {
+                        "every matched packet".to_string()
+                    } else {
+                        format!("the first {} packets of each new source", c.per_source)
+                    },
+                    c.directory.join("portguard.pcapng").display(),
+                    self.guards.iter().map(|g| g.iface.as_str()).collect::<Vec<_>>().join(", "),
+                    c.rate,
+                    c.max_bytes >> 20,
+                    c.files
+                );
+                self.capture = Some(s);
+            }
+            Err(e) => log::warn!("not capturing ([capture]): {e:#}"),
+        }
+    }
+
+    /// Reads what the programs copied out: feature records into fingerprints, and packets
+    /// into the capture.
+    pub fn drain(&mut self) {
+        for g in &mut self.guards {
+            if let (Held::Owner(o), Some(feed)) = (&mut g.held, &mut g.feed) {
+                feed.drain(&self.fingerprinter, &mut o.view_mut().maps);
+            }
+        }
+        if let Some(c) = &mut self.capture
+            && let Err(e) = c.drain(false)
+        {
+            log::error!("the capture stopped: {e:#}");
+            if let Some(c) = self.capture.take() {
+                let _ = c.finish();
+            }
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -401,7 +558,11 @@ impl Daemon {
     /// and says what the kernel says of each guard.
     pub fn tick(&mut self) -> Result<Tick> {
         self.ticks += 1;
-        let mut tick = Tick { snaps: Vec::new(), news: Vec::new(), tops: Vec::new() };
+        let mut tick =
+            Tick { snaps: Vec::new(), news: Vec::new(), tops: Vec::new(), tools: Vec::new() };
+        // Feature records first: a source counted below has its first SYN's fingerprint by
+        // then (the program copies it out right after counting it).
+        self.drain();
         for g in &mut self.guards {
             if let Held::Owner(o) = &mut g.held {
                 o.flush_log();
@@ -409,6 +570,16 @@ impl Daemon {
             let v = g.held.view();
             let totals = v.totals()?;
             let sources = v.sources()?;
+            if let (Held::Owner(o), Some(feed)) = (&mut g.held, &mut g.feed) {
+                feed.drain(&self.fingerprinter, &mut o.view_mut().maps);
+            }
+            let v = g.held.view();
+            let labels = v.fingerprints().unwrap_or_default();
+            if let (Held::Owner(o), Some(feed)) = (&mut g.held, &mut g.feed) {
+                let present = sources.iter().map(|s| wire::source_key(s.addr)).collect();
+                let published: Vec<_> = labels.keys().map(|a| wire::source_key(*a)).collect();
+                feed.retain(&mut o.view_mut().maps, &present, &published);
+            }
             if let Held::Owner(o) = &mut g.held {
                 let removed = o.make_room(&sources);
                 if removed > 0 {
@@ -428,12 +599,17 @@ impl Daemon {
                 clock::monotonic_ns(),
                 SortBy::Packets,
                 self.plan.top,
+                &labels,
             );
             // Only the table's current contents are remembered, so memory stays bounded by its
             // capacity whatever a flood does.
-            let fresh =
-                sources.iter().filter(|s| !g.prev_packets.contains_key(&s.addr)).copied().collect();
+            let fresh = sources
+                .iter()
+                .filter(|s| !g.prev_packets.contains_key(&s.addr))
+                .map(|s| (*s, labels.get(&s.addr).cloned()))
+                .collect();
             tick.news.push((g.iface.clone(), fresh));
+            tick.tools.push(report::tools(&sources, &labels));
             let mut top = sources.clone();
             top.sort_by_key(|s| std::cmp::Reverse(s.stats.packets));
             top.truncate(self.plan.metrics_top);
@@ -499,13 +675,17 @@ impl Daemon {
     }
 
     /// SIGHUP: re-reads the config file and applies every key that can change in place: the
-    /// guard's settings (to the interfaces this process owns), the output keys, `persist` and
-    /// `[metrics] top_sources`. Keys that take a restart (`interfaces`, `sources`, `xdp_mode`,
-    /// `[metrics] listen`) keep their running value and are named. A broken file leaves the
-    /// running configuration as it is.
+    /// guard's settings (to the interfaces this process owns), the output keys, `persist`,
+    /// `[metrics] top_sources` and `[fingerprint]`. Keys that take a restart (`interfaces`,
+    /// `sources`, `xdp_mode`, `[metrics] listen`, `[capture]`) keep their running value and are
+    /// named. A broken file leaves the running configuration as it is. The rule files are read
+    /// again even when the config file is not there or names the same ones: editing a rule file
+    /// and sending SIGHUP is how rules are added.
     pub fn reload(&mut self) {
         if self.flags.config.is_none() {
             log::info!("SIGHUP: no --config file to re-read");
+            let plan = self.plan.clone();
+            self.reread_rules(&plan);
             return;
         }
         let new = match Plan::load(&self.flags) {
@@ -551,6 +731,11 @@ impl Daemon {
         if !applied.is_empty() {
             log::info!("SIGHUP: applied {}", applied.join(", "));
         }
+        if new.capture != old.capture {
+            log::warn!(
+                "SIGHUP: [capture] changed, which takes a restart: still running with the old value"
+            );
+        }
         for g in &mut self.guards {
             // Whether it is left in place on exit follows `persist` from now on (an adopted
             // guard stays in place regardless, as at startup).
@@ -566,6 +751,7 @@ impl Daemon {
                 Err(e) => log::error!("{}: {e:#}", g.iface),
             }
         }
+        self.reread_rules(&new);
         // What takes a restart keeps its running value, so that the plan says what runs.
         self.plan = Plan {
             ifaces: self.plan.ifaces.clone(),
@@ -575,8 +761,21 @@ impl Daemon {
             share: self.plan.share,
             metrics: self.plan.metrics,
             metrics_chosen: self.plan.metrics_chosen,
+            capture: self.plan.capture.clone(),
             ..new
         };
+    }
+
+    /// The rule table and p0f's database, read again from the plan's files; one that does not
+    /// parse keeps the running ones.
+    fn reread_rules(&mut self, plan: &Plan) {
+        match fingerprinter(plan) {
+            Ok(f) => {
+                self.fingerprinter = f;
+                log::info!("SIGHUP: fingerprint rules reloaded");
+            }
+            Err(e) => log::error!("SIGHUP: keeping the running fingerprint rules: {e:#}"),
+        }
     }
 
     /// The totals of every guard, added up.
@@ -601,7 +800,16 @@ impl Daemon {
 
     /// Releases what this process owns: detached, or left in place (`persist`, or a guard it
     /// adopted). Err when a guard that was to stay could not be left in place.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
+        if let Some(c) = self.capture.take() {
+            match c.finish() {
+                Ok(w) => log::info!(
+                    "capture closed: {} written",
+                    crate::text::plural(w.packets, "packet")
+                ),
+                Err(e) => log::error!("closing the capture: {e:#}"),
+            }
+        }
         let (mut kept, mut detached, mut failed) = (Vec::new(), Vec::new(), None);
         for g in self.guards {
             let (iface, keep) = (g.iface.clone(), g.keep);
@@ -720,6 +928,8 @@ pub async fn serve(
     let mut period = Duration::from_secs_f64(daemon.plan.interval);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut upkeep = tokio::time::interval(UPKEEP.min(period));
+    let mut drain = tokio::time::interval(DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
     let terminal = std::io::stdout().is_terminal();
     // Without a watchdog the timer is parked far away.
@@ -750,6 +960,10 @@ pub async fn serve(
                 }
                 continue;
             }
+            _ = drain.tick() => {
+                daemon.drain();
+                continue;
+            }
             _ = upkeep.tick() => {
                 if !daemon.upkeep()? {
                     log::info!("every guard was detached on request: stopping");
@@ -771,8 +985,9 @@ pub async fn serve(
                 .snaps
                 .iter()
                 .zip(&tick.tops)
+                .zip(&tick.tools)
                 .zip(&daemon.guards)
-                .map(|((v, top), g)| IfaceMetrics {
+                .map(|(((v, top), tools), g)| IfaceMetrics {
                     iface: v.iface.clone(),
                     xdp_mode: v.attached.map_or("unknown", |a| a.as_str()).into(),
                     mode: v.settings.mode.as_str().into(),
@@ -782,6 +997,7 @@ pub async fn serve(
                     tracked: v.tracked,
                     capacity: v.capacity,
                     top: top.clone(),
+                    tools: tools.clone(),
                 })
                 .collect();
             if let Ok(mut s) = shared.lock() {

@@ -29,6 +29,7 @@ enum Command {
     Detach(cmd::detach::Args),
     Check(cmd::check::Args),
     Top(cmd::top::Args),
+    Capture(cmd::capture::Args),
     Lab(cmd::lab::Args),
     Completions(cmd::completions::Args),
     Man(cmd::completions::ManArgs),
@@ -45,7 +46,10 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     let verb = verb();
-    if !matches!(cli.command, Command::Run(_) | Command::Lab(_) | Command::Top(_)) {
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Lab(_) | Command::Top(_) | Command::Capture(_)
+    ) {
         // One-shot verbs end quietly when their reader goes away (`status | head -1`), as
         // other Unix tools do; the long-running ones check their writes instead.
         // SAFETY: setting a signal's disposition to its default, before any thread starts.
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Completions(a) => cmd::completions::run::<Cli>(a),
         Command::Man(a) => cmd::completions::man::<Cli>(a),
         Command::Top(a) => cmd::top::run(a),
+        Command::Capture(a) => cmd::capture::run(a),
         Command::Check(_) => unreachable!("check returned above"),
     };
     match result {

@@ -7,11 +7,11 @@ use std::{os::fd::AsFd as _, path::Path};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use portguard_common::{
-    Admission, AllowV4, AllowV6, Config, FragmentKey, FragmentVerdict, Meta, PORT_GUARDED,
-    PORT_TABLE_ENTRIES, SketchBlock, SourceKey, SourceSlot, Totals, map_names,
+    Admission, AllowV4, AllowV6, CapturePace, Config, Fingerprint, FragmentKey, FragmentVerdict,
+    Meta, PORT_GUARDED, PORT_TABLE_ENTRIES, SketchBlock, SourceKey, SourceSlot, Totals, map_names,
 };
 
 use crate::sys;
@@ -30,6 +30,8 @@ pub struct Maps {
     _admission: PerCpuArray<MapData, Admission>,
     _fragments: HashMap<MapData, FragmentKey, FragmentVerdict>,
     _sketch: Array<MapData, SketchBlock>,
+    _capture_pace: PerCpuArray<MapData, CapturePace>,
+    fingerprints: HashMap<MapData, SourceKey, Fingerprint>,
     /// A second handle on every map, for pinning and for the batched reads aya does not wrap.
     all: Vec<(&'static str, MapData)>,
 }
@@ -68,7 +70,8 @@ impl Maps {
                 | Map::PerCpuArray(d)
                 | Map::LpmTrie(d)
                 | Map::HashMap(d)
-                | Map::LruHashMap(d) => d,
+                | Map::LruHashMap(d)
+                | Map::RingBuf(d) => d,
                 _ => bail!("map {name} has an unexpected type"),
             };
             let fd = data.fd().as_fd().try_clone_to_owned()?;
@@ -88,6 +91,12 @@ impl Maps {
         let _admission = typed(map_names::ADMISSION, take(map_names::ADMISSION)?)?;
         let _fragments = typed(map_names::FRAGMENTS, take(map_names::FRAGMENTS)?)?;
         let _sketch = typed(map_names::SKETCH, take(map_names::SKETCH)?)?;
+        let _capture_pace = typed(map_names::CAPTURE_PACE, take(map_names::CAPTURE_PACE)?)?;
+        let fingerprints = typed(map_names::FINGERPRINTS, take(map_names::FINGERPRINTS)?)?;
+        for ring in [map_names::FEATURES, map_names::CAPTURE] {
+            // Read through `ring` when a reader wants them; only their type is checked here.
+            let _: RingBuf<MapData> = typed(ring, take(ring)?)?;
+        }
         Ok(Maps {
             meta,
             config,
@@ -99,7 +108,62 @@ impl Maps {
             _admission,
             _fragments,
             _sketch,
+            _capture_pace,
+            fingerprints,
             all,
+        })
+    }
+
+    /// A reader of the ring buffer `name` (FEATURES or CAPTURE). A ring buffer has one reader
+    /// position, shared by whoever maps it: callers make sure only one reads at a time (the
+    /// owner reads FEATURES; a capture holds the capture lock).
+    pub fn ring(&self, name: &str) -> Result<RingBuf<MapData>> {
+        let fd = self.raw(name)?.fd().as_fd().try_clone_to_owned()?;
+        let data = MapData::from_fd(fd)?;
+        RingBuf::try_from(Map::RingBuf(data)).with_context(|| format!("mapping ring buffer {name}"))
+    }
+
+    /// Every FINGERPRINTS entry: one batched read where the kernel supports it.
+    pub fn fingerprints(&self) -> Result<Vec<(SourceKey, Fingerprint)>> {
+        let raw = self.raw(map_names::FINGERPRINTS)?;
+        let (ks, vs) = (size_of::<SourceKey>(), size_of::<Fingerprint>());
+        let max = raw.info().map(|i| i.max_entries() as usize).unwrap_or(1);
+        if let Ok((keys, values)) = sys::lookup_batch(raw.fd().as_fd(), ks, vs, max) {
+            return Ok(keys
+                .chunks_exact(ks)
+                .zip(values.chunks_exact(vs))
+                // SAFETY: both are Pod and each chunk holds exactly one.
+                .map(|(k, v)| unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr() as *const SourceKey),
+                        std::ptr::read_unaligned(v.as_ptr() as *const Fingerprint),
+                    )
+                })
+                .collect());
+        }
+        // An entry removed between listing its key and reading it is simply gone.
+        Ok(self.fingerprints.iter().filter_map(Result::ok).collect())
+    }
+
+    /// One source's fingerprint, if it has one.
+    pub fn fingerprint(&self, key: &SourceKey) -> Option<Fingerprint> {
+        self.fingerprints.get(key, 0).ok()
+    }
+
+    pub fn set_fingerprint(&mut self, key: &SourceKey, f: &Fingerprint) -> Result<()> {
+        self.fingerprints.insert(key, f, 0).context("writing FINGERPRINTS")
+    }
+
+    /// Removes a fingerprint; false when there was none.
+    pub fn remove_fingerprint(&mut self, key: &SourceKey) -> bool {
+        self.fingerprints.remove(key).is_ok()
+    }
+
+    /// Another handle on the same maps (the kernel's objects, not copies).
+    pub fn duplicate(&self) -> Result<Maps> {
+        Maps::build(|name| {
+            let fd = self.raw(name)?.fd().as_fd().try_clone_to_owned()?;
+            Map::from_map_data(MapData::from_fd(fd)?).with_context(|| format!("map {name}"))
         })
     }
 

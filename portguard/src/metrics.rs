@@ -40,6 +40,8 @@ pub struct IfaceMetrics {
     pub capacity: u32,
     /// The top sources by packets, already cut to N.
     pub top: Vec<Source>,
+    /// How many tracked sources carry each tool label (`report::tools`: bounded).
+    pub tools: Vec<(String, u64)>,
 }
 
 /// A socket on a guarded port on this host (see `portguard check`).
@@ -86,7 +88,13 @@ pub fn render(s: &Snapshot) -> String {
     let src_packets = Family::<Labels, Counter>::default();
     let src_bytes = Family::<Labels, Counter>::default();
     let src_syns = Family::<Labels, Counter>::default();
+    let by_tool = Family::<Labels, Gauge>::default();
+    let lost = Family::<Labels, Counter>::default();
+    let paced = Family::<Labels, Counter>::default();
     for i in &s.ifaces {
+        for (tool, n) in &i.tools {
+            by_tool.get_or_create(&labels(&[("iface", &i.iface), ("tool", tool)])).set(*n as i64);
+        }
         let t = &i.totals;
         let l = |kind: &str| labels(&[("iface", &i.iface), ("kind", kind)]);
         info.get_or_create(&labels(&[
@@ -116,6 +124,10 @@ pub fn render(s: &Snapshot) -> String {
             bytes.get_or_create(&l(kind)).inc_by(v);
         }
         let il = labels(&[("iface", &i.iface)]);
+        for (ring, v) in [("features", t.features_lost), ("capture", t.captures_lost)] {
+            lost.get_or_create(&labels(&[("iface", &i.iface), ("ring", ring)])).inc_by(v);
+        }
+        paced.get_or_create(&il).inc_by(t.captures_paced);
         malformed.get_or_create(&il).inc_by(t.malformed);
         followed.get_or_create(&il).inc_by(t.fragments_followed);
         tracked.get_or_create(&il).set(i.tracked as i64);
@@ -152,6 +164,17 @@ pub fn render(s: &Snapshot) -> String {
         followed,
     );
     reg.register("sources_tracked", "Sources in the per-source table", tracked);
+    reg.register(
+        "records_lost",
+        "Fingerprint records and captured packets that found their ring buffer full (the packets were judged and counted all the same)",
+        lost,
+    );
+    reg.register("capture_paced", "Packets a capture wanted past its rate", paced);
+    reg.register(
+        "sources",
+        "Tracked sources by what their packets say they are (tool=\"none\": not fingerprinted yet)",
+        by_tool,
+    );
     reg.register("source_capacity", "Capacity of the per-source table", capacity);
     reg.register("source_packets", "Packets from one of the top sources", src_packets);
     reg.register("source_bytes", "Bytes from one of the top sources", src_bytes);
@@ -369,6 +392,7 @@ mod tests {
                         ..SourceStats::default()
                     },
                 }],
+                tools: vec![("masscan".into(), 1)],
             }],
             sockets: Some(vec![LocalSocket {
                 port: 2745,
@@ -383,6 +407,8 @@ mod tests {
             "portguard_bytes_total{iface=\"eth1\",kind=\"dropped\"} 240",
             "portguard_source_packets_total{iface=\"eth1\",source=\"198.18.0.2\",direction=\"probing\"} 4",
             "portguard_sources_tracked{iface=\"eth1\"} 1",
+            "portguard_sources{iface=\"eth1\",tool=\"masscan\"} 1",
+            "portguard_records_lost_total{iface=\"eth1\",ring=\"features\"} 0",
             "portguard_local_sockets{port=\"2745\",protocol=\"tcp\",state=\"listen\"} 1",
             // Nothing found is 0, not a missing series.
             "portguard_local_sockets{port=\"2745\",protocol=\"udp\"} 0",

@@ -40,6 +40,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/portguard";
 pub const ROOT_ENV: &str = "PORTGUARD_PIN_ROOT";
 /// The pinned link's file name inside an interface's directory.
 pub const LINK: &str = "link";
+/// An empty directory inside an interface's directory, locked by the one capture reading the
+/// guard's CAPTURE ring buffer (`portguard capture`, or the daemon's `[capture]`).
+pub const CAPTURE_LOCK: &str = "capture";
 /// How long a change waits for another one in the same namespace to finish.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -271,7 +274,7 @@ pub fn contents(dir: &Path) -> Result<Contents> {
     }
     let names: Vec<String> =
         entries.iter().filter_map(|p| p.file_name()?.to_str().map(str::to_owned)).collect();
-    let known = |n: &str| n == LINK || map_names::ALL.contains(&n);
+    let known = |n: &str| n == LINK || n == CAPTURE_LOCK || map_names::ALL.contains(&n);
     if let Some(odd) = names.iter().find(|n| !known(n)) {
         bail!(
             "{} holds '{odd}', which portguard never pins: not portguard's, refusing",
@@ -336,6 +339,19 @@ pub fn lock(dir: &Path) -> Result<Lock> {
     }
 }
 
+/// The capture lock of the guard in `dir` (see CAPTURE_LOCK), or None while another capture
+/// holds it.
+pub fn try_lock_capture(dir: &Path) -> Result<Option<Lock>> {
+    let d = dir.join(CAPTURE_LOCK);
+    secure_dir(&d)?;
+    try_lock(&d)
+}
+
+/// Whether a live capture reads the guard in `dir`.
+pub fn capturing(dir: &Path) -> bool {
+    owned(&dir.join(CAPTURE_LOCK))
+}
+
 /// Whether a live process owns the guard in `dir` (holds its lock): read from the kernel's
 /// locks, not from a pid that may have been reused.
 pub fn owned(dir: &Path) -> bool {
@@ -351,6 +367,7 @@ pub fn remove_guard(dir: &Path) -> Result<()> {
     for name in map_names::ALL {
         let _ = fs::remove_file(dir.join(name));
     }
+    let _ = fs::remove_dir(dir.join(CAPTURE_LOCK));
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 

@@ -66,6 +66,49 @@ pub fn prefix(v: u8, v6: bool) -> Result<u8, String> {
     Ok(v)
 }
 
+/// Bytes a capture keeps of each packet (`capture --snaplen`, `[capture] snaplen`): enough for
+/// the Ethernet header, at most what the program copies (portguard-common's CAPTURE_SNAP).
+pub const SNAPLEN: (u32, u32) = (14, portguard_common::CAPTURE_SNAP as u32);
+
+pub fn snaplen(v: u32) -> Result<u32, String> {
+    let (lo, hi) = SNAPLEN;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v}: a capture keeps {lo} to {hi} bytes of each packet"));
+    }
+    Ok(v)
+}
+
+/// Packets a capture keeps of each new source (`--per-source`, `[capture] per_source`): the
+/// program counts them in a 16-bit field.
+pub fn per_source(v: u16) -> Result<u16, String> {
+    if v == 0 {
+        return Err("a capture keeps at least 1 packet of each source (or use --all)".into());
+    }
+    Ok(v)
+}
+
+/// Captured packets per second (`--rate`, `[capture] rate`): a flood must not swamp the disk.
+pub const CAPTURE_RATE: (u32, u32) = (1, 100_000);
+
+pub fn capture_rate(v: u32) -> Result<u32, String> {
+    let (lo, hi) = CAPTURE_RATE;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v}: a capture takes {lo} to {hi} packets per second"));
+    }
+    Ok(v)
+}
+
+/// The size at which the daemon's capture file rotates, MiB.
+pub const CAPTURE_SIZE_MIB: (u64, u64) = (1, 65_536);
+
+pub fn capture_size_mib(v: u64) -> Result<u64, String> {
+    let (lo, hi) = CAPTURE_SIZE_MIB;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{v}: a capture file rotates at {lo} to {hi} MiB"));
+    }
+    Ok(v)
+}
+
 /// clap's parsers for the flags: a number, then its range.
 pub mod parse {
     fn seconds(s: &str) -> Result<f64, String> {
@@ -95,6 +138,22 @@ pub mod parse {
 
     pub fn sources(s: &str) -> Result<u32, String> {
         super::sources(s.trim().parse().map_err(|_| format!("'{s}' is not a number of sources"))?)
+    }
+
+    fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+        s.trim().parse().map_err(|_| format!("'{s}' is not a number"))
+    }
+
+    pub fn snaplen(s: &str) -> Result<u32, String> {
+        super::snaplen(number(s)?)
+    }
+
+    pub fn per_source(s: &str) -> Result<u16, String> {
+        super::per_source(number(s)?)
+    }
+
+    pub fn capture_rate(s: &str) -> Result<u32, String> {
+        super::capture_rate(number(s)?)
     }
 }
 

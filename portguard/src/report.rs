@@ -13,6 +13,7 @@ use crate::{
     clock,
     counters::{Rates, Source, SourceAddr},
     daemon::Tick,
+    fingerprint::{Class, Label},
     guard::{Attached, Health},
     json::Document,
     notices,
@@ -31,13 +32,16 @@ pub enum SortBy {
     LastSeen,
 }
 
-/// A source with its rate.
+/// A source with its rate and fingerprint.
 #[derive(Clone, Debug)]
 pub struct Ranked {
     pub source: Source,
     /// Packets per second over the last interval, or since first seen when there is no
     /// previous sample.
     pub rate: f64,
+    /// What its packets say it is, as the owner published it; None before any was classified
+    /// (no SYN or datagram read yet, or nobody reads the guard's features).
+    pub fingerprint: Option<Label>,
 }
 
 /// One interface at one instant.
@@ -61,13 +65,14 @@ pub struct Snapshot {
 }
 
 /// Rates per source (from `prev`, packets per address `dt` ago), ordered by `sort`, cut to
-/// `top`.
+/// `top`, each with its fingerprint from `labels`.
 pub fn rank(
     sources: &[Source],
     prev: Option<(&HashMap<SourceAddr, u64>, Duration)>,
     now_ns: u64,
     sort: SortBy,
     top: usize,
+    labels: &HashMap<SourceAddr, Label>,
 ) -> Vec<Ranked> {
     let mut out: Vec<Ranked> = sources
         .iter()
@@ -82,7 +87,7 @@ pub fn rank(
                     s.stats.packets as f64 / span.max(1.0)
                 }
             };
-            Ranked { source: *s, rate }
+            Ranked { source: *s, rate, fingerprint: None }
         })
         .collect();
     match sort {
@@ -105,7 +110,35 @@ pub fn rank(
         }),
     }
     out.truncate(top);
+    for r in &mut out {
+        r.fingerprint = labels.get(&r.source.addr).cloned();
+    }
     out
+}
+
+/// Tool labels a metric carries at most, per interface: the rule table (and p0f's tool
+/// signatures) bound them already, but an admin's rule files could name many; past this, the
+/// rest are counted as "other".
+pub const MAX_TOOLS: usize = 32;
+/// The label of a source not yet fingerprinted.
+pub const NO_TOOL: &str = "none";
+
+/// How many of `sources` carry each tool label ("masscan", "OS stack", "unknown", and "none"
+/// for those not yet fingerprinted), most first: bounded cardinality for the metrics.
+pub fn tools(sources: &[Source], labels: &HashMap<SourceAddr, Label>) -> Vec<(String, u64)> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for s in sources {
+        let l = labels.get(&s.addr).map_or(NO_TOOL, |l| l.label.as_str());
+        *counts.entry(l).or_default() += 1;
+    }
+    let mut v: Vec<(String, u64)> = counts.into_iter().map(|(l, n)| (l.to_string(), n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if v.len() > MAX_TOOLS {
+        let rest: u64 = v[MAX_TOOLS - 1..].iter().map(|(_, n)| n).sum();
+        v.truncate(MAX_TOOLS - 1);
+        v.push(("other".to_string(), rest));
+    }
+    v
 }
 
 fn attached_str(a: Option<Attached>) -> &'static str {
@@ -332,13 +365,37 @@ fn columns(sources: &[Ranked], w: usize) -> Vec<Col> {
         let st = &r.source.stats;
         st.directions.describe(st.last_port)
     }
+    fn tool(r: &Ranked, _: u64) -> String {
+        r.fingerprint.as_ref().map_or_else(|| "-".to_string(), Label::tool)
+    }
     // Each column costs its width and one space; the last column needs at least this much.
     const WHAT_MIN: usize = 12;
     const ADDR_MIN: usize = 15;
     const ADDR_MID: usize = 25;
+    // The tool column: its labels' width, within TOOL_MIN..=TOOL_MAX ("OS stack (Linux 2.2.x-3.x)"
+    // is cut in its middle on a narrow terminal).
+    const TOOL_MIN: usize = 8;
+    const TOOL_MAX: usize = 28;
     let longest = sources.iter().map(|r| r.source.addr.to_string().len()).max().unwrap_or(0);
+    let tool_w = sources
+        .iter()
+        .map(|r| tool(r, 0).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(TOOL_MIN, TOOL_MAX);
     let mut addr_w = ADDR_MIN.min(longest.max(6));
     let mut left = w.saturating_sub(addr_w + 1 + 9 + 1 + WHAT_MIN);
+    // The tool next: what an admin asks after "who" is "what".
+    let tool_w = if tool_w < left {
+        left -= tool_w + 1;
+        tool_w
+    } else if TOOL_MIN < left {
+        let t = left - 1;
+        left = 0;
+        t
+    } else {
+        0
+    };
     let mut take = |n: usize| {
         if n <= left {
             left -= n;
@@ -364,6 +421,9 @@ fn columns(sources: &[Ranked], w: usize) -> Vec<Col> {
     let col = |head, width, right, cell| Col { head, width, right, cell };
     let mut cols = vec![col("SOURCE", addr_w, false, addr as fn(&Ranked, u64) -> String)];
     cols.push(col("PACKETS", 9, true, packets));
+    if tool_w > 0 {
+        cols.push(col("TOOL", tool_w, false, tool));
+    }
     if has_rate {
         cols.push(col("RATE/s", 8, true, rate));
     }
@@ -425,15 +485,62 @@ pub fn line(v: &Snapshot) -> String {
     s
 }
 
-/// The line logged the first time a source appears.
-pub fn new_source_line(iface: &str, s: &Source) -> String {
-    format!(
+/// The line logged the first time a source appears: "new source on pg-wan: 198.18.0.7
+/// probing 2745 (tcp), 1 packet: zmap (IP ID 54321)".
+pub fn new_source_line(iface: &str, s: &Source, label: Option<&Label>) -> String {
+    let mut line = format!(
         "new source on {iface}: {} {} ({}), {}",
         s.addr,
         s.stats.directions.describe(s.stats.last_port),
         s.stats.protocols,
         text::plural(s.stats.packets, "packet")
-    )
+    );
+    if let Some(l) = label {
+        line.push_str(": ");
+        line.push_str(&l.phrase());
+    }
+    line
+}
+
+/// A source's fingerprint in JSON.
+#[derive(Serialize, JsonSchema)]
+pub struct FingerprintJson {
+    /// The most specific label its packets got: a tool ("nmap", "masscan", "zmap",
+    /// "Mirai-like", "hping3", "unicornscan-like", or one from an admin's rule file), "OS
+    /// stack", or "unknown".
+    pub label: String,
+    /// "scanner", "worm", "os", "misc", or null for unknown.
+    #[schemars(extend("enum" = ["scanner", "worm", "os", "misc", null]))]
+    pub class: Option<&'static str>,
+    /// For an OS stack: which one (p0f's label when its database matched exactly).
+    pub os: Option<String>,
+    /// Why, in one sentence.
+    pub evidence: String,
+    /// The p0f signature of its latest TCP SYN; null for a source that sent only UDP.
+    pub signature: Option<String>,
+    /// The TTL (hop limit) of its latest packet classified...
+    pub ttl: u8,
+    /// ...and the hops that suggests it came (from the next initial TTL: 32, 64, 128, 255).
+    pub ttl_distance: u8,
+    /// Packets classified (its first SYNs and datagrams), and how many agreed with `label`.
+    pub packets: u32,
+    pub agreeing: u32,
+}
+
+impl FingerprintJson {
+    pub fn new(l: &Label) -> FingerprintJson {
+        FingerprintJson {
+            label: l.label.clone(),
+            class: l.class.map(Class::as_str),
+            os: l.os.clone(),
+            evidence: l.evidence.clone(),
+            signature: l.signature.clone(),
+            ttl: l.ttl,
+            ttl_distance: l.distance,
+            packets: l.packets,
+            agreeing: l.agreeing,
+        }
+    }
 }
 
 /// One source in JSON.
@@ -469,6 +576,8 @@ pub struct SourceJson {
     pub unjudged: bool,
     /// "tcp" and/or "udp".
     pub protocols: Vec<&'static str>,
+    /// What its packets say it is; null until one of its SYNs or datagrams was classified.
+    pub fingerprint: Option<FingerprintJson>,
 }
 
 impl SourceJson {
@@ -494,6 +603,7 @@ impl SourceJson {
             direction: st.directions.word(),
             unjudged: st.directions.unjudged(),
             protocols: st.protocols.names(),
+            fingerprint: r.fingerprint.as_ref().map(FingerprintJson::new),
         }
     }
 }
@@ -580,17 +690,22 @@ pub fn print_tick(out: &mut impl std::io::Write, tick: &Tick, tty: bool, json: b
     Ok(())
 }
 
-fn print_new_sources(out: &mut impl std::io::Write, iface: &str, fresh: &[Source], json: bool) {
+fn print_new_sources(
+    out: &mut impl std::io::Write,
+    iface: &str,
+    fresh: &[crate::daemon::NewSource],
+    json: bool,
+) {
     let now = clock::monotonic_ns();
-    for s in fresh.iter().take(NEW_SOURCE_LINES) {
+    for (s, label) in fresh.iter().take(NEW_SOURCE_LINES) {
         let line = if json {
-            let r = Ranked { source: *s, rate: 0.0 };
+            let r = Ranked { source: *s, rate: 0.0, fingerprint: label.clone() };
             let source = SourceJson::new(&r, now);
             Document::now(Event::NewSource { iface: iface.into(), source })
                 .line()
                 .unwrap_or_default()
         } else {
-            new_source_line(iface, s)
+            new_source_line(iface, s, label.as_ref())
         };
         let _ = writeln!(out, "{line}");
     }
@@ -636,6 +751,7 @@ mod tests {
                     },
                 },
                 rate: 1.5,
+                fingerprint: None,
             })
             .collect();
         Snapshot {
@@ -728,8 +844,8 @@ mod tests {
     fn new_source_lines_count_in_words() {
         let mut s = snapshot(None, None).sources[0].source;
         s.stats.packets = 1;
-        assert!(new_source_line("pg-wan", &s).ends_with(", 1 packet"));
+        assert!(new_source_line("pg-wan", &s, None).ends_with(", 1 packet"));
         s.stats.packets = 2;
-        assert!(new_source_line("pg-wan", &s).ends_with(", 2 packets"));
+        assert!(new_source_line("pg-wan", &s, None).ends_with(", 2 packets"));
     }
 }

@@ -9,12 +9,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use portguard_common::{
-    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CFG_UNJUDGED_DROP, Config, DIR_DST,
-    DIR_SRC, DIR_UNJUDGED, PROTO_TCP, PROTO_UDP, SourceKey, Totals,
+    ACTION_COUNT, ACTION_DROP, ALLOW_HAS_V4, ALLOW_HAS_V6, CFG_CONSUMERS, CFG_UNJUDGED_DROP,
+    CLASS_MISC, CLASS_OS, CLASS_SCANNER, CLASS_UNKNOWN, CLASS_WORM, Config, DIR_DST, DIR_SRC,
+    DIR_UNJUDGED, Fingerprint, PROTO_TCP, PROTO_UDP, SourceKey, Totals,
 };
 
 use crate::{
     counters::{self, Source, SourceAddr, SourceStats},
+    fingerprint::{Class, Label},
     maps::Maps,
     settings::{Cidr, Direction, Mode, Protocol, Settings, Unjudged},
 };
@@ -148,6 +150,39 @@ pub fn config(s: &Settings, admit_per_slice: u32, sketch_seed: [u64; 2]) -> Conf
             u64::from_ne_bytes(v6_mask[8..].try_into().unwrap_or_default()),
         ],
         sketch_seed,
+        feature_first: 0,
+        capture_first: 0,
+        capture_per_slice: 0,
+    }
+}
+
+/// What the readers of the ring buffers asked for (CFG_FEATURES, CFG_CAPTURE_*, and their
+/// numbers): not settings, so every write of the settings carries them over unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Consumers {
+    /// `CFG_FEATURES` and `CFG_CAPTURE_*` bits.
+    pub flags: u8,
+    pub feature_first: u16,
+    pub capture_first: u16,
+    pub capture_per_slice: u32,
+}
+
+impl Consumers {
+    pub fn of(c: &Config) -> Consumers {
+        Consumers {
+            flags: c.flags & CFG_CONSUMERS,
+            feature_first: c.feature_first,
+            capture_first: c.capture_first,
+            capture_per_slice: c.capture_per_slice,
+        }
+    }
+
+    /// `c` with these consumers and its own settings.
+    pub fn apply(&self, c: &mut Config) {
+        c.flags = (c.flags & !CFG_CONSUMERS) | (self.flags & CFG_CONSUMERS);
+        c.feature_first = self.feature_first;
+        c.capture_first = self.capture_first;
+        c.capture_per_slice = self.capture_per_slice;
     }
 }
 
@@ -237,11 +272,14 @@ pub fn write_settings(
     }
     let cpus = online_cpus()?;
     let admit = new.admit_per_slice.unwrap_or(portguard_common::admit_per_slice(capacity, cpus));
-    let seed = match maps.config()?.sketch_seed {
+    let running = maps.config()?;
+    let seed = match running.sketch_seed {
         [0, 0] => random_seed(),
         kept => kept,
     };
-    maps.set_config(config(new, admit, seed))?;
+    let mut c = config(new, admit, seed);
+    Consumers::of(&running).apply(&mut c);
+    maps.set_config(c)?;
     for p in old.ports.iter().filter(|p| !new.ports.contains(p)) {
         maps.set_port(*p, false)?;
     }
@@ -270,6 +308,69 @@ pub fn read_sources(maps: &Maps) -> Result<Vec<Source>> {
             (stats.packets > 0).then(|| Source { addr: source_addr(&key), stats })
         })
         .collect())
+}
+
+/// Every published fingerprint, by source.
+pub fn read_fingerprints(maps: &Maps) -> Result<std::collections::HashMap<SourceAddr, Label>> {
+    Ok(maps.fingerprints()?.iter().map(|(k, f)| (source_addr(k), label(f))).collect())
+}
+
+/// A FINGERPRINTS value as shown.
+pub fn label(f: &Fingerprint) -> Label {
+    let text = |b: &[u8]| {
+        let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    };
+    let os = text(&f.os);
+    let signature = text(&f.signature);
+    Label {
+        label: text(&f.label),
+        class: match f.class {
+            CLASS_SCANNER => Some(Class::Scanner),
+            CLASS_WORM => Some(Class::Worm),
+            CLASS_OS => Some(Class::Os),
+            CLASS_MISC => Some(Class::Misc),
+            _ => None,
+        },
+        os: (!os.is_empty()).then_some(os),
+        evidence: text(&f.evidence),
+        signature: (!signature.is_empty()).then_some(signature),
+        ttl: f.ttl,
+        distance: f.distance,
+        agreeing: f.agreeing,
+        packets: f.packets,
+    }
+}
+
+/// The FINGERPRINTS value of a label: texts cut at a character boundary to their fields.
+pub fn fingerprint(l: &Label) -> Fingerprint {
+    fn put<const N: usize>(s: &str) -> [u8; N] {
+        let mut b = [0u8; N];
+        let mut n = s.len().min(N);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        b
+    }
+    Fingerprint {
+        packets: l.packets,
+        agreeing: l.agreeing,
+        class: match l.class {
+            Some(Class::Scanner) => CLASS_SCANNER,
+            Some(Class::Worm) => CLASS_WORM,
+            Some(Class::Os) => CLASS_OS,
+            Some(Class::Misc) => CLASS_MISC,
+            None => CLASS_UNKNOWN,
+        },
+        ttl: l.ttl,
+        distance: l.distance,
+        _pad: 0,
+        label: put(&l.label),
+        os: put(l.os.as_deref().unwrap_or("")),
+        signature: put(l.signature.as_deref().unwrap_or("")),
+        evidence: put(&l.evidence),
+    }
 }
 
 /// The SOURCES key of a source (IPv4 as `::ffff:a.b.c.d` of family 4, as the program builds
@@ -347,6 +448,27 @@ mod tests {
         let mapped = SourceAddr::host("::ffff:198.18.0.2".parse().unwrap());
         assert_eq!(source_addr(&source_key(mapped)), mapped);
         assert_ne!(source_key(mapped), source_key(SourceAddr::host("198.18.0.2".parse().unwrap())));
+    }
+
+    #[test]
+    fn labels_round_trip_and_long_texts_are_cut_at_a_character() {
+        let l = Label {
+            label: "OS stack".into(),
+            class: Some(Class::Os),
+            os: Some("Linux 3.11 and newer".into()),
+            evidence: "é".repeat(100),
+            signature: Some("4:64+0:0:1460:mss*44,7:mss,sok,ts,nop,ws:df,id+:0".into()),
+            ttl: 64,
+            distance: 0,
+            agreeing: 2,
+            packets: 3,
+        };
+        let back = label(&fingerprint(&l));
+        assert_eq!(back.evidence, "é".repeat(64), "128 bytes hold 64 two-byte characters");
+        assert_eq!(Label { evidence: l.evidence.clone(), ..back }, l);
+        let none = Label { os: None, signature: None, class: None, ..l };
+        assert_eq!(label(&fingerprint(&none)).class, None);
+        assert_eq!(label(&fingerprint(&none)).signature, None);
     }
 
     #[test]

@@ -300,6 +300,47 @@ fn config_file_flags_override_and_sighup_reloads() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// SIGHUP re-reads the rule files named by --rules, the same names as before and no config
+/// file: a broken one keeps the running rules (naming its line), a good one labels the next
+/// source.
+#[test]
+fn sighup_rereads_the_rule_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = fixture();
+    let dir = tempdir();
+    let rules = dir.join("local.fp");
+    let rule = |len: usize| {
+        format!(
+            "[lab sender]\nclass = misc\nmatch = udp && payload_len == {len} && \
+             starts_with(payload, \"5a5a\")\nevidence = {{payload_len}} bytes of 0x5a\n"
+        )
+    };
+    std::fs::write(&rules, rule(1000)).unwrap();
+    let run = f.run(&["--rules", rules.to_str().unwrap(), "--interval", "0.2", "--no-metrics"]);
+    f.wait_guarded();
+    std::fs::write(&rules, "[lab sender]\nclass = misc\nmatch = udp &&\n").unwrap();
+    f.daemons[run].signal(libc::SIGHUP);
+    f.daemons[run].wait_log("keeping the running fingerprint rules");
+    assert!(f.daemons[run].log().contains("local.fp:3:"), "{}", f.daemons[run].log());
+    std::fs::write(&rules, rule(33)).unwrap();
+    f.daemons[run].signal(libc::SIGHUP);
+    f.daemons[run].wait_log("fingerprint rules reloaded");
+    let dst = std::net::SocketAddr::new(lab::gw_v4(), 2745);
+    lab::udp_send(&f.lab.out, lab::outside(false, 0), dst, 1, 33).unwrap();
+    let source = lab::outside_source(false, 0);
+    wait_until("the new rule's label", || {
+        let doc = f.json(&["stats", "--json"]);
+        iface_entry(&doc, GW_IF)["sources"].as_array().is_some_and(|s| {
+            s.iter().any(|s| s["address"] == source && s["fingerprint"]["label"] == "lab sender")
+        })
+    });
+    f.daemons[run].signal(libc::SIGTERM);
+    assert!(f.daemons[run].wait().status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// SIGHUP applies every key that can change in place and names each one that takes a restart.
 #[test]
 fn sighup_applies_what_it_can_and_names_the_rest() {

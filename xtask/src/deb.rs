@@ -82,7 +82,7 @@ pub fn check() -> Result<()> {
             Arch::Aarch64 => 183,
         };
         ensure!(machine == want, "{}: ELF machine {machine}, want {want}", deb.display());
-        let version = output(&mut arch.command(&binary).arg("--version"))?;
+        let version = output(arch.command(&binary).arg("--version"))?;
         ensure!(version.starts_with("portguard "), "{} --version: {version:?}", binary.display());
         eprintln!(
             "deb: {} ({}, {} paths): {}",

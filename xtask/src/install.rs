@@ -1,5 +1,6 @@
 //! `cargo xtask install`: the binary, the systemd unit, the default config, the man page and
-//! shell completions, where a Debian-like router expects them. `--destdir` stages into a
+//! shell completions, the shipped fingerprint rule table (for reference: it is compiled in),
+//! where a Debian-like router expects them. `--destdir` stages into a
 //! directory (for packaging); the config file is never overwritten.
 
 use std::{
@@ -123,6 +124,13 @@ pub fn install(binary: &Path, arch: Arch, prefix: &Path, dest: &Path) -> Result<
         0o644,
         &mut out,
     )?;
+    // The rule table portguard has compiled in: the format, and the rules a local file adds to.
+    write(
+        under(dest, &share.join("doc/portguard/portguard.fp")),
+        &fs::read(root().join("packaging/portguard.fp"))?,
+        0o644,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -138,8 +146,8 @@ mod tests {
         let dest = std::env::temp_dir().join(format!("pg-install-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dest);
         let files = install(&binary, Arch::host(), Path::new("/usr"), &dest).unwrap();
-        // Binary, unit, config, README, 3 completions, and 11 man pages.
-        assert_eq!(files.len(), 18);
+        // Binary, unit, config, README, the rule table, 3 completions, and 12 man pages.
+        assert_eq!(files.len(), 20);
         let unit =
             fs::read_to_string(dest.join("usr/lib/systemd/system/portguard.service")).unwrap();
         assert!(
@@ -151,7 +159,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o755);
         let man = fs::read_to_string(dest.join("usr/share/man/man1/portguard.1")).unwrap();
         assert!(man.contains(".TH portguard") && man.contains("EXIT STATUS"));
-        for verb in ["run", "stats", "status", "set", "detach", "check", "top"] {
+        for verb in ["run", "stats", "status", "set", "detach", "check", "top", "capture"] {
             let page = dest.join(format!("usr/share/man/man1/portguard-{verb}.1"));
             assert!(page.exists(), "{}", page.display());
         }
@@ -163,7 +171,7 @@ mod tests {
         // The config is never overwritten.
         fs::write(dest.join("etc/portguard/portguard.toml"), "mode = \"count\"\n").unwrap();
         let again = install(&binary, Arch::host(), Path::new("/usr"), &dest).unwrap();
-        assert_eq!(again.len(), 17);
+        assert_eq!(again.len(), 19);
         assert_eq!(
             fs::read_to_string(dest.join("etc/portguard/portguard.toml")).unwrap(),
             "mode = \"count\"\n"

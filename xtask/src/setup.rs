@@ -11,7 +11,7 @@ use crate::util::{output, sh, succeeds};
 /// tests), fonts-dejavu-core (the text in the benchmark plot), systemd (systemd-analyze for the
 /// unit file checks), util-linux (nsenter, setpriv), python3 (a real child process in the
 /// `check` tests); for the fingerprint and capture tests: the real scanners (nmap, masscan,
-/// zmap, hping3), curl (Linux's own connect()), python3-scapy (crafted Mirai-, Windows- and
+/// zmap, hping3), curl and netcat-openbsd (Linux's own connect()), python3-scapy (crafted Mirai-, Windows- and
 /// unicornscan-like SYNs), p0f (its verdicts and its database, /etc/p0f/p0f.fp), tcpdump and
 /// tshark (captures, and reading back portguard's pcapng), ethtool (checksums in software on
 /// the lab's veth); python3-jsonschema (every `--json` output validated against docs/schema/);
@@ -34,6 +34,7 @@ const PACKAGES: &[&str] = &[
     "zmap",
     "hping3",
     "curl",
+    "netcat-openbsd",
     "python3-scapy",
     "p0f",
     "tcpdump",

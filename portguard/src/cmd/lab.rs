@@ -77,6 +77,9 @@ fn lab(args: Args) -> Result<ExitCode> {
         metrics_chosen: false,
         metrics_top: 10,
         netns: Some(lab.gw.clone()),
+        rules: Vec::new(),
+        p0f: portguard::config::P0f::Auto,
+        capture: None,
     };
     // The lab's guard is pinned apart from any real one, and removed with the lab.
     let pins = Pins::new(format!("/sys/fs/bpf/portguard-lab-{}", std::process::id()));

@@ -1,4 +1,5 @@
 pub mod args;
+pub mod capture;
 pub mod check;
 pub mod completions;
 pub mod detach;

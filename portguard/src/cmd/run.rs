@@ -82,6 +82,14 @@ pub struct Args {
     /// Per-source series are exported for this many top sources only [default: 10].
     #[arg(long, value_name = "N")]
     pub metrics_top: Option<usize>,
+    /// A fingerprint rule file read after the shipped table (repeat for several; format in
+    /// /etc/portguard/portguard.fp).
+    #[arg(long = "rules", value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
+    /// p0f's database for OS labels: a file, `auto` (Debian's /etc/p0f/p0f.fp when installed)
+    /// or `off` [default: auto].
+    #[arg(long = "p0f", value_name = "FILE|auto|off")]
+    pub p0f: Option<String>,
 }
 
 impl Args {
@@ -110,6 +118,8 @@ impl Args {
             metrics: self.metrics,
             no_metrics: self.no_metrics,
             metrics_top: self.metrics_top,
+            rules: self.rules.clone(),
+            p0f: self.p0f.clone(),
         }
     }
 }

@@ -57,6 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for (n, g) in guards.iter().enumerate() {
         let totals = g.totals()?;
         let sources = g.sources()?;
+        let labels = g.fingerprints()?;
         let health = g.health();
         let (rates, prev) = match first.get(n).and_then(Option::as_ref) {
             Some((t, p)) => {
@@ -75,7 +76,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             rates,
             tracked: sources.len(),
             capacity: g.capacity(),
-            sources: report::rank(&sources, prev, now, args.sort, args.top),
+            sources: report::rank(&sources, prev, now, args.sort, args.top, &labels),
         });
     }
     if args.json {

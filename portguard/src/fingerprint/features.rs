@@ -1,25 +1,23 @@
 //! What classification needs from ONE packet, in two shapes:
 //!
 //! - [`Features`]: a plain Rust struct, what userspace works with (rules, p0f signatures);
-//! - [`FeaturesRaw`]: the fixed 64-byte `#[repr(C)]` layout the XDP program fills for a matched
-//!   TCP SYN (and the first UDP datagram of a source), proposed here so that main can move it
-//!   into `portguard-common` unchanged. [`Features::from_raw`] turns one into the other.
+//! - [`FeaturesRaw`] (portguard-common): the record the XDP program copies out of a matched TCP
+//!   SYN (and of UDP datagrams among a source's first packets), to the FEATURES ring buffer.
+//!   [`Features::from_raw`] turns one into the other.
 //!
 //! [`Features::from_frame`] parses an Ethernet frame (IPv4/IPv6, TCP/UDP, up to two VLAN tags)
-//! into the same struct; the tests use it on pcap fixtures, and it is the reference for what the
-//! XDP side must extract.
+//! into the same struct; the tests use it on pcap fixtures and captures, and it is the
+//! reference for what the program copies: `tests/features.rs` holds the program's records to
+//! it, frame by frame.
 //!
-//! # What the XDP program must fill, and what it costs
+//! # What the XDP program copies, and what it costs
 //!
-//! Everything below comes from bytes the program already reads to judge the packet (the IP
-//! header and the first 20 bytes of TCP, or the 8 of UDP), except two bounded reads:
-//!
-//! - **TCP options** (`doff * 4 - 20` bytes, at most 40): a loop of at most 40 iterations over
-//!   the option bytes, each checked against `data_end`, mirroring `parse_tcp_options` below
-//!   (kinds in order, MSS, window scale, timestamp value, the EOL padding, and the "bad" flag).
-//!   Only for SYNs without ACK/RST/FIN, so ordinary traffic never pays for it.
-//! - **The first 8 bytes of a UDP (or TCP) payload**, when present: one bounds check and one
-//!   8-byte copy.
+//! Header fields from bytes it already reads to judge the packet (the IP header, the first 20
+//! bytes of TCP or the 8 of UDP), and two bounded copies (portguard-ebpf/src/features.rs):
+//! the TCP option bytes (at most 40) and the first 8 payload bytes, byte by byte, each checked
+//! against the frame and the datagram. The options are walked here, by `parse_tcp_options`
+//! (p0f's corner cases in one place for records and captures alike), not in the kernel: a walk
+//! there would cost a branchy loop the verifier must follow path by path, for every SYN.
 //!
 //! Field by field, from the IP header: `version`, `ttl` (hop limit), `tos` (IPv4 TOS / IPv6
 //! traffic class, ECN bits included), `ip_id` (IPv4 only), DF and the reserved "must be zero"
@@ -29,9 +27,8 @@
 //! `seq`, `ack`, `window`, the flag byte and the NS bit, a non-zero urgent pointer, `doff`.
 //! `payload_len` is the IP length minus all headers.
 //!
-//! The source address is not in the 64 bytes: it travels beside them, as the SOURCES key
-//! (`portguard_common::SourceKey`), in the event the program hands to userspace (a ring buffer
-//! record of `SourceKey` + `FeaturesRaw` = 80 bytes).
+//! The source address is not in the record: it travels beside it, as the SOURCES key
+//! (`FeatureEvent::key`): the source as portguard counts it, an address or a prefix.
 //!
 //! Byte order follows portguard-common: every integer in host order, the address in network
 //! order.
@@ -41,11 +38,15 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+pub use portguard_common::FeaturesRaw;
+use portguard_common::{FEATURE_PAYLOAD_BYTES, feature_bits};
+
 /// Option kinds kept in order (later ones are counted, not kept): Linux sends 5, Windows 6,
 /// macOS 8, OpenBSD 9, so 14 keeps every stack p0f knows whole.
 pub const MAX_OPTION_KINDS: usize = 14;
-/// Payload bytes kept (UDP tools are told apart by their probe payloads).
-pub const PAYLOAD_PREFIX: usize = 8;
+/// Payload bytes kept (UDP tools are told apart by their probe payloads): what the program
+/// copies.
+pub const PAYLOAD_PREFIX: usize = FEATURE_PAYLOAD_BYTES;
 /// p0f 3.09b stops reading options after this many (MAX_TCP_OPT); so does the parser below,
 /// so that its signatures agree with p0f's byte for byte.
 const P0F_MAX_TCP_OPT: usize = 24;
@@ -532,138 +533,11 @@ impl Features {
     }
 }
 
-/// `FeaturesRaw::bits`.
-pub mod bits {
-    /// IPv4 don't-fragment.
-    pub const DF: u16 = 1 << 0;
-    /// IPv4 reserved flag bit.
-    pub const MBZ: u16 = 1 << 1;
-    /// IPv6 flow label non-zero.
-    pub const FLOW: u16 = 1 << 2;
-    /// An MSS option was present (`mss` is its value).
-    pub const MSS: u16 = 1 << 3;
-    /// A window scale option was present (`wscale` is its value).
-    pub const WS: u16 = 1 << 4;
-    /// A timestamp option was present (`ts_val` is its TSval).
-    pub const TS: u16 = 1 << 5;
-    /// TSecr non-zero on a SYN.
-    pub const TS_ECR_NZ: u16 = 1 << 6;
-    /// Malformed options.
-    pub const OPT_BAD: u16 = 1 << 7;
-    /// Non-zero bytes after EOL.
-    pub const EOL_NZ: u16 = 1 << 8;
-    /// Urgent pointer non-zero.
-    pub const URG_NZ: u16 = 1 << 9;
-    /// TCP NS bit.
-    pub const TCP_NS: u16 = 1 << 10;
-}
-
-/// The kernel's view of [`Features`]: 64 bytes, naturally aligned, no implicit padding, host
-/// byte order except `dst_v4` (network order), as the rest of portguard-common. The source
-/// address travels beside it (see the module comment).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FeaturesRaw {
-    /// TCP sequence number (0 for UDP).
-    pub seq: u32,
-    /// TCP acknowledgment number, even without ACK (hping3's tell).
-    pub ack: u32,
-    /// TSval of the timestamp option (valid with `bits::TS`).
-    pub ts_val: u32,
-    /// IPv4 destination, network order; zero over IPv6.
-    pub dst_v4: [u8; 4],
-    /// IPv4 identification (0 over IPv6).
-    pub ip_id: u16,
-    pub window: u16,
-    pub sport: u16,
-    pub dport: u16,
-    /// MSS option value (valid with `bits::MSS`).
-    pub mss: u16,
-    /// IPv4 total length; IPv6 payload length + 40.
-    pub ip_len: u16,
-    /// Transport payload bytes.
-    pub payload_len: u16,
-    /// `bits::*`.
-    pub bits: u16,
-    /// 4 or 6.
-    pub version: u8,
-    /// TTL / hop limit.
-    pub ttl: u8,
-    /// TOS / traffic class.
-    pub tos: u8,
-    /// IP protocol: 6 or 17.
-    pub proto: u8,
-    /// TCP flag byte.
-    pub tcp_flags: u8,
-    /// Window scale option value (valid with `bits::WS`).
-    pub wscale: u8,
-    /// Option kinds seen (more than `MAX_OPTION_KINDS` means `opt_kinds` is a prefix).
-    pub opt_count: u8,
-    /// Bytes after EOL.
-    pub eol_pad: u8,
-    /// IPv4 options / IPv6 extension header bytes.
-    pub ip_opt_len: u8,
-    /// TCP option bytes.
-    pub tcp_opt_len: u8,
-    /// Option kinds in order.
-    pub opt_kinds: [u8; MAX_OPTION_KINDS],
-    /// First payload bytes.
-    pub payload: [u8; PAYLOAD_PREFIX],
-}
-const _: () = assert!(size_of::<FeaturesRaw>() == 64);
-
 impl Features {
-    /// The kernel layout of these features (the source address stays outside).
-    pub fn to_raw(&self) -> FeaturesRaw {
-        let o = &self.options;
-        let mut b = 0;
-        for (on, bit) in [
-            (self.df, bits::DF),
-            (self.mbz, bits::MBZ),
-            (self.flow, bits::FLOW),
-            (o.mss.is_some(), bits::MSS),
-            (o.wscale.is_some(), bits::WS),
-            (o.ts_val.is_some(), bits::TS),
-            (o.ts_ecr_nz, bits::TS_ECR_NZ),
-            (o.bad, bits::OPT_BAD),
-            (o.eol_nz, bits::EOL_NZ),
-            (self.urg_nz, bits::URG_NZ),
-            (self.ns, bits::TCP_NS),
-        ] {
-            if on {
-                b |= bit;
-            }
-        }
-        FeaturesRaw {
-            seq: self.seq,
-            ack: self.ack,
-            ts_val: o.ts_val.unwrap_or(0),
-            dst_v4: self.dst_v4.map(|a| a.octets()).unwrap_or_default(),
-            ip_id: self.ip_id,
-            window: self.window,
-            sport: self.sport,
-            dport: self.dport,
-            mss: o.mss.unwrap_or(0),
-            ip_len: self.ip_len,
-            payload_len: self.payload_len,
-            bits: b,
-            version: self.version,
-            ttl: self.ttl,
-            tos: self.tos,
-            proto: if self.transport == Transport::Tcp { 6 } else { 17 },
-            tcp_flags: self.flags,
-            wscale: o.wscale.unwrap_or(0),
-            opt_count: o.count,
-            eol_pad: o.eol_pad,
-            ip_opt_len: self.ip_opt_len,
-            tcp_opt_len: self.tcp_opt_len,
-            opt_kinds: o.kinds,
-            payload: self.payload,
-        }
-    }
-
-    /// Features from the kernel's record and the source address beside it. Bad values (a
-    /// version other than 4 or 6, a protocol other than TCP or UDP) are a one-line error.
+    /// Features from the program's record (`FeatureEvent::raw`) and the source address beside
+    /// it. The TCP options come as the bytes the frame held; they are read by the same walk as
+    /// a captured frame's, so that both give the same signature. Bad values (a version other
+    /// than 4 or 6, a protocol other than TCP or UDP) are a one-line error.
     pub fn from_raw(src: IpAddr, r: &FeaturesRaw) -> Result<Features, FrameError> {
         let transport = match r.proto {
             6 => Transport::Tcp,
@@ -676,16 +550,16 @@ impl Features {
             v => return err(format!("feature record with IP version {v}")),
         };
         let has = |bit| r.bits & bit != 0;
-        Ok(Features {
+        let mut f = Features {
             src,
             dst_v4,
             version: r.version,
             ttl: r.ttl,
             tos: r.tos,
             ip_id: r.ip_id,
-            df: has(bits::DF),
-            mbz: has(bits::MBZ),
-            flow: has(bits::FLOW),
+            df: has(feature_bits::DF),
+            mbz: has(feature_bits::MBZ),
+            flow: has(feature_bits::FLOW),
             ip_opt_len: r.ip_opt_len,
             ip_len: r.ip_len,
             transport,
@@ -694,29 +568,28 @@ impl Features {
             payload_len: r.payload_len,
             payload: r.payload,
             flags: r.tcp_flags,
-            ns: has(bits::TCP_NS),
+            ns: has(feature_bits::TCP_NS),
             seq: r.seq,
             ack: r.ack,
             window: r.window,
-            urg_nz: has(bits::URG_NZ),
+            urg_nz: has(feature_bits::URG_NZ),
             tcp_opt_len: r.tcp_opt_len,
-            options: TcpOptions {
-                kinds: r.opt_kinds,
-                count: r.opt_count,
-                mss: has(bits::MSS).then_some(r.mss),
-                wscale: has(bits::WS).then_some(r.wscale),
-                ts_val: has(bits::TS).then_some(r.ts_val),
-                ts_ecr_nz: has(bits::TS_ECR_NZ),
-                eol_pad: r.eol_pad,
-                eol_nz: has(bits::EOL_NZ),
-                bad: has(bits::OPT_BAD),
-            },
-        })
+            options: TcpOptions::default(),
+        };
+        if transport == Transport::Tcp {
+            let copied = (r.opt_copied as usize).min(r.options.len());
+            f.options = parse_tcp_options(&r.options[..copied], f.is_syn());
+            // Options the header announced but the frame did not hold (a first fragment cut
+            // short): the walk saw less than there was.
+            f.options.bad |= copied < r.tcp_opt_len as usize;
+        }
+        // The payload prefix holds what the frame held, zeros past it.
+        let n = (f.payload_len as usize).min(PAYLOAD_PREFIX);
+        f.payload[n..].fill(0);
+        Ok(f)
     }
 }
 
-/// Hand-built frames with TCP options, for the unit tests of this module and its siblings
-/// (`frames::Frame` has no TCP options).
 #[cfg(test)]
 pub(crate) mod testframes {
     /// An IPv4 Ethernet frame carrying a TCP segment with these options.
@@ -768,6 +641,46 @@ pub(crate) mod testframes {
 mod tests {
     use super::{testframes::*, *};
 
+    /// The record the program would copy for `f`, whose TCP options are the bytes `options`.
+    fn raw_of(f: &Features, options: &[u8]) -> FeaturesRaw {
+        let mut bits = 0;
+        for (on, bit) in [
+            (f.df, feature_bits::DF),
+            (f.mbz, feature_bits::MBZ),
+            (f.flow, feature_bits::FLOW),
+            (f.urg_nz, feature_bits::URG_NZ),
+            (f.ns, feature_bits::TCP_NS),
+        ] {
+            if on {
+                bits |= bit;
+            }
+        }
+        let mut r = FeaturesRaw {
+            seq: f.seq,
+            ack: f.ack,
+            dst_v4: f.dst_v4.map(|a| a.octets()).unwrap_or_default(),
+            ip_id: f.ip_id,
+            window: f.window,
+            sport: f.sport,
+            dport: f.dport,
+            ip_len: f.ip_len,
+            payload_len: f.payload_len,
+            bits,
+            version: f.version,
+            ttl: f.ttl,
+            tos: f.tos,
+            proto: if f.transport == Transport::Tcp { 6 } else { 17 },
+            tcp_flags: f.flags,
+            ip_opt_len: f.ip_opt_len,
+            tcp_opt_len: options.len() as u8,
+            opt_copied: options.len() as u8,
+            payload: f.payload,
+            ..FeaturesRaw::default()
+        };
+        r.options[..options.len()].copy_from_slice(options);
+        r
+    }
+
     #[test]
     fn linux_syn_is_read_whole() {
         let f = tcp4(
@@ -796,8 +709,13 @@ mod tests {
         assert!(!x.options.bad);
         assert_eq!(x.tcp_opt_len, 20);
         assert_eq!(x.header_len(), 60);
-        // Through the kernel layout and back: nothing lost.
-        assert_eq!(Features::from_raw(x.src, &x.to_raw()).unwrap(), x);
+        // Through the kernel's record and back: nothing lost.
+        assert_eq!(Features::from_raw(x.src, &raw_of(&x, &linux_opts(99))).unwrap(), x);
+        // Options the frame did not hold all of: read as far as they go, marked bad.
+        let mut cut = raw_of(&x, &linux_opts(99));
+        cut.opt_copied = 9;
+        let y = Features::from_raw(x.src, &cut).unwrap();
+        assert!(y.options.bad && y.options.mss == Some(1460), "{:?}", y.options);
     }
 
     #[test]
@@ -843,7 +761,7 @@ mod tests {
         assert_eq!(x.payload_len, 14);
         assert_eq!(x.payload_prefix(), b"GET / HT");
         assert_eq!(x.dst_v4, None);
-        assert_eq!(Features::from_raw(x.src, &x.to_raw()).unwrap(), x);
+        assert_eq!(Features::from_raw(x.src, &raw_of(&x, &[])).unwrap(), x);
         // A VLAN tag changes nothing.
         let tagged = Frame::udp6(src, dst, 5000, 2745).vlan(0x8100, 7).build();
         assert_eq!(Features::from_frame(&tagged).unwrap().sport, 5000);

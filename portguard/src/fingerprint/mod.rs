@@ -14,15 +14,19 @@
 //! is not enough to call a sender an OS stack: p0f's fuzzy answer for nmap over IPv6 is
 //! "Linux".
 //!
-//! Wiring, for the daemon: at start, `Fingerprinter::load(&extra_rule_files, p0f_db_flag)`
-//! (the shipped table is compiled in; `/etc/p0f/p0f.fp` is used when present); per feature
-//! record read from the XDP program's ring buffer, `Features::from_raw(source, &raw)` then
-//! `SourceTable::observe(&fingerprinter, &features)`, which returns the packet's `Verdict`
-//! and the source's `Summary` (label, "N of M agreed", other labels seen); `forget` a source
-//! when SOURCES evicts it.
+//! - `feed`: the owner's side of it: reads the program's FEATURES ring buffer, keeps each
+//!   source's `Evidence`, and publishes a `Label` per source in FINGERPRINTS, for every
+//!   portguard process to show;
+//! - `label`: what is shown of a source's fingerprint.
+//!
+//! The daemon loads a `Fingerprinter` once (`Fingerprinter::load(&extra_rule_files, p0f_db)`:
+//! the shipped table is compiled in, `/etc/p0f/p0f.fp` is used when present) and gives it to
+//! each guard's `Feed`.
 
 pub mod evidence;
 pub mod features;
+pub mod feed;
+pub mod label;
 pub mod p0f;
 pub mod rules;
 
@@ -30,6 +34,8 @@ use std::{fmt, path::Path};
 
 pub use evidence::{Evidence, SourceTable, Summary};
 pub use features::{Features, FeaturesRaw, FrameError, Transport};
+pub use feed::Feed;
+pub use label::Label;
 pub use p0f::{P0fDb, P0fMatch};
 pub use rules::{Class, RuleSet};
 
@@ -97,15 +103,21 @@ impl Fingerprinter {
     /// The shipped rules, the admin's extra rule files in order, and p0f's database when the
     /// given one (or Debian's) exists. Errors are one line, naming file and line.
     pub fn load(extra_rules: &[&Path], p0f_db: Option<&Path>) -> Result<Fingerprinter, String> {
+        let mut f = Fingerprinter::load_rules(extra_rules)?;
+        f.p0f = match p0f_db {
+            Some(p) => Some(P0fDb::load(p).map_err(|e| e.to_string())?),
+            None => P0fDb::load_default().transpose().map_err(|e| e.to_string())?,
+        };
+        Ok(f)
+    }
+
+    /// The shipped rules and the admin's extra rule files, without p0f.
+    pub fn load_rules(extra_rules: &[&Path]) -> Result<Fingerprinter, String> {
         let mut rules = RuleSet::builtin();
         for p in extra_rules {
             rules.extend(RuleSet::load(p).map_err(|e| e.to_string())?);
         }
-        let p0f = match p0f_db {
-            Some(p) => Some(P0fDb::load(p).map_err(|e| e.to_string())?),
-            None => P0fDb::load_default().transpose().map_err(|e| e.to_string())?,
-        };
-        Ok(Fingerprinter { rules, p0f })
+        Ok(Fingerprinter { rules, p0f: None })
     }
 
     /// Classifies one packet on its own.

@@ -1,7 +1,8 @@
 //! The rule table: which tool sent a packet, said in a small file rather than in code.
 //!
-//! portguard ships `packaging/portguard.fp` (installed as `/etc/portguard/portguard.fp`) and
-//! loads it at start; an admin may add files of the same format. The format, in full:
+//! portguard ships `packaging/portguard.fp`, compiled in (and installed for reference as
+//! `/usr/share/doc/portguard/portguard.fp`); an admin adds files of the same format, read after
+//! it (`run --rules FILE`, `[fingerprint] rules` in the config file). The format, in full:
 //!
 //! ```text
 //! ; a comment (also '#'); blank lines are ignored; a line ending in '\' continues on the next
@@ -1283,5 +1284,26 @@ mod tests {
         for label in ["nmap", "masscan", "zmap", "hping3", "Mirai-like", "unicornscan-like"] {
             assert!(rs.rules.iter().any(|r| r.label == label), "{label} missing");
         }
+    }
+}
+
+/// The rule README shows ("What is probing us") parses and does what it says.
+#[cfg(test)]
+mod readme {
+    use super::*;
+    use crate::fingerprint::features::{tcp_flags::SYN, testframes::tcp4};
+
+    #[test]
+    fn the_readme_rule_parses_and_matches() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("; comments on lines").expect("the example in README.md");
+        let end = readme[start..].find("```").unwrap();
+        let rules = RuleSet::parse(&readme[start..start + end], "README.md").unwrap();
+        let f =
+            tcp4([198, 18, 0, 9], [198, 18, 0, 1], 64, 1, true, 40000, 2745, 1, 0, SYN, 2048, &[]);
+        let f = Features::from_frame(&f).unwrap();
+        let m = rules.evaluate(&f, None);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].evidence, "window 2048 from source port 40000 (our weekly audit)");
     }
 }

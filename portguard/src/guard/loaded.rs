@@ -5,13 +5,20 @@ use std::path::Path;
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
     programs::{Extension, ProgramError, Xdp},
 };
 use portguard_common::{
-    COARSE_CLOCK_GLOBAL, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME, Totals, map_names,
+    COARSE_CLOCK_GLOBAL, COPY_MAP_NAME, COPY_PROGRAM_NAME, DEFAULT_SOURCE_CAPACITY, PROGRAM_NAME,
+    Totals, map_names,
 };
 
-use crate::{counters::Source, maps::Maps, settings::Settings, wire};
+use crate::{
+    counters::Source,
+    maps::Maps,
+    settings::Settings,
+    wire::{self, Consumers},
+};
 
 /// The XDP object, built by build.rs from portguard-ebpf.
 pub(crate) static OBJECT: &[u8] =
@@ -23,31 +30,18 @@ type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub(crate) struct Program {
     ebpf: Ebpf,
     logger: Option<Logger>,
+    /// The copy-out program's slot (portguard-ebpf/src/copy.rs), held for as long as the
+    /// program is: the kernel empties a program array nobody holds.
+    _copy: ProgramArray<MapData>,
 }
 
 impl Program {
     /// Loads the object, SOURCES holding `capacity` entries, its maps pinned in (or reused from)
     /// `dir` when given.
     pub(crate) fn load(capacity: u32, dir: Option<&Path>) -> Result<(Program, Maps)> {
-        if capacity == 0 {
-            bail!("the source table needs at least 1 entry");
-        }
-        let coarse_clock = u8::from(super::probe::coarse_clock());
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::SOURCES, capacity);
-        loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
-        if let Some(dir) = dir {
-            for name in map_names::ALL {
-                loader.map_pin_path(name, dir.join(name));
-            }
-        }
-        let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        let mut ebpf = loader(capacity, dir)?.load(OBJECT).context("loading the XDP object")?;
         xdp(&mut ebpf)?.load().map_err(verifier_error)?;
-        let maps = Maps::take(&mut ebpf)?;
-        // The object always has a log ring today; without one, nothing is logged.
-        let logger =
-            aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok();
-        Ok((Program { ebpf, logger }, maps))
+        Program::finish(ebpf)
     }
 
     /// Loads the object with its program as an extension (BPF_PROG_TYPE_EXT), to run as a
@@ -59,14 +53,7 @@ impl Program {
     /// Verifying up front means a refusal happens before anything on the interface is touched.
     pub(crate) fn load_extension(capacity: u32, dir: &Path) -> Result<(Program, Maps)> {
         use crate::multiprog::dispatcher;
-        if capacity == 0 {
-            bail!("the source table needs at least 1 entry");
-        }
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(map_names::SOURCES, capacity);
-        for name in map_names::ALL {
-            loader.map_pin_path(name, dir.join(name));
-        }
+        let mut loader = loader(capacity, Some(dir))?;
         loader.extension(PROGRAM_NAME);
         let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
         let mut scratch = dispatcher::load(&dispatcher::Config::empty(0))?;
@@ -78,10 +65,30 @@ impl Program {
                 _ => anyhow!("the kernel rejected portguard's program as an XDP extension: {why}"),
             }
         })?;
+        Program::finish(ebpf)
+    }
+
+    /// What both loads share once the main program is in the kernel: the copy-out program
+    /// loaded into its slot, the maps taken, the log ring opened.
+    fn finish(mut ebpf: Ebpf) -> Result<(Program, Maps)> {
+        let copy: &mut Xdp = ebpf
+            .program_mut(COPY_PROGRAM_NAME)
+            .context("the object has no copy-out program")?
+            .try_into()
+            .context("the copy-out program is not an XDP program")?;
+        copy.load().map_err(verifier_error)?;
+        let copy_fd = copy.fd().context("the copy-out program's descriptor")?.try_clone()?;
+        let mut slot: ProgramArray<MapData> = ebpf
+            .take_map(COPY_MAP_NAME)
+            .context("the object has no COPY map")?
+            .try_into()
+            .context("COPY is not a program array")?;
+        slot.set(0, &copy_fd, 0).context("filling COPY")?;
         let maps = Maps::take(&mut ebpf)?;
+        // The object always has a log ring today; without one, nothing is logged.
         let logger =
             aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok();
-        Ok((Program { ebpf, logger }, maps))
+        Ok((Program { ebpf, logger, _copy: slot }, maps))
     }
 
     pub(crate) fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -109,6 +116,25 @@ impl Program {
             l.flush();
         }
     }
+}
+
+/// The loader both loads start from: SOURCES holding `capacity` entries, the clock this kernel
+/// has (see portguard-ebpf/src/clock.rs), the maps pinned in (or reused from) `dir` when given.
+fn loader(capacity: u32, dir: Option<&Path>) -> Result<EbpfLoader<'static>> {
+    if capacity == 0 {
+        bail!("the source table needs at least 1 entry");
+    }
+    static COARSE: [u8; 2] = [0, 1];
+    let coarse_clock = &COARSE[usize::from(super::probe::coarse_clock())];
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(map_names::SOURCES, capacity);
+    loader.override_global(COARSE_CLOCK_GLOBAL, coarse_clock, true);
+    if let Some(dir) = dir {
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    Ok(loader)
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -188,5 +214,17 @@ impl Loaded {
 
     pub fn flush_log(&mut self) {
         self.program.flush_log();
+    }
+
+    /// What the program is asked to copy out (CFG_FEATURES, CFG_CAPTURE_*), as a reader would.
+    pub fn set_consumers(&mut self, c: Consumers) -> Result<()> {
+        let mut config = self.maps.config()?;
+        c.apply(&mut config);
+        self.maps.set_config(config)
+    }
+
+    /// The maps, for what tests and benchmarks read beyond the counters (the ring buffers).
+    pub fn maps(&mut self) -> &mut Maps {
+        &mut self.maps
     }
 }

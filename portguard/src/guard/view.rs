@@ -11,13 +11,15 @@ use portguard_common::{ALLOWLIST_CAPACITY, LAYOUT_VERSION, Meta, Totals, map_nam
 
 use super::{Attached, Kind, health};
 use crate::{
-    counters::Source,
+    counters::{Source, SourceAddr},
     error::GuardError,
+    fingerprint::Label,
     maps::Maps,
     multiprog::Ours,
     pins::{self, LINK, Pins},
     settings::Settings,
-    sys, wire,
+    sys,
+    wire::{self, Consumers},
 };
 
 pub struct View {
@@ -178,6 +180,31 @@ impl View {
         wire::read_sources(&self.maps)
     }
 
+    /// The fingerprints the owner published, by source.
+    pub fn fingerprints(&self) -> Result<std::collections::HashMap<SourceAddr, Label>> {
+        wire::read_fingerprints(&self.maps)
+    }
+
+    /// What the readers of the ring buffers ask of the program now.
+    pub fn consumers(&self) -> Result<Consumers> {
+        Ok(Consumers::of(&self.maps.config()?))
+    }
+
+    /// Changes what this process, as a reader of the ring buffers, asks of the program
+    /// (CFG_FEATURES, CFG_CAPTURE_* and their numbers), under the namespace's lock so that no
+    /// change of the settings writes CONFIG in between. Not a change of the settings: nobody
+    /// is told, and META's generation stays.
+    pub fn set_consumers(&mut self, change: impl FnOnce(&mut Consumers)) -> Result<()> {
+        let ns_dir = self.ns_dir().to_path_buf();
+        change_consumers(&mut self.maps, &ns_dir, change)
+    }
+
+    /// A second handle on the guard's maps, for a reader that outlives this view's borrow (a
+    /// capture).
+    pub fn maps_again(&self) -> Result<Maps> {
+        self.maps.duplicate()
+    }
+
     /// The pinned link's (program id, ifindex), when it is pinned.
     pub fn pinned_link(&self) -> Option<(u32, u32)> {
         self.read_pinned_link().ok().flatten()
@@ -226,6 +253,21 @@ impl View {
     pub fn owned(&self) -> bool {
         pins::owned(&self.dir)
     }
+}
+
+/// Changes what a reader asks of the program in CONFIG (see `View::set_consumers`), under the
+/// lock of the namespace directory `ns_dir`.
+pub fn change_consumers(
+    maps: &mut Maps,
+    ns_dir: &Path,
+    change: impl FnOnce(&mut Consumers),
+) -> Result<()> {
+    let _lock = pins::lock(ns_dir)?;
+    let mut c = maps.config()?;
+    let mut k = Consumers::of(&c);
+    change(&mut k);
+    k.apply(&mut c);
+    maps.set_config(c)
 }
 
 /// The allowlist tries hold ALLOWLIST_CAPACITY prefixes per family: a change that would need

@@ -49,6 +49,8 @@ pub struct Row {
     pub rate: Option<f64>,
     /// First seen since `top` started, or absent from the previous refresh.
     pub new: bool,
+    /// Its fingerprint's label ("masscan", "OS stack (Linux)"), once the owner published one.
+    pub tool: Option<String>,
 }
 
 /// Rates of one counter over the last `HISTORY` refreshes.
@@ -201,6 +203,8 @@ impl Iface {
             return;
         }
         let cpu = thread_cpu();
+        // Fingerprints are few (a source's first SYNs make one) and read with the table.
+        let labels = g.fingerprints().unwrap_or_default();
         match g.sources() {
             Ok(sources) => {
                 let prev = self.prev_packets.take();
@@ -224,7 +228,8 @@ impl Iface {
                         // just before the start).
                         let new =
                             s.stats.first_seen_ns >= started_ns || matches!(before, Some(None));
-                        Row { addr: s.addr, stats: s.stats, rate, new }
+                        let tool = labels.get(&s.addr).map(|l| l.tool());
+                        Row { addr: s.addr, stats: s.stats, rate, new, tool }
                     })
                     .collect();
                 self.prev_packets = Some((packets, at));

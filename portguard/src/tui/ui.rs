@@ -293,6 +293,7 @@ mod tests {
             stats: SourceStats { packets, last_seen_ns: last, ..Default::default() },
             rate: Some(packets as f64 / 10.0),
             new: false,
+            tool: None,
         }
     }
 

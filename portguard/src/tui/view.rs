@@ -231,6 +231,9 @@ fn sources(f: &mut Frame, area: Rect, i: &Iface, ui: &Ui, interval: Duration) {
                 // Cut in the middle with a mark: the network and the host part both show.
                 Col::Address => Cell::from(text::fit_middle(&r.addr.to_string(), c.width as usize)),
                 Col::Packets => right(fmt::count(st.packets)),
+                Col::Tool => {
+                    Cell::from(text::fit_middle(r.tool.as_deref().unwrap_or("-"), c.width as usize))
+                }
                 Col::Rate => right(fmt::rate(r.rate)),
                 Col::Bytes => right(fmt::bytes(st.bytes)),
                 Col::Syns => right(fmt::count(st.tcp_syns.into())),
@@ -256,6 +259,7 @@ enum Col {
     New,
     Address,
     Packets,
+    Tool,
     Rate,
     Bytes,
     Syns,
@@ -271,6 +275,7 @@ impl Col {
             Col::New => "",
             Col::Address => "ADDRESS",
             Col::Packets => "PACKETS",
+            Col::Tool => "TOOL",
             Col::Rate => "RATE",
             Col::Bytes => "BYTES",
             Col::Syns => "SYNS",
@@ -289,18 +294,21 @@ struct Column {
 
 impl Column {
     fn right(&self) -> bool {
-        !matches!(self.kind, Col::New | Col::Address | Col::Protocols | Col::Direction)
+        !matches!(self.kind, Col::New | Col::Address | Col::Tool | Col::Protocols | Col::Direction)
     }
 }
 
 /// The columns that fit in `w` cells, in display order. The marker, the address, the packets and
 /// the direction always show (the direction never narrower than "probing 2745"); then, as room
-/// allows: the rate, the last-seen age, a wider address, bytes, the first-seen age, protocols,
-/// SYNs, and the full address. The direction takes what is left.
+/// allows: the rate, the tool (what the source's packets say it is), the last-seen age, a wider
+/// address, bytes, the first-seen age, protocols, SYNs, and the full address. The direction
+/// takes what is left.
 fn columns(w: usize, longest_addr: usize) -> Vec<Column> {
     const DIRECTION_MIN: usize = 12;
     const ADDR_MIN: usize = 15;
     const ADDR_MID: usize = 25;
+    // "OS stack (Linux)" whole; longer labels are cut in the middle.
+    const TOOL: usize = 16;
     let mut addr = ADDR_MIN.min(longest_addr.max(7));
     // Each column costs its width and a space.
     let mut left = w.saturating_sub(2 + addr + 1 + 8 + DIRECTION_MIN);
@@ -312,6 +320,7 @@ fn columns(w: usize, longest_addr: usize) -> Vec<Column> {
         ok
     };
     let rate = take(8);
+    let tool = take(TOOL + 1);
     let last = take(7);
     let grow = longest_addr.min(ADDR_MID).saturating_sub(addr);
     if take(grow) {
@@ -331,6 +340,7 @@ fn columns(w: usize, longest_addr: usize) -> Vec<Column> {
         Column { kind: Col::Packets, width: 7 },
     ];
     for (on, kind, width) in [
+        (tool, Col::Tool, TOOL as u16),
         (rate, Col::Rate, 7),
         (bytes, Col::Bytes, 7),
         (syns, Col::Syns, 6),
@@ -450,7 +460,7 @@ mod tests {
         assert!(width(58, 29) <= 58);
         // 200 columns: every column, and the whole of a long IPv6 address.
         let wide = columns(198, 29);
-        assert_eq!(wide.len(), 10, "{:?}", wide.iter().map(|c| c.kind).collect::<Vec<_>>());
+        assert_eq!(wide.len(), 11, "{:?}", wide.iter().map(|c| c.kind).collect::<Vec<_>>());
         assert_eq!(wide[1].width, 29);
         for w in [58, 78, 98, 198] {
             assert!(width(w, 29) <= w, "{w}");

@@ -5,6 +5,7 @@
 //! - `bpf`: raw bpf(2): the floor program, fds by id, BPF_PROG_TEST_RUN for every tool.
 //! - `peers`: xdp-filter in a namespace of its own, and the floor.
 //! - `cases`: the frames; `cost`: ns/packet by case and tool.
+//! - `copyout`: what fingerprints and captures add (the copy-out path).
 //! - `probes`: one-primitive programs (clock, map lookups), to explain the cost.
 //! - `flood`: distinct sources, repeat 1; `memory`: map memory.
 //! - `userspace`: `portguard stats`/`status` on a full table, and the daemon's CPU and memory.
@@ -25,6 +26,7 @@ mod vm_section;
 mod bpf;
 mod cases;
 mod contended;
+mod copyout;
 mod cost;
 mod dispatcher;
 mod flood;
@@ -201,6 +203,7 @@ pub fn run(args: Args) -> Result<()> {
     let first = table.cases.first().context("no cases")?;
     let probes = probes::measure(first, args.repeat, args.rounds)?;
     let contended = contended::measure(drop_fd.as_fd(), args.repeat, args.rounds)?;
+    let copyout = copyout::measure(&first.frame, args.rounds)?;
 
     let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
@@ -239,6 +242,7 @@ pub fn run(args: Args) -> Result<()> {
         table: &table,
         probes: &probes,
         contended: &contended,
+        copyout: &copyout,
         flood: &flood,
         pg_maps: &pg_maps,
         xf_maps: &xf_maps,

@@ -60,6 +60,7 @@ pub struct Inputs<'a> {
     pub table: &'a CostTable,
     pub probes: &'a [super::probes::Probe],
     pub contended: &'a super::contended::Contended,
+    pub copyout: &'a super::copyout::CopyOut,
     pub flood: &'a FloodResult,
     pub pg_maps: &'a [MapMem],
     pub xf_maps: &'a [MapMem],
@@ -237,11 +238,42 @@ fn cost_section(s: &mut String, i: &Inputs) {
         c.contended_ns,
         c.contended_ns / c.alone_ns,
     );
+    copyout(s, i.copyout, t);
     if let Some(p) = i.plot {
         let _ = writeln!(s, "![ns per packet by case and tool]({p})\n");
     } else {
         let _ = writeln!(s, "(No plot: drawing it failed on this machine; see the run's log.)\n");
     }
+}
+
+/// What fingerprints and captures add to a matched drop (copyout.rs).
+fn copyout(s: &mut String, c: &super::copyout::CopyOut, t: &CostTable) {
+    let off = c.rows.iter().find(|r| r.name == super::copyout::OFF).map_or(f64::NAN, |r| r.ns);
+    let _ = writeln!(
+        s,
+        "Fingerprints and captures (the copy-out path: a second program reached by a tail \
+         call; README, \"What is probing us\"): the `{}` frame from a known source, {} calls \
+         of {} packets per variant per round, the variants interleaved, median of {} rounds. \
+         \"Past its first\" is what every later packet of a source pays while a reader is \
+         attached (the daemon always reads fingerprints); \"every ... copied\" is what each of \
+         a source's first {} SYNs pays, and each captured packet. The first row is the same \
+         drop as the table's, measured again here, interleaved with the others.\n\n\
+         | | ns/packet | − nobody reads |\n| --- | ---: | ---: |",
+        t.cases.first().map_or("", |c| c.name.as_str()),
+        super::copyout::CALLS,
+        thousands(u64::from(super::copyout::PER_CALL)),
+        c.rounds,
+        portguard_common::FEATURE_FIRST,
+    );
+    for r in &c.rows {
+        let _ = writeln!(s, "| {} | {:.0} | {:+.0} |", r.name, r.ns, r.ns - off);
+    }
+    let _ = writeln!(
+        s,
+        "\nRecords lost (a full ring buffer) or paced during the measurement: {} (the ring \
+         buffers are read out between calls).\n",
+        c.lost
+    );
 }
 
 /// Where a matched drop's time goes, from differences between columns (medians over the
