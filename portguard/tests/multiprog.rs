@@ -489,6 +489,16 @@ fn xdp_filter_first_then_portguard_each_detached_in_turn() {
     assert_loader_lists_both(&s);
     assert_status_shared(&s, &["xdpfilt_alw_all"]);
     s.check_both(&l);
+    // The copy-out program is tail-called from the extension as from the plain program: the
+    // kernel's own SYNs are fingerprinted (the IPv4 and the IPv6 prober).
+    until("both probers' SYNs fingerprinted as an OS stack", || {
+        let doc = s.f.json(&["stats", "--json"]);
+        let entry = Fixture::entry(&doc, GW_IF);
+        let labelled = entry["sources"].as_array().map_or(0, |a| {
+            a.iter().filter(|src| src["fingerprint"]["label"] == "OS stack").count()
+        });
+        labelled >= 2
+    });
     // Settings change in place, as always: in count mode 2745 gets through (xdp-filter lets
     // it), then is dropped again.
     assert!(s.f.portguard(&["set", "--mode", "count"]).status.success());
