@@ -290,12 +290,8 @@ pub struct Admission {
     pub used: u32,
     /// ...and on evidence (seen before, in the sketch).
     pub used_evidence: u32,
-    /// The slice (low 32 bits) in which this CPU last logged a full table: one log line per
-    /// CPU per slice at most, never one per packet.
-    pub full_logged: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Admission>() == 24);
+const _: () = assert!(size_of::<Admission>() == 16);
 
 /// SKETCH: the evidence that an unknown source was seen before, for admission during a flood
 /// (once the first-sight budget is spent). A blocked Bloom filter in two generations: a source

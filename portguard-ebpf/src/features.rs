@@ -21,7 +21,7 @@ use portguard_common::{
 use crate::{
     copy::{CopyRequest, load},
     maps::FEATURES,
-    parse::{Cursor, Ports},
+    parse::{Cursor, Ports, bounded},
     sources::Seen,
 };
 
@@ -99,8 +99,9 @@ fn be32(h: &[u8], at: usize) -> u32 {
 /// `ev` must point to a writable FeatureEvent.
 #[inline(always)]
 unsafe fn fill(ctx: &XdpContext, rq: &CopyRequest, ev: *mut FeatureEvent) -> bool {
-    let ip_off = rq.ip_off as usize;
-    let l4_off = rq.l4_off as usize;
+    let (Some(ip_off), Some(l4_off)) = (bounded(rq.ip_off), bounded(rq.l4_off)) else {
+        return false;
+    };
     let v6 = rq.v6 != 0;
     let tcp = rq.l4 == PROTO_TCP;
     let frame = Cursor::new(ctx, usize::MAX);

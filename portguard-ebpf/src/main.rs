@@ -147,7 +147,7 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> Verd
     // A host answering from a guarded port is one of ours: which one is the point, so it is
     // counted per address, never folded into a prefix.
     let key = p.ip.source_key(cfg, direction & DIR_SRC != 0);
-    let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    let seen = sources::record(&key, &hit, cfg, totals);
     let mut copy = false;
     if cfg.flags & CFG_CONSUMERS != 0 {
         let mut want = 0;
@@ -198,7 +198,7 @@ fn unjudged(
     }
     let hit = Hit { bytes, port: 0, direction: DIR_UNJUDGED, l4, syn: false };
     let key = ip.source_key(cfg, false);
-    let seen = sources::record(ctx, &key, &hit, cfg, totals);
+    let seen = sources::record(&key, &hit, cfg, totals);
     // No transport header to read: only the packet's bytes can be copied.
     let copy = cfg.flags & CFG_CAPTURE != 0
         && capture::wanted(cfg, seen)

@@ -105,6 +105,21 @@ const VLAN_TOO_DEEP: u32 = 0x1_0000;
 /// verifier; no real header chain comes near it (a jumbo frame is 9 KB).
 const MAX_OFFSET: usize = 0x3fff;
 
+/// A header offset read back from memory (a copy-out request, copy.rs), or None past
+/// MAX_OFFSET. The AND is a no-op on the value, but it is what the verifier sees: the compiler
+/// may test the offset in one register and add it to the packet pointer from another copy
+/// loaded from the stack, and Linux 6.1's verifier then knows no bound for the second (it
+/// refused `R4 offset is outside of the packet`). black_box keeps the compiler from dropping
+/// the AND as redundant after the test.
+#[inline(always)]
+pub fn bounded(off: u16) -> Option<usize> {
+    let off = off as usize;
+    if off > MAX_OFFSET {
+        return None;
+    }
+    Some(core::hint::black_box(off) & MAX_OFFSET)
+}
+
 /// An IP header that the parser has checked is wholly inside the frame (20 bytes for IPv4,
 /// 40 for IPv6). Addresses are read from it only when a frame matched, so the common path
 /// copies nothing.

@@ -4,7 +4,7 @@
 
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
 
-use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::generated::bpf_jiffies64};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_jiffies64};
 use portguard_common::{
     ADMISSION_SLICE_SHIFT, Admission, Config, SKETCH_BITS_PER_SOURCE, SKETCH_BLOCKS,
     SKETCH_ROTATE_AT, SourceKey, SourceSlot, Totals,
@@ -53,13 +53,7 @@ impl Seen {
 }
 
 #[inline(always)]
-pub fn record<C: EbpfContext>(
-    ctx: &C,
-    key: &SourceKey,
-    hit: &Hit,
-    cfg: &Config,
-    totals: &mut Totals,
-) -> Seen {
+pub fn record(key: &SourceKey, hit: &Hit, cfg: &Config, totals: &mut Totals) -> Seen {
     // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
     // into a load: the known-source path pays for no helper call.
     let jiffies = unsafe { bpf_jiffies64() };
@@ -107,9 +101,8 @@ pub fn record<C: EbpfContext>(
                 Seen::at(s)
             }
             None => {
-                // The table is full.
+                // The table is full (the daemon says so: it sees the table and `untracked`).
                 untracked(hit, totals);
-                log_full(ctx, a, now);
                 Seen::UNTRACKED
             }
         },
@@ -195,11 +188,19 @@ fn seen_before(key: &SourceKey, cfg: &Config) -> bool {
     // The block from the hash's low 17 bits, then SKETCH_BITS_PER_SOURCE bit positions in
     // 0..128 from the next 35, 7 each.
     const _: () = assert!(SKETCH_BLOCKS == 1 << 17 && 17 + 7 * SKETCH_BITS_PER_SOURCE <= 64);
-    let mut bits = [0u64; 2];
+    // Two words, not an array: an array on the stack is zeroed by a call to memset and indexed
+    // by a variable, both of which the verifier walks again on every path that gets here
+    // (Debian 12's 6.1.176 gave up at a million instructions).
+    let (mut lo, mut hi) = (0u64, 0u64);
     for i in 0..SKETCH_BITS_PER_SOURCE {
-        let bit = (h >> (17 + 7 * i)) as u32 & 127;
-        bits[(bit >> 6) as usize] |= 1 << (bit & 63);
+        let bit = (h >> (17 + 7 * i)) & 127;
+        let m = 1u64 << (bit & 63);
+        // All ones for the word the bit is in, without a branch.
+        let upper = 0u64.wrapping_sub(bit >> 6);
+        lo |= m & !upper;
+        hi |= m & upper;
     }
+    let bits = [lo, hi];
     let within = |g: &[u64; 2]| g[0] & bits[0] == bits[0] && g[1] & bits[1] == bits[1];
     let seen = within(&b.current) || within(&b.previous);
     let filled = popcount(b.current[0] | bits[0]) + popcount(b.current[1] | bits[1]);
@@ -236,14 +237,4 @@ fn hash(key: &SourceKey, cfg: &Config) -> u64 {
     h ^= h >> 29;
     h = h.wrapping_mul(K2);
     h ^ (h >> 32)
-}
-
-/// A rare event, logged through aya-log at most once per CPU per admission slice.
-#[inline(always)]
-fn log_full<C: EbpfContext>(ctx: &C, a: &mut Admission, now: u64) {
-    let slice = (now >> ADMISSION_SLICE_SHIFT) as u32;
-    if a.full_logged != slice {
-        a.full_logged = slice;
-        aya_log_ebpf::warn!(ctx, "source table full: new sources are counted as untracked");
-    }
 }

@@ -92,6 +92,8 @@ struct Guarded {
     iface: String,
     prev: Totals,
     prev_at: Instant,
+    /// The full table has been reported (see `tick`); cleared when it has room again.
+    full_warned: bool,
     /// Packets per source at the previous tick: rates, and which sources are new.
     prev_packets: HashMap<SourceAddr, u64>,
     /// The last upkeep's finding, so that each change is logged once.
@@ -120,6 +122,7 @@ impl Guarded {
             iface: v.iface().to_string(),
             prev: if fresh { Totals::default() } else { v.totals()? },
             prev_at: Instant::now(),
+            full_warned: false,
             prev_packets: known,
             held,
             last: Upkeep::Guarding,
@@ -135,6 +138,10 @@ impl Guarded {
     /// A guard without fingerprints still guards: a failure here is a warning.
     fn read_features(&mut self) {
         let Held::Owner(o) = &mut self.held else { return };
+        if !o.copies() {
+            // Said once when the program was loaded.
+            return;
+        }
         let started = o
             .view_mut()
             .set_consumers(|c| {
@@ -564,9 +571,6 @@ impl Daemon {
         // then (the program copies it out right after counting it).
         self.drain();
         for g in &mut self.guards {
-            if let Held::Owner(o) = &mut g.held {
-                o.flush_log();
-            }
             let v = g.held.view();
             let totals = v.totals()?;
             let sources = v.sources()?;
@@ -591,6 +595,19 @@ impl Daemon {
                 }
             }
             let v = g.held.view();
+            // New sources turned away by a full table (the program only counts them): said
+            // once each time the table fills, not on every tick it stays full.
+            let full = sources.len() as u64 >= u64::from(v.capacity());
+            if !full {
+                g.full_warned = false;
+            } else if !g.full_warned && totals.untracked > g.prev.untracked {
+                log::warn!(
+                    "{}: source table full ({} sources): new sources are counted as untracked",
+                    g.iface,
+                    v.capacity()
+                );
+                g.full_warned = true;
+            }
             let now = Instant::now();
             let dt = now - g.prev_at;
             let ranked = report::rank(

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> Result<()> {
     // Most tests load XDP programs and make network namespaces: they need root (CI is root).
     // As another user they skip with a one-line reason; here a skip would hide them, so it
     // fails instead.
-    cmd.args(["test", "--workspace", "--exclude", "portguard-ebpf", "--"])
+    cmd.args(["test", "--workspace", "--exclude", "portguard-ebpf", "--no-fail-fast", "--"])
         .args(&args.rest)
         .env("PORTGUARD_REQUIRE_ROOT", "1");
     let (passed, failed, ok) = counted(cmd)?;

@@ -24,15 +24,13 @@ use crate::{
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
 
-type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
-/// A loaded program: the object, and its rare events (aya-log) on their way to the `log` crate.
+/// A loaded program: the object, and the copy-out program's slot.
 pub(crate) struct Program {
     ebpf: Ebpf,
-    logger: Option<Logger>,
     /// The copy-out program's slot (portguard-ebpf/src/copy.rs), held for as long as the
-    /// program is: the kernel empties a program array nobody holds.
-    _copy: ProgramArray<MapData>,
+    /// program is: the kernel empties a program array nobody holds. None where the kernel
+    /// refused the copy-out program: the guard works, without fingerprints or captures.
+    copy: Option<ProgramArray<MapData>>,
 }
 
 impl Program {
@@ -69,8 +67,21 @@ impl Program {
     }
 
     /// What both loads share once the main program is in the kernel: the copy-out program
-    /// loaded into its slot, the maps taken, the log ring opened.
+    /// loaded into its slot, the maps taken.
     fn finish(mut ebpf: Ebpf) -> Result<(Program, Maps)> {
+        let copy = match Program::load_copy(&mut ebpf) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                copy_refused(&e);
+                None
+            }
+        };
+        let maps = Maps::take(&mut ebpf)?;
+        Ok((Program { ebpf, copy }, maps))
+    }
+
+    /// The copy-out program, loaded into its slot.
+    fn load_copy(ebpf: &mut Ebpf) -> Result<ProgramArray<MapData>> {
         let copy: &mut Xdp = ebpf
             .program_mut(COPY_PROGRAM_NAME)
             .context("the object has no copy-out program")?
@@ -84,11 +95,12 @@ impl Program {
             .try_into()
             .context("COPY is not a program array")?;
         slot.set(0, &copy_fd, 0).context("filling COPY")?;
-        let maps = Maps::take(&mut ebpf)?;
-        // The object always has a log ring today; without one, nothing is logged.
-        let logger =
-            aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| log::debug!("aya-log: {e}")).ok();
-        Ok((Program { ebpf, logger, _copy: slot }, maps))
+        Ok(slot)
+    }
+
+    /// Whether the copy-out program runs (fingerprints and captures are possible).
+    pub(crate) fn copies(&self) -> bool {
+        self.copy.is_some()
     }
 
     pub(crate) fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -109,13 +121,6 @@ impl Program {
         };
         Ok(info.context("reading the program's info")?.id())
     }
-
-    /// Passes what the program logged since the last call to the `log` crate.
-    pub(crate) fn flush_log(&mut self) {
-        if let Some(l) = &mut self.logger {
-            l.flush();
-        }
-    }
 }
 
 /// The loader both loads start from: SOURCES holding `capacity` entries, the clock this kernel
@@ -135,6 +140,22 @@ fn loader(capacity: u32, dir: Option<&Path>) -> Result<EbpfLoader<'static>> {
         }
     }
     Ok(loader)
+}
+
+/// Says once per process why this kernel runs no copy-out program (Linux 5.10 lacks
+/// `bpf_xdp_load_bytes`, 5.18): the guard drops and counts as always, without fingerprints or
+/// captures.
+fn copy_refused(e: &anyhow::Error) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        let first = format!("{e:#}");
+        let first = first.lines().next().unwrap_or_default();
+        let first = first.split("; verifier log").next().unwrap_or(first).to_owned();
+        log::warn!(
+            "this kernel refuses the copy-out program ({first}): guarding without fingerprints \
+             or captures (they need Linux 5.18 or later)"
+        );
+    });
 }
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -210,10 +231,6 @@ impl Loaded {
     /// Makes room in the source table as an owner does (see `table`).
     pub fn make_room(&mut self, sources: &[Source]) -> usize {
         crate::table::forget(&mut self.maps, sources, self.capacity)
-    }
-
-    pub fn flush_log(&mut self) {
-        self.program.flush_log();
     }
 
     /// What the program is asked to copy out (CFG_FEATURES, CFG_CAPTURE_*), as a reader would.

@@ -837,9 +837,9 @@ impl Owner {
         self.prog_id
     }
 
-    /// Passes what the program logged since the last call to the `log` crate.
-    pub fn flush_log(&mut self) {
-        self.program.flush_log();
+    /// Whether this kernel runs the copy-out program: fingerprints and captures are possible.
+    pub fn copies(&self) -> bool {
+        self.program.copies()
     }
 }
 

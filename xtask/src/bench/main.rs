@@ -204,6 +204,11 @@ pub fn run(args: Args) -> Result<()> {
     let probes = probes::measure(first, args.repeat, args.rounds)?;
     let contended = contended::measure(drop_fd.as_fd(), args.repeat, args.rounds)?;
     let copyout = copyout::measure(&first.frame, args.rounds)?;
+    // The dispatcher's fragment, written beside BENCHMARKS.md and copied into it, when this run
+    // writes BENCHMARKS.md itself.
+    if args.out.is_none() {
+        dispatcher::run(args.repeat, args.rounds, &root().join("bench/dispatcher.md"))?;
+    }
 
     let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
@@ -253,6 +258,7 @@ pub fn run(args: Args) -> Result<()> {
         args: &args,
     });
     // The Router VM section is measured by the VM lab, not by this run: copied as it is.
+    let md = vm_section::with_dispatcher(&md, &root());
     let md = vm_section::with_router_vm(&md, &root());
     println!("{md}");
     std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
