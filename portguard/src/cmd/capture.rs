@@ -76,9 +76,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // nothing would ever be copied, and the capture would wait on an empty file.
     if let Some(v) = views.iter().find(|v| !v.owned()) {
         bail!(
-            "{}: no portguard runs for it (left in place), and packets are copied out only while              one does: start `portguard run` (it adopts the guard), then capture",
+            "{}: no portguard runs for it (left in place), and packets are copied out only while \
+             one does: start `portguard run` (it adopts the guard), then capture",
             v.iface()
         );
+    }
+    for v in &views {
+        if !v.copies()? {
+            bail!(
+                "{}: the kernel runs no copy-out program for it (Linux 5.18 or later has the \
+                 helper it needs; `portguard run` said so when it started): nothing to capture",
+                v.iface()
+            );
+        }
     }
     let snaplen = args.snaplen.unwrap_or(capture::MAX_SNAPLEN);
     let out: Box<dyn Write + Send> = if to_stdout {

@@ -253,6 +253,22 @@ impl View {
     pub fn owned(&self) -> bool {
         pins::owned(&self.dir)
     }
+
+    /// Whether the kernel runs a copy-out program for this guard (one that uses its CONFIG):
+    /// there is none where the kernel refused it (before 5.18), and none once the process
+    /// that loaded it is gone.
+    pub fn copies(&self) -> Result<bool> {
+        let config = self.maps.config_id()?;
+        for p in aya::programs::loaded_programs() {
+            let Ok(p) = p else { continue };
+            if p.name_as_str() == Some(portguard_common::COPY_PROGRAM_NAME)
+                && p.map_ids().ok().flatten().is_some_and(|ids| ids.contains(&config))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// Changes what a reader asks of the program in CONFIG (see `View::set_consumers`), under the
