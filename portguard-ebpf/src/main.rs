@@ -151,10 +151,10 @@ fn judge(ctx: &XdpContext, cfg: &Config, p: &Ports, totals: &mut Totals) -> Verd
     let mut copy = false;
     if cfg.flags & CFG_CONSUMERS != 0 {
         let mut want = 0;
-        if cfg.flags & CFG_FEATURES != 0 && features::wanted(cfg, p, seen) {
+        if cfg.flags & CFG_FEATURES != 0 && features::wanted(cfg, p, seen.seen()) {
             want |= WANT_FEATURES;
         }
-        if cfg.flags & CFG_CAPTURE != 0 && capture::wanted(cfg, seen) {
+        if cfg.flags & CFG_CAPTURE != 0 && capture::wanted(cfg, seen.seen()) {
             want |= WANT_CAPTURE;
         }
         if want != 0 {
@@ -201,7 +201,7 @@ fn unjudged(
     let seen = sources::record(&key, &hit, cfg, totals);
     // No transport header to read: only the packet's bytes can be copied.
     let copy = cfg.flags & CFG_CAPTURE != 0
-        && capture::wanted(cfg, seen)
+        && capture::wanted(cfg, seen.seen())
         && copy::request(&key, verdict, 0, 0, ip.v6, l4, WANT_CAPTURE, CAPTURED_UNJUDGED);
     Verdict { action: verdict, copy }
 }

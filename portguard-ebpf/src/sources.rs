@@ -34,38 +34,44 @@ pub struct Seen {
     pub syns: u32,
 }
 
-impl Seen {
-    const UNTRACKED: Seen = Seen { packets: 0, syns: 0 };
+/// Where the packet was counted. The entry of a known source is read (`seen`) only when a
+/// reader asked for copies, so that the matched drop of a known source pays no loads for it.
+#[derive(Clone, Copy)]
+pub enum Recorded {
+    Entry(*const SourceSlot),
+    New(Seen),
+    Untracked,
+}
 
-    #[inline(always)]
-    fn of(s: &SourceSlot) -> Seen {
-        Seen { packets: s.packets, syns: s.tcp_syns }
-    }
-
+impl Recorded {
     /// Read after `update`, plainly: other CPUs may be counting on the same entry, and a value
     /// a packet or two off only moves where "a source's first packets" end.
     #[inline(always)]
-    fn at(s: *const SourceSlot) -> Seen {
-        // SAFETY: a live map value (see `update`); aligned loads of counters that are only
-        // ever added to atomically.
-        unsafe { Seen { packets: (*s).packets, syns: (*s).tcp_syns } }
+    pub fn seen(self) -> Seen {
+        match self {
+            // SAFETY: a live map value (see `update`); aligned loads of counters that are only
+            // ever added to atomically.
+            Recorded::Entry(s) => unsafe { Seen { packets: (*s).packets, syns: (*s).tcp_syns } },
+            Recorded::New(seen) => seen,
+            Recorded::Untracked => Seen { packets: 0, syns: 0 },
+        }
     }
 }
 
 #[inline(always)]
-pub fn record(key: &SourceKey, hit: &Hit, cfg: &Config, totals: &mut Totals) -> Seen {
+pub fn record(key: &SourceKey, hit: &Hit, cfg: &Config, totals: &mut Totals) -> Recorded {
     // SAFETY: helpers without arguments or side effects. jiffies64 is inlined by the verifier
     // into a load: the known-source path pays for no helper call.
     let jiffies = unsafe { bpf_jiffies64() };
     if let Some(s) = SOURCES.get_ptr_mut(key) {
         update(s, hit, jiffies);
-        return Seen::at(s);
+        return Recorded::Entry(s);
     }
     // An unknown source: the rarer path can afford the real clock.
     let now = clock::now_ns();
     let Some(a) = ADMISSION.get_ptr_mut(0) else {
         untracked(hit, totals);
-        return Seen::UNTRACKED;
+        return Recorded::Untracked;
     };
     // SAFETY: per-CPU, and preemption is off in XDP.
     let a = unsafe { &mut *a };
@@ -74,7 +80,7 @@ pub fn record(key: &SourceKey, hit: &Hit, cfg: &Config, totals: &mut Totals) -> 
         Admit::Evidence => true,
         Admit::No => {
             untracked(hit, totals);
-            return Seen::UNTRACKED;
+            return Recorded::Untracked;
         }
     };
     let s = SourceSlot {
@@ -92,18 +98,18 @@ pub fn record(key: &SourceKey, hit: &Hit, cfg: &Config, totals: &mut Totals) -> 
         Ok(()) => {
             totals.admitted += 1;
             totals.admitted_evidence += evidence as u64;
-            Seen::of(&s)
+            Recorded::New(Seen { packets: s.packets, syns: s.tcp_syns })
         }
         // Another CPU inserted it first: count on its entry.
         Err(_) => match SOURCES.get_ptr_mut(key) {
             Some(s) => {
                 update(s, hit, jiffies);
-                Seen::at(s)
+                Recorded::Entry(s)
             }
             None => {
                 // The table is full (the daemon says so: it sees the table and `untracked`).
                 untracked(hit, totals);
-                Seen::UNTRACKED
+                Recorded::Untracked
             }
         },
     }

@@ -272,13 +272,17 @@ fn time_reads(lab: &Lab, bin: &Path, pid: u32) -> Result<(usize, Vec<Timing>)> {
     }
     // The two halves of what each command does: open the pinned state (which reads the
     // settings back), then read the table.
+    // In the lab's namespace, as the verbs run (pins are per namespace); the switch is not timed.
     let pins = root.pins.clone();
     timings.push(timing("`View::open()`, the library call alone", false, || {
-        let start = Instant::now();
-        let opened = View::open(&pins, GW_IF)?;
-        let took = start.elapsed();
-        drop(opened);
-        Ok(took)
+        let pins = pins.clone();
+        lab::in_netns(&lab.gw, move || -> Result<Duration> {
+            let start = Instant::now();
+            let opened = View::open(&pins, GW_IF)?;
+            let took = start.elapsed();
+            drop(opened);
+            Ok(took)
+        })?
     })?);
     timings.push(timing("`View::sources()`, the library call alone", false, || {
         let start = Instant::now();
@@ -289,7 +293,7 @@ fn time_reads(lab: &Lab, bin: &Path, pid: u32) -> Result<(usize, Vec<Timing>)> {
         }
         Ok(took)
     })?);
-    g.release(false).context("detaching the guard")?;
+    lab::in_netns(&lab.gw, move || g.release(false))?.context("detaching the guard")?;
     Ok((FULL, timings))
 }
 
@@ -435,7 +439,7 @@ fn daemon_cost(
     let root = PinRoot::new(pid, tag, &lab.gw);
     let g = filled_guard(lab, &root, n, capacity)?;
     // Left in place, owner cleared: the daemon adopts it (program replaced, maps kept).
-    g.release(true).context("leaving the guard in place")?;
+    lab::in_netns(&lab.gw, move || g.release(true))?.context("leaving the guard in place")?;
 
     let mut d = Daemon::spawn(bin, &lab.gw, &root, tag, &["--persist", "--interval", "1"])?;
     wait_adopted(&mut d, &root)?;
