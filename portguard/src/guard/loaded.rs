@@ -39,7 +39,8 @@ impl Program {
     pub(crate) fn load(capacity: u32, dir: Option<&Path>) -> Result<(Program, Maps)> {
         let mut ebpf = loader(capacity, dir)?.load(OBJECT).context("loading the XDP object")?;
         xdp(&mut ebpf)?.load().map_err(verifier_error)?;
-        Program::finish(ebpf)
+        let copy = Program::copy(&mut ebpf);
+        Program::finish(ebpf, copy)
     }
 
     /// Loads the object with its program as an extension (BPF_PROG_TYPE_EXT), to run as a
@@ -54,6 +55,12 @@ impl Program {
         let mut loader = loader(capacity, Some(dir))?;
         loader.extension(PROGRAM_NAME);
         let mut ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        // No copy-out program: the kernel wants every program that uses a program array, the
+        // caller of the tail call included, to be of one type, and an extension is not an XDP
+        // program to it (Linux 6.1: EINVAL filling the slot after the extension, EINVAL loading
+        // the extension after the slot was filled). The tail call finds an empty slot and the
+        // packet goes on as if nothing was asked.
+        copy_refused(&anyhow!("it cannot be tail-called from a program in libxdp's dispatcher"));
         let mut scratch = dispatcher::load(&dispatcher::Config::empty(0))?;
         let target = scratch.program()?.fd()?.try_clone()?;
         extension(&mut ebpf)?.load(target, dispatcher::PROGRAM).map_err(|e| {
@@ -63,19 +70,19 @@ impl Program {
                 _ => anyhow!("the kernel rejected portguard's program as an XDP extension: {why}"),
             }
         })?;
-        Program::finish(ebpf)
+        Program::finish(ebpf, None)
     }
 
-    /// What both loads share once the main program is in the kernel: the copy-out program
-    /// loaded into its slot, the maps taken.
-    fn finish(mut ebpf: Ebpf) -> Result<(Program, Maps)> {
-        let copy = match Program::load_copy(&mut ebpf) {
-            Ok(slot) => Some(slot),
-            Err(e) => {
-                copy_refused(&e);
-                None
-            }
-        };
+    /// The copy-out program in its slot, or None (said once) where the kernel refuses it.
+    fn copy(ebpf: &mut Ebpf) -> Option<ProgramArray<MapData>> {
+        Program::load_copy(ebpf)
+            .context("this kernel refuses it: it needs bpf_xdp_load_bytes, Linux 5.18")
+            .inspect_err(copy_refused)
+            .ok()
+    }
+
+    /// What both loads share once the programs are in the kernel: the maps taken.
+    fn finish(mut ebpf: Ebpf, copy: Option<ProgramArray<MapData>>) -> Result<(Program, Maps)> {
         let maps = Maps::take(&mut ebpf)?;
         Ok((Program { ebpf, copy }, maps))
     }
@@ -142,19 +149,16 @@ fn loader(capacity: u32, dir: Option<&Path>) -> Result<EbpfLoader<'static>> {
     Ok(loader)
 }
 
-/// Says once per process why this kernel runs no copy-out program (Linux 5.10 lacks
-/// `bpf_xdp_load_bytes`, 5.18): the guard drops and counts as always, without fingerprints or
-/// captures.
+/// Says once per process why no copy-out program runs (Linux 5.10 lacks `bpf_xdp_load_bytes`,
+/// 5.18; a guard in libxdp's dispatcher cannot tail-call it): the guard drops and counts as
+/// always, without fingerprints or captures.
 fn copy_refused(e: &anyhow::Error) {
     static SAID: std::sync::Once = std::sync::Once::new();
     SAID.call_once(|| {
         let first = format!("{e:#}");
         let first = first.lines().next().unwrap_or_default();
         let first = first.split("; verifier log").next().unwrap_or(first).to_owned();
-        log::warn!(
-            "this kernel refuses the copy-out program ({first}): guarding without fingerprints \
-             or captures (they need Linux 5.18 or later)"
-        );
+        log::warn!("no copy-out program ({first}): guarding without fingerprints or captures");
     });
 }
 

@@ -210,7 +210,7 @@ pub fn run(args: Args) -> Result<()> {
         dispatcher::run(args.repeat, args.rounds, &root().join("bench/dispatcher.md"))?;
     }
 
-    let pg_maps = memory::of_program(&drop_guard.program()?.info()?)?;
+    let pg_maps = memory::of_portguard(&drop_guard.program()?.info()?)?;
     let xf_maps = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == xf.id)

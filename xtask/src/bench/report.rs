@@ -468,8 +468,10 @@ fn memory_section(s: &mut String, i: &Inputs) {
     let _ = writeln!(
         s,
         "The kernel's own figure (`memlock:` in each map fd's fdinfo) at default sizes, on {} \
-         CPUs. The allowlist tries allocate a node per \
-         prefix added, so they show 0 while the allowlist is empty.\n",
+         CPUs, for every map portguard's two programs use (the copy-out program's rings \
+         included). The allowlist tries allocate a node per prefix added, so they show 0 while \
+         the allowlist is empty. Not listed: META (one small record) and FINGERPRINTS \
+         (userspace's, allocated per fingerprinted source).\n",
         i.machine.cores
     );
     let _ = writeln!(s, "| portguard map | max entries | bytes |\n| --- | ---: | ---: |");

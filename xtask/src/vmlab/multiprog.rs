@@ -76,8 +76,10 @@ pub fn run(run: &Run) -> Result<()> {
     let inner = format!(
         "cd {} && exec env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
          HOME=/root PORTGUARD_REQUIRE_ROOT=1 PORTGUARD_REQUIRE_SHARING=1 {exe} \
-         --test-threads=1 --color=never --nocapture",
-        root().display()
+         --test-threads=1 --color=never --nocapture {filter}",
+        root().display(),
+        // A test name filter, for working on one test (PORTGUARD_VMLAB_TESTS=name).
+        filter = std::env::var("PORTGUARD_VMLAB_TESTS").unwrap_or_default()
     );
     let t = Instant::now();
     let o = vm.sh(&format!("chroot /host /bin/sh -c '{inner}'"), TESTS_TIMEOUT)?;
