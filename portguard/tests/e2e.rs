@@ -178,3 +178,26 @@ fn run_command_guards_until_sigterm_and_detaches() {
     let (connected, _) = traffic(&f.lab, 2745, Duration::from_secs(2));
     assert_eq!(connected, 2, "reachable again after detach");
 }
+
+/// `portguard lab` (what `cargo xtask demo` runs) end to end: nothing through to 2745, the
+/// ordinary traffic delivered, and nothing left behind: no namespace, no pin directory.
+#[test]
+fn the_built_in_lab_runs_and_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portguard"))
+        .args(["lab", "--seconds", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The lab's process id names its pin root.
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/portguard-lab-{}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("0 TCP connections and 0 UDP datagrams got through"), "{stdout}");
+    assert!(stdout.contains("lab removed: namespaces deleted, nothing left attached"), "{stdout}");
+    assert!(!root.exists(), "{} left behind", root.display());
+}

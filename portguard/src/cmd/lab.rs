@@ -119,6 +119,10 @@ fn lab(args: Args) -> Result<ExitCode> {
         traffic.context("traffic")?;
         Ok((sent.load(Ordering::Relaxed), dropped?))
     });
+    // Detaching leaves each namespace's (empty) lock directory; the lab's root is its own.
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(entry.path());
+    }
     let _ = std::fs::remove_dir(&root);
     let (sent, dropped) = result??;
 
