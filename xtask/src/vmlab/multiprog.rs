@@ -29,12 +29,21 @@ const TESTS_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The host's root at /host, and the guest's own kernel filesystems under it. `cache=loose`:
 /// the host's files do not change under a run, and without a page cache every exec and page
-/// fault goes over 9p (on 6.12, 4 s for each `ip` the tests run, against 0.2 s).
-const MOUNT: &str = "mkdir -p /host && \
-    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host && \
-    mount -t proc proc /host/proc && mount -t sysfs sys /host/sys && \
-    mount -t devtmpfs dev /host/dev && mount -t tmpfs run /host/run && \
-    mount -t tmpfs tmp /host/tmp && mount -t bpf bpf /host/sys/fs/bpf";
+/// fault goes over 9p (on 6.12, 4 s for each `ip` the tests run, against 0.2 s). The repository
+/// is bound back over the guest's own mounts: a clone under /tmp (CI's may be one) would
+/// otherwise be hidden by the guest's /tmp.
+fn mounts(repo: &std::path::Path) -> String {
+    let r = repo.display();
+    format!(
+        "mkdir -p /host /repo && \
+         mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host && \
+         mount -o bind /host{r} /repo && \
+         mount -t proc proc /host/proc && mount -t sysfs sys /host/sys && \
+         mount -t devtmpfs dev /host/dev && mount -t tmpfs run /host/run && \
+         mount -t tmpfs tmp /host/tmp && mount -t bpf bpf /host/sys/fs/bpf && \
+         mkdir -p /host{r} && mount -o bind /repo /host{r}"
+    )
+}
 
 pub fn run(run: &Run) -> Result<()> {
     if run.arch != Arch::host() {
@@ -72,7 +81,7 @@ pub fn run(run: &Run) -> Result<()> {
         run.label(),
         vm.boot.as_secs_f64()
     );
-    vm.ok(MOUNT).context("mounting the host's root in the guest")?;
+    vm.ok(&mounts(&root())).context("mounting the host's root in the guest")?;
     let inner = format!(
         "cd {} && exec env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
          HOME=/root PORTGUARD_REQUIRE_ROOT=1 PORTGUARD_REQUIRE_SHARING=1 {exe} \
