@@ -21,37 +21,29 @@ use portguard_common::{
 use crate::{
     copy::{CopyRequest, load},
     maps::FEATURES,
-    parse::{Cursor, Ports, bounded},
+    parse::{
+        Cursor, IPV4_FRAG_OFF, IPV4_HLEN, IPV4_ID, IPV4_TOT_LEN, IPV6_HLEN, IPV6_PLEN, L4_DPORT,
+        L4_SPORT, Ports, TCP_FLAGS, TCP_HLEN, UDP_HLEN, bounded,
+    },
     sources::Seen,
 };
 
-/// IPv4 header fields read here (parse.rs reads the rest).
-const IPV4_HLEN: usize = 20;
+/// Header fields read here beyond those parse.rs defines.
 const IPV4_TOS: usize = 1;
-const IPV4_TOT_LEN: usize = 2;
-const IPV4_ID: usize = 4;
-const IPV4_FRAG_OFF: usize = 6;
 const IPV4_TTL: usize = 8;
 const IPV4_DADDR: usize = 16;
 const IP_DF: u8 = 0x40;
 const IP_MBZ: u8 = 0x80;
 /// IPv6: version, traffic class and flow label in the first 4 bytes; then the payload length
 /// and the hop limit.
-const IPV6_HLEN: usize = 40;
-const IPV6_PLEN: usize = 4;
 const IPV6_HOPS: usize = 7;
 /// TCP and UDP: ports first; then TCP's sequence, acknowledgment, data offset (and NS), flags,
 /// window, urgent pointer.
-const L4_SPORT: usize = 0;
-const L4_DPORT: usize = 2;
 const TCP_SEQ: usize = 4;
 const TCP_ACK: usize = 8;
 const TCP_DOFF: usize = 12;
-const TCP_FLAGS: usize = 13;
 const TCP_WINDOW: usize = 14;
 const TCP_URG: usize = 18;
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
 
 /// Whether this packet goes to FEATURES: one of the source's first SYNs, or a UDP datagram
 /// among its first packets. An untracked packet (no slot, `seen` zero) never does: under a

@@ -58,11 +58,11 @@ const PPPOE_VER_TYPE_1_1: u8 = 0x11;
 const PPPOE_CODE_SESSION: u8 = 0;
 
 /// IPv4 (struct iphdr).
-const IPV4_HLEN: usize = 20;
+pub(crate) const IPV4_HLEN: usize = 20;
 const IPV4_VER_IHL: usize = 0;
-const IPV4_TOT_LEN: usize = 2;
-const IPV4_ID: usize = 4;
-const IPV4_FRAG_OFF: usize = 6;
+pub(crate) const IPV4_TOT_LEN: usize = 2;
+pub(crate) const IPV4_ID: usize = 4;
+pub(crate) const IPV4_FRAG_OFF: usize = 6;
 const IPV4_PROTOCOL: usize = 9;
 pub const IPV4_SADDR: usize = 12;
 pub const IPV4_DADDR: usize = 16;
@@ -71,9 +71,9 @@ const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
 /// IPv6 (struct ipv6hdr).
-const IPV6_HLEN: usize = 40;
+pub(crate) const IPV6_HLEN: usize = 40;
 const IPV6_VERSION: usize = 0;
-const IPV6_PLEN: usize = 4;
+pub(crate) const IPV6_PLEN: usize = 4;
 const IPV6_NEXTHDR: usize = 6;
 pub const IPV6_SADDR: usize = 8;
 pub const IPV6_DADDR: usize = 24;
@@ -89,11 +89,11 @@ const IP6_OFFSET_SHIFT: u16 = 3;
 const IP6_MF: u16 = 0x0001;
 
 /// TCP (struct tcphdr) and UDP (struct udphdr): ports first, in both.
-const TCP_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-const L4_SPORT: usize = 0;
-const L4_DPORT: usize = 2;
-const TCP_FLAGS: usize = 13;
+pub(crate) const TCP_HLEN: usize = 20;
+pub(crate) const UDP_HLEN: usize = 8;
+pub(crate) const L4_SPORT: usize = 0;
+pub(crate) const L4_DPORT: usize = 2;
+pub(crate) const TCP_FLAGS: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 

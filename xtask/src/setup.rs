@@ -61,7 +61,12 @@ pub fn run() -> Result<()> {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install_packages(PACKAGES, "")
+}
+
+/// Installs those of `packages` that dpkg does not have; `why` is added to the line saying so.
+pub fn install_packages(packages: &[&str], why: &str) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -73,7 +78,7 @@ fn packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: installing {}", missing.join(" "));
+    eprintln!("setup: installing {}{why}", missing.join(" "));
     sh(Command::new("apt-get").arg("update").arg("-qq"))?;
     sh(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")

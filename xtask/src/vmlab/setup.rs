@@ -27,23 +27,7 @@ pub const PACKAGES: &[&str] = &[
 pub const TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
 
 pub fn run() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .map(|s| s.contains("install ok installed"))
-                .unwrap_or(false)
-        })
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("setup: installing {} (router VM lab)", missing.join(" "));
-        sh(Command::new("apt-get").arg("update").arg("-qq"))?;
-        sh(Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing))?;
-    }
+    crate::setup::install_packages(PACKAGES, " (router VM lab)")?;
     // The toolchain that builds portguard: the one `cargo xtask` runs under (stable).
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
     let targets: Vec<&str> =
